@@ -1,0 +1,58 @@
+# The two set-up commands users need: `make demo` and `make test`. Each builds .venv on first use and reinstalls
+# only when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOME_DIR ?= .mailroute
+DEMO_DATA := $(HOME_DIR)/data
+MR := $(BIN)/mailroute --home $(HOME_DIR)
+
+# Nothing this project launches may try the network.
+export HF_HUB_OFFLINE := 1
+export DO_NOT_TRACK := 1
+export TRANSFORMERS_OFFLINE := 1
+export RAY_AUTH_MODE := disabled
+export RAY_USAGE_STATS_ENABLED := 0
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+demo: $(VENV)/.installed
+	@mkdir -p $(DEMO_DATA)
+	$(MR) data synth --n 20000 --seed 1 --out $(DEMO_DATA)/train.jsonl
+	$(MR) data synth --n 5000 --seed 2 --out $(DEMO_DATA)/fresh.jsonl
+	$(MR) data synth --n 5000 --seed 3 --drift 0.7 --out $(DEMO_DATA)/drifted.jsonl
+	@set -e; version=$$($(MR) train linear --data $(DEMO_DATA)/train.jsonl --label-col queue | tail -n 1); \
+	  $(MR) models promote $$version; \
+	  echo "== $$version on fresh mail from the same distribution"; \
+	  $(MR) evaluate --model $$version --data $(DEMO_DATA)/fresh.jsonl --label-col queue; \
+	  echo "== $$version on drifted mail (new products, new errors, another queue mix)"; \
+	  $(MR) evaluate --model $$version --data $(DEMO_DATA)/drifted.jsonl --label-col queue
+	$(MR) models list
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed-dev
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_linear.py
+
+clean:
+	rm -rf $(HOME_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Monitoring: drift and per-arm quality reports over the event log."""

@@ -1,0 +1,283 @@
+"""`mailroute ...`: the one command line for every user of the system.
+
+This is the single entry point that composes all packages; each subcommand imports what it needs when it runs, so
+`mailroute models list` does not pay for torch, and serving's runtime modules still never import `training`.
+Every failure is one line on stderr: exit 2 for usage and config errors, 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from serving.config import ConfigError, Home
+
+log = logging.getLogger("mailroute")
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad command line; exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# ---- data ----------------------------------------------------------------------------------------------------
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from training.synth import generate, write_corpus
+
+    frame = generate(args.n, seed=args.seed, drift=args.drift, label_noise=args.label_noise)
+    write_corpus(frame, Path(args.out))
+    counts = frame["queue"].value_counts().to_dict()
+    if args.json:
+        _print_json({"path": str(args.out), "rows": len(frame), "queues": counts})
+    else:
+        print(f"wrote {len(frame)} emails to {args.out} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    return 0
+
+
+# ---- training and evaluation ---------------------------------------------------------------------------------
+def _data_spec(args: argparse.Namespace) -> Any:
+    from training.pipeline import DataSpec
+
+    return DataSpec(Path(args.data), text_col=args.text_col, label_col=args.label_col)
+
+
+def cmd_train_linear(args: argparse.Namespace) -> int:
+    from training.config import load_training
+    from training.pipeline import train_linear
+
+    cfg = load_training(args.config)
+    outcome = train_linear(_data_spec(args), cfg, Home.resolve(args.home), name=args.name)
+    t = outcome.test
+    print(
+        f"held-out test ({t.n} emails): accuracy {t.accuracy:.4f}, macro-F1 {t.macro_f1:.4f}, "
+        f"coverage {t.coverage:.3f} at threshold {t.threshold} "
+        f"(accuracy on routed {t.accuracy_on_routed:.4f}); trained in {outcome.seconds:.1f} s"
+    )
+    if outcome.skipped:
+        print(f"skipped {outcome.skipped} malformed records (see the warnings above)", file=sys.stderr)
+    print(f"report: {outcome.report.parent}")
+    print(f"{outcome.meta.name}:{outcome.meta.version}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.pipeline import evaluate_version
+
+    outcome = evaluate_version(args.model, _data_spec(args), Home.resolve(args.home), threshold=args.threshold)
+    r = outcome.result
+    if args.json:
+        _print_json(
+            {
+                "model": f"{outcome.meta.name}:{outcome.meta.version}",
+                "report": str(outcome.report),
+                "data": outcome.data,
+                "skipped": outcome.skipped,
+                **r.to_json(),
+            }
+        )
+        return 0
+    print(f"model {outcome.meta.name}:{outcome.meta.version} on {outcome.data} ({r.n} emails)")
+    print(f"  accuracy {r.accuracy:.4f}   macro-F1 {r.macro_f1:.4f}   ECE {r.ece:.4f}")
+    print(
+        f"  threshold {r.threshold}: {r.coverage:.1%} auto-routed (accuracy {r.accuracy_on_routed:.4f}), "
+        f"{r.triage_share:.1%} to triage"
+    )
+    width = max(len(c.label) for c in r.per_class)
+    print(f"  {'queue'.ljust(width)}  precision  recall     f1  support")
+    for c in r.per_class:
+        print(f"  {c.label.ljust(width)}  {c.precision:9.3f}  {c.recall:6.3f}  {c.f1:5.3f}  {c.support:7d}")
+    print("  coverage/accuracy: " + ", ".join(f"{p.threshold}: {p.coverage:.2f}/{p.accuracy:.3f}" for p in r.curve))
+    print(f"report: {outcome.report.parent}")
+    return 0
+
+
+# ---- registry ------------------------------------------------------------------------------------------------
+def _registry(args: argparse.Namespace) -> Any:
+    from serving.registry import ModelRegistry
+
+    return ModelRegistry(Home.resolve(args.home).registry)
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from serving.registry import VersionInfo
+
+    rows = []
+    for item in _registry(args).versions(args.name):
+        if isinstance(item, VersionInfo):
+            m = item.meta
+            rows.append(
+                {
+                    "model": f"{m.name}:{m.version}",
+                    "kind": m.kind,
+                    "stage": item.stage,
+                    "created": m.created,
+                    "labels": len(m.labels),
+                    "accuracy": m.metrics.get("accuracy"),
+                    "macro_f1": m.metrics.get("macro_f1"),
+                }
+            )
+        else:
+            rows.append({"model": f"{item[0]}:{item[1]}", "stage": "corrupt", "error": item[2]})
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print("no models registered yet (train one: mailroute train linear --data PATH)")
+    else:
+        for row in rows:
+            if row["stage"] == "corrupt":
+                print(f"{row['model']:<24} CORRUPT  {row['error']}")
+            else:
+                print(
+                    f"{row['model']:<24} {row['kind']:<12} {row['stage']:<10} {row['created']}  "
+                    f"labels {row['labels']:<3} accuracy {row['accuracy']}  macro-F1 {row['macro_f1']}"
+                )
+    return 0
+
+
+def _info_json(info: Any) -> dict[str, Any]:
+    return {**info.meta.to_json(), "stage": info.stage, "path": str(info.path)}
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    info = _registry(args).get(args.model, verify=True)
+    data = _info_json(info)
+    if args.json:
+        _print_json(data)
+    else:
+        data.pop("files")
+        for key, value in data.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    info = _registry(args).promote(args.model, args.stage)
+    print(f"{info.meta.name}:{info.meta.version} is now {info.stage}")
+    return 0
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    info = _registry(args).rollback(args.name)
+    print(f"{info.meta.name}:{info.meta.version} is champion again")
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------------------------
+def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
+    parser.set_defaults(func=func)
+    return parser
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="CSV, JSONL, mbox file or a folder of .eml files")
+    parser.add_argument("--text-col", default=None, help="column holding the whole text (else subject + body)")
+    parser.add_argument("--label-col", default="label", help="column holding the label (default: label)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mailroute", description="Route customer emails to specialist queues.")
+    parser.add_argument("--home", default=None, help="state folder (default: $MAILROUTE_HOME or ./.mailroute)")
+    parser.add_argument("--config-dir", default=None, help="folder of the YAML configs (default: ./configs)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (and tracebacks) to stderr")
+    top = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    data = top.add_parser("data", help="data tools").add_subparsers(dest="data_command", required=True)
+    synth = _add(data, "synth", cmd_data_synth, "write a synthetic support-email corpus")
+    synth.add_argument("--n", type=int, default=20_000, help="number of emails")
+    synth.add_argument("--seed", type=int, default=1)
+    synth.add_argument("--drift", type=float, default=0.0, help="0..1: how far the mail has drifted")
+    synth.add_argument("--label-noise", type=float, default=0.02, help="share of wrongly labelled emails")
+    synth.add_argument("--out", required=True, help=".jsonl or .csv path")
+    synth.add_argument("--json", action="store_true")
+
+    train = top.add_parser("train", help="train a model and register it").add_subparsers(
+        dest="train_command", required=True
+    )
+    linear = _add(train, "linear", cmd_train_linear, "train TF-IDF + logistic regression")
+    _data_args(linear)
+    linear.add_argument("--config", default=None, help="training config (default: configs/training.yaml)")
+    linear.add_argument("--name", default="linear", help="model name in the registry (default: linear)")
+
+    evaluate = _add(top, "evaluate", cmd_evaluate, "score a registered model on labelled data")
+    evaluate.add_argument("--model", required=True, help="name, name:champion, name:latest or name:vN")
+    _data_args(evaluate)
+    evaluate.add_argument("--threshold", type=float, default=None, help="override the policy's threshold")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    models = top.add_parser("models", help="the model registry").add_subparsers(dest="models_command", required=True)
+    lst = _add(models, "list", cmd_models_list, "list registered versions")
+    lst.add_argument("--name", default=None)
+    lst.add_argument("--json", action="store_true")
+    show = _add(models, "show", cmd_models_show, "show one version")
+    show.add_argument("model")
+    show.add_argument("--json", action="store_true")
+    promote = _add(models, "promote", cmd_models_promote, "make a version champion (or canary)")
+    promote.add_argument("model")
+    promote.add_argument("--stage", choices=["champion", "canary"], default="champion")
+    rollback = _add(models, "rollback", cmd_models_rollback, "restore the previous champion")
+    rollback.add_argument("name")
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from serving.registry import RegistryError
+
+    return (RegistryError, ValueError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.config_dir:
+        os.environ["MAILROUTE_CONFIG_DIR"] = args.config_dir
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"mailroute: config error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except _expected_errors() as err:
+        if args.verbose:
+            log.exception("failed")
+        print(f"mailroute: error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("mailroute: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug: still one line for the user, the traceback with -v
+        if args.verbose:
+            log.exception("internal error")
+        print(
+            f"mailroute: internal error: {type(err).__name__}: {err} (run with -v for details)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

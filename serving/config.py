@@ -1,0 +1,163 @@
+"""Config files: one strict pydantic model per YAML file, loaded in one place.
+
+Every loader turns whatever goes wrong (missing file, YAML syntax, unknown key, wrong type, a missing queue)
+into a `ConfigError` whose message is one line naming the file, the key and the problem; the CLI prints it and
+exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_DIR = Path("configs")
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message is one line meant for a person."""
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QueueSpec(StrictModel):
+    description: str = Field("", description="What lands in this queue, for people reading the config.")
+    manual_triage_minutes: float = Field(
+        gt=0, description="Minutes an agent spends fishing one email of this queue out of the inbox by hand."
+    )
+    misroute_cost: float = Field(ge=0, description="Cost of sending an email of this queue to a wrong queue.")
+
+
+class QueuesConfig(StrictModel):
+    """`configs/queues.yaml`: the taxonomy and the cost figures the KPIs use."""
+
+    currency: str = Field("EUR", description="Currency of every cost figure.")
+    triage_queue: str = Field("triage", description="The human triage queue for emails the router is unsure of.")
+    triage_minutes: float = Field(3.0, gt=0, description="Minutes a triage agent spends on one unsure email.")
+    agent_cost_per_hour: float = Field(36.0, gt=0, description="Loaded cost of one agent hour.")
+    queues: dict[str, QueueSpec] = Field(description="Specialist queues by name.")
+
+    @model_validator(mode="after")
+    def _check(self) -> QueuesConfig:
+        if len(self.queues) < 2:
+            raise ValueError("queues: at least two specialist queues are needed")
+        if self.triage_queue in self.queues:
+            raise ValueError(f"triage_queue: '{self.triage_queue}' must not also be a specialist queue")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.queues)
+
+
+def config_dir() -> Path:
+    """Where configs are read from: `MAILROUTE_CONFIG_DIR`, else `./configs`."""
+    return Path(os.environ.get("MAILROUTE_CONFIG_DIR", DEFAULT_CONFIG_DIR))
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"unknown key '{loc}'"
+    if first["type"] == "missing":
+        return f"missing key '{loc}'"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "value_error" and msg.split(":", 1)[0] in [*loc.split("."), ""]:
+        return msg
+    more = f" (and {len(err.errors()) - 1} more problems)" if len(err.errors()) > 1 else ""
+    return f"key '{loc}': {msg}{more}"
+
+
+def parse_config(data: Any, model: type[M], source: str) -> M:
+    """Validate already-parsed data (a dict from YAML or JSON) into `model`, with one-line errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {_describe(err)}") from None
+
+
+def load_config(path: str | Path, model: type[M]) -> M:
+    """Read one YAML file into `model`; every failure is a one-line `ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read config file ({err})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
+    return parse_config(data, model, str(path))
+
+
+def load_queues(path: str | Path | None = None) -> QueuesConfig:
+    return load_config(path or config_dir() / "queues.yaml", QueuesConfig)
+
+
+class PolicyConfig(StrictModel):
+    """The decision policy: when to trust the model and when to hand an email to a person."""
+
+    confidence_threshold: float = Field(
+        0.6, ge=0, le=1, description="Below this top-class probability the email goes to the triage queue."
+    )
+    secondary_margin: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="A second queue is returned when the runner-up is within this probability of the top class.",
+    )
+
+
+class ServingConfig(StrictModel):
+    """`configs/serving.yaml`."""
+
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Decision policy.")
+
+
+def load_serving(path: str | Path | None = None) -> ServingConfig:
+    return load_config(path or config_dir() / "serving.yaml", ServingConfig)
+
+
+@dataclass(frozen=True)
+class Home:
+    """The one folder holding all state mailroute writes: registry, event log, reports, training runs."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, explicit: str | Path | None = None) -> Home:
+        """`--home`, else `MAILROUTE_HOME`, else `./.mailroute`. Nothing is created until something is written."""
+        return cls(Path(explicit or os.environ.get("MAILROUTE_HOME") or ".mailroute").absolute())
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def event_log(self) -> Path:
+        return self.root / "events.db"

@@ -1,0 +1,1 @@
+"""Training side of mailroute: data readers, the synthetic corpus, model training and evaluation."""

@@ -1,0 +1,137 @@
+"""The jobs behind `mailroute train ...` and `mailroute evaluate`: read data, split, fit, score, register.
+
+Each job returns a result object; the CLI only prints it, so tests and scripts call these directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from serving.config import Home, load_serving
+from serving.predictor import load_version
+from serving.registry import ModelMeta, ModelRegistry
+from serving.text import PREPROCESSING_VERSION
+from training.config import TrainingConfig
+from training.data import DataError, LoadedData, read_dataset
+from training.evaluate import EvalResult, evaluate_probabilities, write_report
+from training.linear import fit_linear
+from training.split import fingerprint, stratified_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where training or evaluation data comes from and which columns hold text and label."""
+
+    path: Path
+    text_col: str | None = None
+    label_col: str = "label"
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    meta: ModelMeta
+    test: EvalResult
+    report: Path
+    seconds: float
+    skipped: int
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    meta: ModelMeta
+    result: EvalResult
+    report: Path
+    data: str
+    skipped: int
+
+
+def load_labelled(spec: DataSpec, *, min_classes: int = 1) -> LoadedData:
+    data = read_dataset(spec.path, text_col=spec.text_col, label_col=spec.label_col, require_labels=True)
+    classes = data.frame["label"].unique()
+    if len(classes) < min_classes:
+        raise DataError(
+            f"{spec.path}: the labels have one class ('{classes[0]}'): training needs at least {min_classes} classes"
+        )
+    if data.skipped:
+        log.warning("%s: skipped %d malformed records", spec.path, len(data.skipped))
+    return data
+
+
+def _report_dir(home: Home, kind: str, meta: ModelMeta) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    return home.reports / f"{kind}-{meta.name}-{meta.version}-{stamp}"
+
+
+def train_linear(
+    spec: DataSpec, cfg: TrainingConfig, home: Home, *, name: str = "linear", parent: str | None = None
+) -> TrainOutcome:
+    """Fit the linear model on the training split, score the test split, register a new version."""
+    started = time.perf_counter()
+    data = load_labelled(spec, min_classes=2)
+    texts = data.frame["text"].tolist()
+    labels = [str(v) for v in data.frame["label"].tolist()]
+    split = stratified_split(labels, cfg.split.holdout_fraction, cfg.split.seed)
+    if len(split.test) == 0:
+        raise DataError(f"{spec.path}: too little data to hold out a test split (need 3+ examples per label)")
+    pick = lambda idx, seq: [seq[i] for i in idx]  # noqa: E731
+    model = fit_linear(
+        pick(split.train, texts),
+        pick(split.train, labels),
+        cfg.linear,
+        calib_texts=pick(split.calib, texts),
+        calib_labels=pick(split.calib, labels),
+    )
+    threshold = load_serving().policy.confidence_threshold
+    test = evaluate_probabilities(
+        model.labels, pick(split.test, labels), model.predict_proba(pick(split.test, texts)), threshold
+    )
+    seconds = time.perf_counter() - started
+    registry = ModelRegistry(home.registry)
+    meta = registry.register(
+        name,
+        model.save,
+        kind="linear",
+        labels=model.labels,
+        preprocessing_version=PREPROCESSING_VERSION,
+        data_fingerprint=fingerprint(texts, labels),
+        metrics={**test.summary(), "train_seconds": round(seconds, 2), "temperature": model.temperature},
+        params={
+            **cfg.linear.model_dump(),
+            "data": str(spec.path),
+            "rows": len(texts),
+            "train_rows": len(split.train),
+            "test_rows": len(split.test),
+        },
+        parent=parent,
+    )
+    report = write_report(
+        test,
+        _report_dir(home, "train", meta),
+        title=f"{meta.name}:{meta.version} held-out test split",
+        extra={"model": f"{meta.name}:{meta.version}", "data": str(spec.path), "split": "held-out test"},
+    )
+    return TrainOutcome(meta, test, report, seconds, len(data.skipped))
+
+
+def evaluate_version(ref: str, spec: DataSpec, home: Home, *, threshold: float | None = None) -> EvalOutcome:
+    """Score a registered version on a labelled file; writes metrics.json and confusion.png."""
+    registry = ModelRegistry(home.registry)
+    predictor, meta = load_version(registry, ref)
+    data = load_labelled(spec)
+    labels = [str(v) for v in data.frame["label"].tolist()]
+    thr = load_serving().policy.confidence_threshold if threshold is None else threshold
+    proba = predictor.predict_proba(data.frame["text"].tolist())
+    result = evaluate_probabilities(predictor.labels, labels, proba, thr)
+    report = write_report(
+        result,
+        _report_dir(home, "eval", meta),
+        title=f"{meta.name}:{meta.version} on {spec.path.name}",
+        extra={"model": f"{meta.name}:{meta.version}", "data": str(spec.path)},
+    )
+    return EvalOutcome(meta, result, report, str(spec.path), len(data.skipped))
