@@ -1,0 +1,1 @@
+"""A/B experiments: sticky arm assignment and experiment configuration."""
