@@ -1,0 +1,295 @@
+"""The event log: an append-only store of routing decisions (predictions) and agent feedback.
+
+Retraining, monitoring and A/B analysis read only from here; if it is not in the log, it did not happen. The
+store sits behind the small `EventLog` interface with two implementations: `SQLiteEventLog` (the embedded
+default; one file shared by every replica process on a machine) and `MemoryEventLog` (in-process, for unit
+tests of other modules). `open_event_log(url)` picks one from the store URL of the serving config.
+PostgreSQL, the multi-node store of the design, is not implemented yet and is refused with a clear message
+rather than faked.
+
+Writes are idempotent so that retries never double count: a repeated request_id is ignored, and feedback is
+first-write-wins per request_id. Replicas write through `serving.eventwriter.BufferedWriter`, so that a
+request never waits on the disk. Text fields arrive already cut to the text policy
+(`serving.redact.apply_policy`).
+
+Timestamps are ISO 8601 strings normalised to UTC with microseconds (`2026-01-31T09:15:00.000000+00:00`), so
+the store compares them as text and `since`/`until` filters work the same in every implementation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import pandas as pd
+
+
+class EventLogError(ValueError):
+    """Bad input to the event log or an unusable store; the message is one line meant for a person."""
+
+
+class UnknownRequestError(EventLogError):
+    """Feedback or a shadow result for a request_id that has no prediction in the log."""
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"unknown request_id '{request_id}': no prediction with this id is in the event log")
+        self.request_id = request_id
+
+
+def utc_now() -> str:
+    """The current time in the log's timestamp format."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def normalize_ts(ts: str) -> str:
+    """Parse an ISO 8601 timestamp with a time zone and write it in the log's UTC format."""
+    try:
+        parsed = datetime.fromisoformat(ts)
+    except (TypeError, ValueError):
+        raise EventLogError(f"timestamp '{ts}' is not ISO 8601 (e.g. 2026-01-31T09:15:00+00:00)") from None
+    if parsed.tzinfo is None:
+        raise EventLogError(f"timestamp '{ts}' has no time zone; add +00:00 for UTC")
+    return parsed.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def user_key(salt: str, user_id: str) -> str:
+    """The pseudonym the log stores instead of a user id: HMAC-SHA256(salt, user_id), 32 hex characters."""
+    if not salt:
+        raise EventLogError("user_key: the salt must not be empty (an unsalted hash of an id is reversible)")
+    return hmac.new(salt.encode(), user_id.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class PredictionEvent:
+    """One routing decision, as the response reported it. Text fields are already cut to the text policy."""
+
+    request_id: str
+    ts: str
+    user_key: str
+    arm: str
+    model_name: str
+    model_version: str
+    queue: str
+    confidence: float
+    fallback: bool
+    reason: str
+    latency_ms: float
+    experiment: str | None = None
+    in_experiment: bool = False
+    secondary_queue: str | None = None
+    email_id: str | None = None  # the client's idempotency key
+    subject: str | None = None
+    body: str | None = None
+    shadow: dict[str, Any] | None = None  # the shadow arm's model, version, queue, confidence, latency_ms
+
+    def __post_init__(self) -> None:
+        if not self.request_id:
+            raise EventLogError("prediction event: request_id must not be empty")
+        if not 0.0 <= self.confidence <= 1.0:
+            raise EventLogError(f"prediction {self.request_id}: confidence {self.confidence} is outside [0, 1]")
+        if self.latency_ms < 0:
+            raise EventLogError(f"prediction {self.request_id}: latency_ms {self.latency_ms} is negative")
+        if self.in_experiment and not self.experiment:
+            raise EventLogError(f"prediction {self.request_id}: in_experiment is set but experiment is empty")
+        object.__setattr__(self, "ts", normalize_ts(self.ts))
+
+
+@dataclass(frozen=True)
+class FeedbackEvent:
+    """An agent's verdict on one routed email: the queue it belonged in and how long it took to handle."""
+
+    request_id: str
+    ts: str
+    true_queue: str
+    handling_seconds: float | None = None
+    agent_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.request_id or not self.true_queue:
+            raise EventLogError("feedback event: request_id and true_queue must not be empty")
+        if self.handling_seconds is not None and self.handling_seconds < 0:
+            raise EventLogError(f"feedback {self.request_id}: handling_seconds is negative")
+        object.__setattr__(self, "ts", normalize_ts(self.ts))
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    created: bool  # False: feedback for this request_id was already stored; `event` is the stored one
+    event: FeedbackEvent
+
+
+@dataclass(frozen=True)
+class LogStats:
+    predictions: int
+    feedback: int
+    by_arm: dict[str, int]
+    by_queue: dict[str, int]
+    by_fallback_reason: dict[str, int]  # only rows with fallback set
+    feedback_accuracy: float | None  # share of feedback whose true_queue equals the routed queue
+
+
+PREDICTION_COLUMNS = [f.name for f in fields(PredictionEvent)]
+FEEDBACK_COLUMNS = ["feedback_ts", "true_queue", "handling_seconds", "agent_id"]
+JOINED_COLUMNS = PREDICTION_COLUMNS + FEEDBACK_COLUMNS
+
+
+class EventLog(Protocol):
+    """What serving writes and analysis reads. Every implementation passes tests/unit/test_eventlog.py."""
+
+    def record_predictions(self, events: Sequence[PredictionEvent]) -> None:
+        """Append a batch; an event whose request_id is already stored is ignored."""
+
+    def record_shadow(self, request_id: str, shadow: dict[str, Any]) -> None:
+        """Attach a shadow result to a stored prediction (first result wins); raises UnknownRequestError."""
+
+    def find_by_email_id(self, email_id: str) -> PredictionEvent | None:
+        """The first prediction stored for a client's email_id, to answer a repeated email the same way."""
+
+    def get_prediction(self, request_id: str) -> PredictionEvent | None: ...
+
+    def record_feedback(self, event: FeedbackEvent) -> FeedbackResult:
+        """Store feedback once per request_id; raises UnknownRequestError for an unknown request_id."""
+
+    def stats(self) -> LogStats: ...
+
+    def predictions_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
+        """Predictions with since <= ts < until, oldest first, one column per PredictionEvent field."""
+
+    def joined_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
+        """predictions_frame LEFT JOIN feedback on request_id (feedback columns empty where none came)."""
+
+    def close(self) -> None: ...
+
+
+def ts_bounds(since: str | None, until: str | None) -> tuple[str, str]:
+    """The [low, high) text range of normalised timestamps a since/until filter selects (for stores)."""
+    # Normalised timestamps compare correctly as text; these sentinels sort below and above all of them.
+    return (normalize_ts(since) if since else "", normalize_ts(until) if until else "\uffff")
+
+
+def to_frame(rows: Sequence[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    """Rows (dicts keyed by column) as a frame with the same dtypes whichever store produced them."""
+    df = pd.DataFrame(list(rows), columns=columns)
+    df["ts"] = pd.to_datetime(df["ts"], utc=True, format="ISO8601")
+    df = df.astype({"fallback": bool, "in_experiment": bool, "confidence": float, "latency_ms": float})
+    if "feedback_ts" in df:
+        df["feedback_ts"] = pd.to_datetime(df["feedback_ts"], utc=True, format="ISO8601")
+        df["handling_seconds"] = df["handling_seconds"].astype(float)
+    return df
+
+
+def copy_shadow(shadow: dict[str, Any] | None) -> dict[str, Any] | None:
+    # A JSON round trip both checks the result is storable and detaches it from the caller's dict.
+    try:
+        return None if shadow is None else json.loads(json.dumps(shadow))
+    except (TypeError, ValueError) as err:
+        raise EventLogError(f"shadow result cannot be stored as JSON: {err}") from None
+
+
+class MemoryEventLog:
+    """The event log in a Python list: for tests and demos; thread-safe, gone when the process ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._predictions: dict[str, PredictionEvent] = {}  # insertion-ordered, like SQLite's rowid
+        self._feedback: dict[str, FeedbackEvent] = {}
+
+    def record_predictions(self, events: Sequence[PredictionEvent]) -> None:
+        copies = [replace(e, shadow=copy_shadow(e.shadow)) for e in events]
+        with self._lock:
+            for event in copies:
+                self._predictions.setdefault(event.request_id, event)
+
+    def record_shadow(self, request_id: str, shadow: dict[str, Any]) -> None:
+        copy = copy_shadow(shadow)
+        with self._lock:
+            event = self._predictions.get(request_id)
+            if event is None:
+                raise UnknownRequestError(request_id)
+            if event.shadow is None:
+                self._predictions[request_id] = replace(event, shadow=copy)
+
+    def find_by_email_id(self, email_id: str) -> PredictionEvent | None:
+        with self._lock:
+            found = [e for e in self._predictions.values() if e.email_id == email_id]
+        return min(found, key=lambda e: e.ts) if found else None
+
+    def get_prediction(self, request_id: str) -> PredictionEvent | None:
+        with self._lock:
+            return self._predictions.get(request_id)
+
+    def record_feedback(self, event: FeedbackEvent) -> FeedbackResult:
+        with self._lock:
+            if event.request_id not in self._predictions:
+                raise UnknownRequestError(event.request_id)
+            stored = self._feedback.setdefault(event.request_id, event)
+        return FeedbackResult(created=stored is event, event=stored)
+
+    def stats(self) -> LogStats:
+        with self._lock:
+            preds = list(self._predictions.values())
+            feedback = list(self._feedback.values())
+            correct = sum(f.true_queue == self._predictions[f.request_id].queue for f in feedback)
+        return LogStats(
+            predictions=len(preds),
+            feedback=len(feedback),
+            by_arm=dict(Counter(p.arm for p in preds)),
+            by_queue=dict(Counter(p.queue for p in preds)),
+            by_fallback_reason=dict(Counter(p.reason for p in preds if p.fallback)),
+            feedback_accuracy=correct / len(feedback) if feedback else None,
+        )
+
+    def _rows(self, since: str | None, until: str | None, joined: bool) -> list[dict[str, Any]]:
+        lo, hi = ts_bounds(since, until)
+        with self._lock:
+            preds = sorted((p for p in self._predictions.values() if lo <= p.ts < hi), key=lambda p: p.ts)
+            rows = []
+            for p in preds:
+                row = asdict(p)
+                if joined:
+                    fb = self._feedback.get(p.request_id)
+                    row.update(
+                        feedback_ts=fb.ts if fb else None,
+                        true_queue=fb.true_queue if fb else None,
+                        handling_seconds=fb.handling_seconds if fb else None,
+                        agent_id=fb.agent_id if fb else None,
+                    )
+                rows.append(row)
+        return rows
+
+    def predictions_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
+        return to_frame(self._rows(since, until, joined=False), PREDICTION_COLUMNS)
+
+    def joined_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
+        return to_frame(self._rows(since, until, joined=True), JOINED_COLUMNS)
+
+    def close(self) -> None:
+        """Nothing to release; kept for the interface."""
+
+
+def open_event_log(url: str) -> EventLog:
+    """The store a URL names: `sqlite:///path.db` (or a bare path) or `memory://`."""
+    if url == "memory://":
+        return MemoryEventLog()
+    scheme, sep, rest = url.partition("://")
+    # Imported here: the SQLite store module imports this one for the event types.
+    from serving.eventlog_sqlite import SQLiteEventLog
+
+    if not sep:
+        return SQLiteEventLog(url)
+    if scheme == "sqlite":
+        # As in SQLAlchemy: sqlite:///relative.db, sqlite:////absolute/path.db
+        path = rest.removeprefix("/")
+        if not path:
+            raise EventLogError(f"event log URL '{url}' names no file; use sqlite:///path/to/events.db")
+        return SQLiteEventLog(path)
+    if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
+        raise EventLogError("a PostgreSQL event log is not yet supported; use sqlite:///path/to/events.db or memory://")
+    raise EventLogError(f"event log URL '{url}': unknown scheme '{scheme}'; use sqlite:///path.db or memory://")

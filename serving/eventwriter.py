@@ -1,0 +1,206 @@
+"""Write events to the event log from a background thread, in batches, so that routing never waits on a disk.
+
+A Ray Serve replica serves requests on an asyncio loop; a synchronous commit there would stall every request
+in flight. `BufferedWriter.submit` only puts the event on an in-memory queue; one thread takes batches off
+it (after `flush_interval_ms`, or at once when `max_batch` events are waiting) and writes each batch in one
+transaction.
+
+What a crash can lose: the events still in the buffer, that is about one flush interval of traffic (more if
+the store was failing and batches were waiting for a retry, at most `max_pending` events). `close()`, the
+normal stop, drains everything first; an `atexit` hook calls it when the interpreter exits normally, and the
+replica should call it from its shutdown hook. A failed write is retried with backoff; the store ignores
+request_ids it already holds, so retrying a batch that did commit double counts nothing. Events that still
+cannot be written, or that arrive while `max_pending` events wait, are dropped, logged and counted in
+`stats().dropped` rather than blocking requests or growing memory without bound.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from serving.eventlog import EventLog, EventLogError, PredictionEvent, copy_shadow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    submitted: int
+    written: int
+    dropped: int
+    pending: int
+
+
+@dataclass(frozen=True)
+class _Shadow:
+    request_id: str
+    shadow: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Marker:
+    """Queued by flush() and close(); the thread sets `done` once everything queued before it is written."""
+
+    done: threading.Event
+    stop: bool = False
+
+
+class BufferedWriter:
+    """Batches prediction events and shadow results into an `EventLog` from one background thread."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        flush_interval_ms: int = 100,
+        max_batch: int = 500,
+        max_pending: int = 100_000,
+        retries: int = 3,
+        retry_backoff_s: float = 0.2,
+    ) -> None:
+        if flush_interval_ms <= 0 or max_batch <= 0 or max_pending <= 0 or retries < 0:
+            raise EventLogError("BufferedWriter: interval, batch size and buffer size must be positive")
+        self._log = log
+        self._interval_s = flush_interval_ms / 1000
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._retries = retries
+        self._backoff_s = retry_backoff_s
+        # Unbounded so that flush/close markers never block; `max_pending` bounds the events instead.
+        self._queue: queue.Queue[PredictionEvent | _Shadow | _Marker] = queue.Queue()
+        self._lock = threading.Lock()
+        self._by_email_id: dict[str, PredictionEvent] = {}  # submitted, not yet written
+        self._submitted = self._written = self._dropped = self._pending = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def submit(self, event: PredictionEvent) -> bool:
+        """Queue a prediction for writing; False when the buffer is full and the event was dropped."""
+        with self._lock:
+            if not self._accept():
+                return False
+            if event.email_id is not None:
+                self._by_email_id.setdefault(event.email_id, event)
+            self._queue.put(event)
+        return True
+
+    def submit_shadow(self, request_id: str, shadow: dict[str, Any]) -> bool:
+        """Queue a shadow result; written after its prediction when that was submitted first."""
+        item = _Shadow(request_id, copy_shadow(shadow) or {})
+        with self._lock:
+            if not self._accept():
+                return False
+            self._queue.put(item)
+        return True
+
+    def _accept(self) -> bool:
+        # Called with the lock held.
+        if self._closed:
+            raise EventLogError("the event log writer is closed")
+        self._submitted += 1
+        if self._pending >= self._max_pending:
+            self._dropped += 1
+            logger.warning("event log buffer full (%s events waiting): dropping an event", self._pending)
+            return False
+        self._pending += 1
+        return True
+
+    def find_by_email_id(self, email_id: str) -> PredictionEvent | None:
+        """Like `EventLog.find_by_email_id`, but also sees events still waiting in the buffer."""
+        with self._lock:
+            waiting = self._by_email_id.get(email_id)
+        stored = self._log.find_by_email_id(email_id)
+        found = [e for e in (stored, waiting) if e is not None]
+        return min(found, key=lambda e: e.ts) if found else None
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until everything submitted before this call is written (or dropped); False on timeout."""
+        marker = _Marker(threading.Event())
+        with self._lock:
+            if self._closed:
+                return not self._thread.is_alive()
+            self._queue.put(marker)
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Write everything still buffered and stop the thread (the log itself stays open); True once done."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(_Marker(threading.Event(), stop=True))
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
+        atexit.unregister(self.close)
+        return True
+
+    def stats(self) -> WriterStats:
+        with self._lock:
+            return WriterStats(self._submitted, self._written, self._dropped, self._pending)
+
+    def __enter__(self) -> BufferedWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            deadline = time.monotonic() + self._interval_s
+            while not isinstance(batch[-1], _Marker) and len(batch) < self._max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = self._write(batch)
+
+    def _write(self, batch: list[PredictionEvent | _Shadow | _Marker]) -> bool:
+        events = [item for item in batch if isinstance(item, PredictionEvent)]
+        if events:
+            self._attempt(partial(self._log.record_predictions, events), len(events))
+        # After the predictions: a shadow result updates a row that must already be there.
+        for item in batch:
+            if isinstance(item, _Shadow):
+                self._attempt(partial(self._log.record_shadow, item.request_id, item.shadow), 1)
+        with self._lock:
+            self._pending -= sum(not isinstance(item, _Marker) for item in batch)
+            for event in events:
+                if event.email_id is not None and self._by_email_id.get(event.email_id) is event:
+                    del self._by_email_id[event.email_id]
+        markers = [item for item in batch if isinstance(item, _Marker)]
+        for marker in markers:
+            marker.done.set()
+        return any(marker.stop for marker in markers)
+
+    def _attempt(self, write: Callable[[], None], count: int) -> None:
+        for attempt in range(self._retries + 1):
+            try:
+                write()
+            except EventLogError as err:  # bad input or a closed store: a retry cannot help
+                logger.error("event log: dropping %s event(s): %s", count, err)
+                break
+            except Exception as err:  # the thread must outlive any store failure (disk full, locked too long)
+                if attempt == self._retries:
+                    logger.error("event log: dropping %s event(s) after %s tries: %s", count, attempt + 1, err)
+                    break
+                logger.warning("event log write failed (%s), retrying", err)
+                time.sleep(self._backoff_s * 2**attempt)
+            else:
+                with self._lock:
+                    self._written += count
+                return
+        with self._lock:
+            self._dropped += count

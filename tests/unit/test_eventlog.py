@@ -1,0 +1,348 @@
+"""The event log contract, run on every store, and what only the SQLite file must do (processes, reopen)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from serving.eventlog import (
+    JOINED_COLUMNS,
+    PREDICTION_COLUMNS,
+    EventLog,
+    EventLogError,
+    FeedbackEvent,
+    MemoryEventLog,
+    PredictionEvent,
+    UnknownRequestError,
+    open_event_log,
+    user_key,
+)
+from serving.eventlog_sqlite import SQLiteEventLog
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def ts(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat()
+
+
+def event(request_id: str, at: float = 0.0, **fields: Any) -> PredictionEvent:
+    values: dict[str, Any] = {
+        "request_id": request_id,
+        "ts": ts(at),
+        "user_key": user_key("test-salt", f"user-{request_id}"),
+        "arm": "linear",
+        "model_name": "linear",
+        "model_version": "3",
+        "queue": "billing",
+        "confidence": 0.9,
+        "fallback": False,
+        "reason": "confident",
+        "latency_ms": 4.5,
+    }
+    values.update(fields)
+    return PredictionEvent(**values)
+
+
+def feedback(request_id: str, true_queue: str = "billing", **fields: Any) -> FeedbackEvent:
+    return FeedbackEvent(request_id=request_id, ts=ts(600), true_queue=true_queue, **fields)
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
+    store: EventLog = MemoryEventLog() if request.param == "memory" else SQLiteEventLog(tmp_path / "ev.db")
+    yield store
+    store.close()
+
+
+# --- the contract, on every store ---
+
+
+def test_round_trip_keeps_every_field(log: EventLog) -> None:
+    full = event(
+        "r1",
+        experiment="exp-1",
+        in_experiment=True,
+        secondary_queue="shipping",
+        email_id="mail-1",
+        subject="Refund",
+        body="Please refund order 12",
+        shadow={"model_version": "7", "queue": "billing", "confidence": 0.8, "latency_ms": 30.0},
+    )
+    log.record_predictions([full, event("r2", fallback=True, subject=None, body=None)])
+    assert log.get_prediction("r1") == full
+    assert log.get_prediction("r2") == event("r2", fallback=True)
+    assert log.get_prediction("missing") is None
+
+
+def test_duplicate_request_id_is_ignored(log: EventLog) -> None:
+    log.record_predictions([event("r1"), event("r2"), event("r2", queue="sales")])
+    log.record_predictions([event("r1", queue="technical"), event("r3")])
+    assert log.stats().predictions == 3
+    assert log.get_prediction("r1") == event("r1")  # the first write wins
+    assert log.get_prediction("r2") == event("r2")
+
+
+def test_record_shadow_updates_once(log: EventLog) -> None:
+    log.record_predictions([event("r1")])
+    log.record_shadow("r1", {"queue": "technical", "confidence": 0.6})
+    log.record_shadow("r1", {"queue": "sales", "confidence": 0.1})  # a retry must not overwrite
+    stored = log.get_prediction("r1")
+    assert stored is not None and stored.shadow == {"queue": "technical", "confidence": 0.6}
+    with pytest.raises(UnknownRequestError):
+        log.record_shadow("nope", {"queue": "sales"})
+    with pytest.raises(EventLogError, match="JSON"):
+        log.record_shadow("r1", {"queue": object()})
+
+
+def test_stored_events_are_detached_from_the_callers_dict(log: EventLog) -> None:
+    shadow = {"queue": "sales"}
+    log.record_predictions([event("r1", shadow=shadow)])
+    shadow["queue"] = "changed"
+    stored = log.get_prediction("r1")
+    assert stored is not None and stored.shadow == {"queue": "sales"}
+
+
+def test_find_by_email_id_returns_the_first_answer(log: EventLog) -> None:
+    # r-late is written first but happened later; r-early is the first answer the client got.
+    log.record_predictions([event("r-late", at=5, email_id="m1", queue="sales"), event("r-other", email_id="m2")])
+    log.record_predictions([event("r-early", at=1, email_id="m1")])
+    found = log.find_by_email_id("m1")
+    assert found is not None and found.request_id == "r-early"
+    assert log.find_by_email_id("unknown") is None
+
+
+def test_feedback_is_idempotent(log: EventLog) -> None:
+    log.record_predictions([event("r1")])
+    first = log.record_feedback(feedback("r1", "billing", handling_seconds=42.0, agent_id="a7"))
+    assert first.created and first.event == feedback("r1", "billing", handling_seconds=42.0, agent_id="a7")
+    again = log.record_feedback(feedback("r1", "sales", agent_id="a9"))
+    assert not again.created
+    assert again.event == first.event  # the stored (first) feedback, not the repeat
+    assert log.stats().feedback == 1
+
+
+def test_feedback_for_unknown_request_is_a_clear_error(log: EventLog) -> None:
+    with pytest.raises(UnknownRequestError, match="unknown request_id 'ghost'") as info:
+        log.record_feedback(feedback("ghost"))
+    assert isinstance(info.value, ValueError)
+    assert log.stats().feedback == 0
+
+
+def test_stats_counts(log: EventLog) -> None:
+    assert log.stats().predictions == 0 and log.stats().feedback_accuracy is None
+    log.record_predictions(
+        [
+            event("a1", arm="linear", queue="billing"),
+            event("a2", arm="linear", queue="shipping"),
+            event("a3", arm="linear", queue="triage", fallback=True, reason="arm_error"),
+            event("b1", arm="transformer", queue="billing"),
+            event("b2", arm="transformer", queue="triage", fallback=True, reason="timeout"),
+            event("b3", arm="transformer", queue="triage", reason="low_confidence"),
+        ]
+    )
+    log.record_feedback(feedback("a1", "billing"))
+    log.record_feedback(feedback("a2", "shipping"))
+    log.record_feedback(feedback("b1", "sales"))
+    stats = log.stats()
+    assert stats.predictions == 6 and stats.feedback == 3
+    assert stats.by_arm == {"linear": 3, "transformer": 3}
+    assert stats.by_queue == {"billing": 2, "shipping": 1, "triage": 3}
+    assert stats.by_fallback_reason == {"arm_error": 1, "timeout": 1}
+    assert stats.feedback_accuracy == pytest.approx(2 / 3)
+
+
+def test_predictions_frame_orders_and_filters_by_time(log: EventLog) -> None:
+    # +02:00 local time: 10:00:30 there is 08:00:30 UTC, before everything else.
+    log.record_predictions([event("r3", at=30), event("r1", at=10), event("r0", ts="2026-01-05T10:00:30+02:00")])
+    log.record_predictions([event("r2", at=20)])
+    df = log.predictions_frame()
+    assert list(df.columns) == PREDICTION_COLUMNS
+    assert list(df["request_id"]) == ["r0", "r1", "r2", "r3"]
+    assert str(df["ts"].dtype) == "datetime64[ns, UTC]"
+    assert df["fallback"].dtype == bool and df["confidence"].dtype == float
+    window = log.predictions_frame(since=ts(10), until=ts(30))  # since inclusive, until exclusive
+    assert list(window["request_id"]) == ["r1", "r2"]
+    assert list(log.predictions_frame(since="2026-01-05T11:00:20+02:00")["request_id"]) == ["r2", "r3"]
+
+
+def test_joined_frame_is_a_left_join(log: EventLog) -> None:
+    log.record_predictions([event("r1", at=1), event("r2", at=2, queue="sales")])
+    log.record_feedback(feedback("r2", "technical", handling_seconds=90.0, agent_id="a1"))
+    df = log.joined_frame()
+    assert list(df.columns) == JOINED_COLUMNS
+    assert len(df) == 2
+    no_fb, with_fb = df.iloc[0], df.iloc[1]
+    assert pd.isna(no_fb["true_queue"]) and pd.isna(no_fb["feedback_ts"]) and pd.isna(no_fb["handling_seconds"])
+    assert (with_fb["queue"], with_fb["true_queue"], with_fb["agent_id"]) == ("sales", "technical", "a1")
+    assert with_fb["handling_seconds"] == 90.0
+    assert with_fb["feedback_ts"] == pd.Timestamp(ts(600))
+    assert list(log.joined_frame(since=ts(2))["request_id"]) == ["r2"]
+
+
+def test_empty_frames_have_the_columns(log: EventLog) -> None:
+    assert list(log.predictions_frame().columns) == PREDICTION_COLUMNS
+    assert list(log.joined_frame().columns) == JOINED_COLUMNS
+    assert log.joined_frame().empty
+
+
+def test_both_stores_produce_the_same_frames(tmp_path: Path) -> None:
+    stores: list[EventLog] = [MemoryEventLog(), SQLiteEventLog(tmp_path / "same.db")]
+    for store in stores:
+        store.record_predictions(
+            [event(f"r{i}", at=i, shadow={"q": i} if i % 2 else None, email_id=f"m{i}") for i in range(5)]
+        )
+        store.record_feedback(feedback("r1", "sales", handling_seconds=3.5))
+    pd.testing.assert_frame_equal(stores[0].joined_frame(), stores[1].joined_frame())
+    pd.testing.assert_frame_equal(stores[0].predictions_frame(), stores[1].predictions_frame())
+
+
+# --- values ---
+
+
+def test_events_validate_and_normalise_timestamps() -> None:
+    assert event("r", ts="2026-01-05T10:00:00+01:00").ts == "2026-01-05T09:00:00.000000+00:00"
+    with pytest.raises(EventLogError, match="no time zone"):
+        event("r", ts="2026-01-05T10:00:00")
+    with pytest.raises(EventLogError, match="not ISO 8601"):
+        event("r", ts="yesterday")
+    with pytest.raises(EventLogError, match="confidence"):
+        event("r", confidence=1.5)
+    with pytest.raises(EventLogError, match="experiment"):
+        event("r", in_experiment=True)
+    with pytest.raises(EventLogError, match="handling_seconds"):
+        feedback("r", handling_seconds=-1.0)
+
+
+def test_user_key_is_a_salted_pseudonym() -> None:
+    # Golden value: changing the hash would split every user's history in two.
+    assert user_key("s3cret-salt", "alice@example.com") == "0dc859b0059c78f1553022c99cfe6a48"
+    assert user_key("other-salt", "alice@example.com") != user_key("s3cret-salt", "alice@example.com")
+    assert user_key("s3cret-salt", "bob@example.com") != user_key("s3cret-salt", "alice@example.com")
+    for raw in ["alice@example.com", "user-12345", "550e8400-e29b-41d4-a716-446655440000", "x" * 40]:
+        key = user_key("s3cret-salt", raw)
+        assert len(key) == 32 and int(key, 16) >= 0
+        assert key != raw and raw not in key and raw.lower() not in key
+    with pytest.raises(EventLogError, match="salt"):
+        user_key("", "alice@example.com")
+
+
+# --- opening a store by URL ---
+
+
+def test_open_event_log_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(open_event_log("memory://"), MemoryEventLog)
+    monkeypatch.chdir(tmp_path)
+    for url, path in [
+        ("sqlite:///rel/events.db", tmp_path / "rel" / "events.db"),
+        (f"sqlite:///{tmp_path}/abs.db", tmp_path / "abs.db"),
+        (str(tmp_path / "bare.db"), tmp_path / "bare.db"),
+    ]:
+        store = open_event_log(url)
+        assert isinstance(store, SQLiteEventLog)
+        store.close()
+        assert path.exists(), url
+    with pytest.raises(EventLogError, match="PostgreSQL event log is not yet supported"):
+        open_event_log("postgresql://user@db/mailroute")
+    with pytest.raises(EventLogError, match="unknown scheme 'mysql'"):
+        open_event_log("mysql://db/mailroute")
+    with pytest.raises(EventLogError, match="names no file"):
+        open_event_log("sqlite://")
+    with pytest.raises(EventLogError, match="memory://"):
+        open_event_log(":memory:")
+
+
+# --- what only the SQLite file must do ---
+
+
+def test_sqlite_persists_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "ev.db"
+    store = SQLiteEventLog(path)
+    store.record_predictions([event("r1")])
+    store.record_feedback(feedback("r1"))
+    store.close()
+    with pytest.raises(EventLogError, match="closed"):
+        store.get_prediction("r1")
+    reopened = SQLiteEventLog(path)
+    assert reopened.get_prediction("r1") == event("r1") and reopened.stats().feedback == 1
+    reopened.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        indices = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"predictions_ts", "predictions_email_id", "predictions_arm"} <= indices
+
+
+def test_sqlite_refuses_another_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "ev.db"
+    SQLiteEventLog(path).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(EventLogError, match="schema version 99"):
+        SQLiteEventLog(path)
+
+
+def _write_from_process(path: str, worker: int, start: Any) -> None:
+    start.wait(timeout=30)  # both processes open (and create) the file at the same moment
+    store = SQLiteEventLog(path)
+    events = [event(f"p{worker}-{i}", at=i, arm=f"arm{worker}") for i in range(2000)]
+    for first in range(0, len(events), 20):  # 100 short transactions, interleaved with the other process
+        store.record_predictions(events[first : first + 20])
+        if first % 400 == 0:
+            store.stats()  # readers in between the writers
+    store.record_predictions(events[:50])  # a retry of early batches: must not double count
+    store.close()
+
+
+def test_two_processes_write_one_sqlite_file(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    path = str(tmp_path / "shared.db")
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_write_from_process, args=(path, w, start)) for w in (0, 1)]
+    began = time.perf_counter()
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    store = SQLiteEventLog(path)
+    stats = store.stats()
+    assert stats.predictions == 4000
+    assert stats.by_arm == {"arm0": 2000, "arm1": 2000}
+    assert store.predictions_frame()["request_id"].is_unique
+    store.close()
+    assert time.perf_counter() - began < 30
+
+
+def test_sqlite_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database" * 100)
+    with pytest.raises(EventLogError, match="cannot open event log"):
+        SQLiteEventLog(path)
+
+
+def _write_with_inherited_log(store: SQLiteEventLog, parent_conn: sqlite3.Connection) -> None:
+    store.record_predictions([event("from-child")])
+    # SQLite forbids using a connection across fork(); the child must have opened its own.
+    raise SystemExit(0 if store._conn() is not parent_conn else 3)
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    store = SQLiteEventLog(tmp_path / "ev.db")
+    store.record_predictions([event("from-parent")])  # the parent holds a connection when it forks
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_write_with_inherited_log, args=(store, store._conn()))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0
+    assert store.stats().predictions == 2
+    store.close()

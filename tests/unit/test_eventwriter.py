@@ -1,0 +1,195 @@
+"""BufferedWriter: batches land exactly once, close() drains, failures are retried or counted."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from serving.eventlog import EventLogError, MemoryEventLog, PredictionEvent
+from serving.eventlog_sqlite import SQLiteEventLog
+from serving.eventwriter import BufferedWriter
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+
+
+def event(request_id: str, at: float = 0.0, **fields: Any) -> PredictionEvent:
+    values: dict[str, Any] = {
+        "request_id": request_id,
+        "ts": (T0 + timedelta(seconds=at)).isoformat(),
+        "user_key": "0" * 32,
+        "arm": "linear",
+        "model_name": "linear",
+        "model_version": "1",
+        "queue": "billing",
+        "confidence": 0.9,
+        "fallback": False,
+        "reason": "confident",
+        "latency_ms": 3.0,
+    }
+    values.update(fields)
+    return PredictionEvent(**values)
+
+
+class GatedLog(MemoryEventLog):
+    """A memory log whose writes wait for `gate` and fail the first `failures` times."""
+
+    def __init__(self, failures: int = 0, gate_open: bool = True) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        if gate_open:
+            self.gate.set()
+        self.failures = failures
+        self.calls = 0
+
+    def record_predictions(self, events: Sequence[PredictionEvent]) -> None:
+        self.gate.wait(timeout=10)
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OSError("disk I/O error")
+        super().record_predictions(events)
+
+
+def test_close_drains_everything_without_waiting_for_the_interval() -> None:
+    log = MemoryEventLog()
+    writer = BufferedWriter(log, flush_interval_ms=60_000, max_batch=10_000)
+    for i in range(300):
+        assert writer.submit(event(f"r{i}"))
+    began = time.perf_counter()
+    assert writer.close(timeout=10)
+    assert time.perf_counter() - began < 2
+    assert log.stats().predictions == 300
+    assert writer.stats().written == 300 and writer.stats().pending == 0
+    with pytest.raises(EventLogError, match="closed"):
+        writer.submit(event("late"))
+    assert writer.close()  # a second close is harmless
+
+
+def test_flush_writes_what_was_submitted_and_keeps_the_writer_open() -> None:
+    log = MemoryEventLog()
+    with BufferedWriter(log, flush_interval_ms=60_000) as writer:
+        writer.submit(event("r1"))
+        assert log.get_prediction("r1") is None  # still buffered
+        assert writer.flush(timeout=5)
+        assert log.get_prediction("r1") is not None
+        writer.submit(event("r2"))
+    assert log.stats().predictions == 2
+
+
+def test_batches_are_written_after_the_interval() -> None:
+    log = MemoryEventLog()
+    with BufferedWriter(log, flush_interval_ms=20) as writer:
+        writer.submit(event("r1"))
+        deadline = time.monotonic() + 5
+        while log.get_prediction("r1") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert log.get_prediction("r1") is not None
+
+
+def test_shadow_results_follow_their_prediction() -> None:
+    log = MemoryEventLog()
+    with BufferedWriter(log, flush_interval_ms=60_000) as writer:
+        writer.submit(event("r1"))
+        writer.submit_shadow("r1", {"queue": "sales", "confidence": 0.4})
+        writer.submit_shadow("ghost", {"queue": "sales"})  # unknown request: dropped and counted
+    stored = log.get_prediction("r1")
+    assert stored is not None and stored.shadow == {"queue": "sales", "confidence": 0.4}
+    assert writer.stats().written == 2 and writer.stats().dropped == 1
+
+
+def test_ten_thousand_events_from_four_threads_land_exactly_once(tmp_path: Path) -> None:
+    log = SQLiteEventLog(tmp_path / "ev.db")
+    writer = BufferedWriter(log, flush_interval_ms=20, max_batch=500)
+
+    def produce(thread: int) -> None:
+        for i in range(2500):
+            writer.submit(event(f"t{thread}-{i}", at=i))
+            if i == 1000:
+                writer.submit(event(f"t{thread}-0", at=0))  # a client retry: must not double count
+
+    began = time.perf_counter()
+    threads = [threading.Thread(target=produce, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert writer.close(timeout=30)
+    elapsed = time.perf_counter() - began
+    frame = log.predictions_frame()
+    assert len(frame) == 10_000 and frame["request_id"].is_unique
+    assert set(frame["request_id"]) == {f"t{t}-{i}" for t in range(4) for i in range(2500)}
+    assert writer.stats().dropped == 0 and writer.stats().written == 10_004
+    print(f"\nBufferedWriter, 4 threads -> SQLite: {10_004 / elapsed:,.0f} events/s end to end")
+    log.close()
+
+
+def test_batch_inserts_reach_thousands_per_second(tmp_path: Path) -> None:
+    log = SQLiteEventLog(tmp_path / "ev.db")
+    events = [event(f"r{i}", at=i, subject="Refund please", body="I was charged twice. " * 20) for i in range(10_000)]
+    began = time.perf_counter()
+    for first in range(0, len(events), 500):
+        log.record_predictions(events[first : first + 500])
+    rate = len(events) / (time.perf_counter() - began)
+    print(f"\nSQLite batch insert (500 per transaction): {rate:,.0f} events/s")
+    assert log.stats().predictions == 10_000
+    assert rate > 2_000
+    log.close()
+
+
+def test_failed_writes_are_retried() -> None:
+    log = GatedLog(failures=2)
+    with BufferedWriter(log, flush_interval_ms=60_000, retry_backoff_s=0.001) as writer:
+        writer.submit(event("r1"))
+    assert log.get_prediction("r1") is not None and log.calls == 3
+    assert writer.stats().written == 1 and writer.stats().dropped == 0
+
+
+def test_writes_that_keep_failing_are_dropped_and_counted() -> None:
+    log = GatedLog(failures=3)
+    with BufferedWriter(log, flush_interval_ms=60_000, retries=2, retry_backoff_s=0.001) as writer:
+        writer.submit(event("r1"))
+        writer.submit(event("r2"))
+        assert writer.flush(timeout=5)
+        writer.submit(event("r3"))  # the thread survived the failure
+    assert log.get_prediction("r3") is not None and log.get_prediction("r1") is None
+    assert writer.stats().dropped == 2 and writer.stats().written == 1
+
+
+def test_a_full_buffer_drops_instead_of_blocking() -> None:
+    log = GatedLog(gate_open=False)  # the store hangs: nothing leaves the buffer
+    writer = BufferedWriter(log, flush_interval_ms=1, max_pending=5)
+    accepted = [writer.submit(event(f"r{i}")) for i in range(8)]
+    assert accepted == [True] * 5 + [False] * 3
+    log.gate.set()
+    assert writer.close(timeout=10)
+    assert log.stats().predictions == 5
+    assert writer.stats() == type(writer.stats())(submitted=8, written=5, dropped=3, pending=0)
+
+
+def test_find_by_email_id_sees_buffered_events() -> None:
+    log = GatedLog(gate_open=False)
+    writer = BufferedWriter(log, flush_interval_ms=1)
+    writer.submit(event("r1", email_id="m1"))
+    writer.submit(event("r2", at=5, email_id="m1"))  # a second answer to the same email is not the first one
+    assert log.find_by_email_id("m1") is None
+    found = writer.find_by_email_id("m1")
+    assert found is not None and found.request_id == "r1"
+    log.gate.set()
+    assert writer.close(timeout=10)
+    found = writer.find_by_email_id("m1")
+    assert found is not None and found.request_id == "r1"
+    assert writer.find_by_email_id("m2") is None
+
+
+def test_bad_settings_and_shadows_are_refused_at_once() -> None:
+    with pytest.raises(EventLogError):
+        BufferedWriter(MemoryEventLog(), max_batch=0)
+    with BufferedWriter(MemoryEventLog()) as writer, pytest.raises(EventLogError, match="JSON"):
+        writer.submit_shadow("r1", {"bad": {1, 2}})
