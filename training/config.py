@@ -20,7 +20,7 @@ class LinearConfig(StrictModel):
     max_features_char: int = Field(300_000, ge=100, description="Vocabulary cap for character n-grams.")
     min_df: int = Field(2, ge=1, description="Ignore n-grams seen in fewer documents than this.")
     alpha: float = Field(1e-5, gt=0, description="L2 regularisation strength of the logistic regression.")
-    epochs: int = Field(15, ge=1, le=200, description="Passes of stochastic gradient descent over the data.")
+    epochs: int = Field(10, ge=1, le=200, description="Passes of stochastic gradient descent over the data.")
     n_jobs: int = Field(2, ge=1, description="Processes computing word and character features in parallel.")
     seed: int = Field(0, description="Seed of the gradient descent's shuffling.")
     class_weight: Literal["balanced", "none"] = Field(
