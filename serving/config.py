@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -125,10 +125,66 @@ class PolicyConfig(StrictModel):
     )
 
 
+class AutoscalingSpec(StrictModel):
+    """Ray Serve autoscaling for one deployment (replaces a fixed replica count)."""
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas kept.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas started.")
+    target_ongoing_requests: float = Field(8, gt=0, description="Requests per replica the autoscaler aims at.")
+
+
+class DeploymentSpec(StrictModel):
+    """Resources of one Ray Serve deployment."""
+
+    num_replicas: int = Field(1, ge=1, description="Replicas (ignored when autoscaling is set).")
+    num_cpus: float = Field(0.5, gt=0, description="Logical CPUs each replica reserves.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Concurrent requests per replica; Serve's default of 5 collapses throughput."
+    )
+    max_queued_requests: int = Field(
+        1000, ge=-1, description="Requests waiting for a replica before Serve sheds load with 503 (-1: no cap)."
+    )
+    autoscaling: AutoscalingSpec | None = Field(None, description="Autoscaling instead of a fixed count.")
+
+
+class ModelServerSpec(DeploymentSpec):
+    """A model arm's deployment: resources plus inference settings."""
+
+    threads: int = Field(1, ge=1, description="torch threads per replica (Ray sets 1 inside actors).")
+    max_batch_size: int = Field(16, ge=1, description="Largest dynamic batch (transformer arms).")
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="How long a batch waits to fill.")
+    quantize: bool = Field(False, description="Dynamic int8 quantisation of the transformer's linear layers.")
+
+
+class EventLogSpec(StrictModel):
+    url: str | None = Field(None, description="Store URL; default sqlite:///<home>/events.db.")
+    text_policy: Literal["full", "redacted", "none"] = Field(
+        "redacted", description="Email text kept in the log: full, redacted (addresses, phones, cards masked) or none."
+    )
+    flush_interval_ms: int = Field(100, ge=1, description="Longest time an event waits in a replica's buffer.")
+
+
 class ServingConfig(StrictModel):
     """`configs/serving.yaml`."""
 
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Decision policy.")
+    host: str = Field("127.0.0.1", description="HTTP host the proxy binds.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    fast_proxy: bool = Field(
+        True, description="Use Ray Serve's HAProxy ingress when a haproxy binary is usable (falls back, saying so)."
+    )
+    max_body_bytes: int = Field(262_144, ge=1024, description="Largest accepted email (subject + body, or raw).")
+    model_timeout_s: float = Field(2.0, gt=0, description="An arm slower than this counts as failed; fallback.")
+    admin_token_env: str = Field("MAILROUTE_ADMIN_TOKEN", description="Env var holding the admin token.")
+    user_salt_env: str = Field(
+        "MAILROUTE_USER_SALT", description="Env var holding the salt of the stored user pseudonyms."
+    )
+    ingress: DeploymentSpec = Field(default_factory=DeploymentSpec, description="The FastAPI router deployment.")
+    linear: ModelServerSpec = Field(default_factory=ModelServerSpec, description="Deployments of linear arms.")
+    transformer: ModelServerSpec = Field(
+        default_factory=ModelServerSpec, description="Deployments of transformer arms."
+    )
+    event_log: EventLogSpec = Field(default_factory=EventLogSpec, description="Where decisions are logged.")
 
 
 def load_serving(path: str | Path | None = None) -> ServingConfig:

@@ -150,7 +150,7 @@ class ModelRegistry:
     def resolve(self, ref: str) -> tuple[str, str]:
         """`name`, `name:champion`, `name:canary`, `name:latest` or `name:v3` -> (name, version).
 
-        A bare name means its champion, or its latest version when no champion was promoted yet.
+        A bare name means its champion; until a champion is promoted, the latest version stands in.
         """
         name, _, selector = ref.partition(":")
         versions = self._versions(name)
@@ -162,8 +162,9 @@ class ModelRegistry:
             chosen = stages.get(selector or "champion")
             if chosen:
                 return name, chosen
-            if selector:
-                raise RegistryError(f"model '{name}' has no {selector} version; promote one first")
+            if selector == "canary":
+                raise RegistryError(f"model '{name}' has no canary version; promote one with --stage canary")
+            # Nothing promoted yet: the latest version stands in, so a fresh install serves right after training.
             return name, versions[-1]
         if selector == "latest":
             return name, versions[-1]

@@ -39,6 +39,7 @@ def test_versions_are_numbered_and_resolved(tmp_path: Path) -> None:
     reg = ModelRegistry(tmp_path)
     assert [_register(reg) for _ in range(3)] == ["v1", "v2", "v3"]
     assert reg.resolve("linear") == ("linear", "v3")  # no champion yet: latest
+    assert reg.resolve("linear:champion") == ("linear", "v3")
     assert reg.resolve("linear:latest") == ("linear", "v3")
     assert reg.resolve("linear:v2") == ("linear", "v2")
     info = reg.get("linear:v1")

@@ -1,0 +1,98 @@
+"""The HTTP contract: request and response models, and turning a request into the text a model reads.
+
+Pure pydantic + stdlib, shared by the Ray Serve app, the Python client and the tests. Every rejection is an
+`ApiError` with a status code and a one-line `detail`.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+
+from serving.emails import Email, EmailParseError, from_fields, parse_raw
+from serving.text import model_text
+
+
+class ApiError(Exception):
+    """A request the service refuses; becomes `{"detail": ...}` with `status`."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RouteRequest(_Request):
+    user_id: StrictStr = Field(min_length=1, max_length=512, description="The sender; decides the A/B arm.")
+    subject: StrictStr | None = Field(None, description="Subject line (with `body`).")
+    body: StrictStr | None = Field(None, description="Plain-text or HTML body (with `subject`).")
+    raw: StrictStr | None = Field(None, description="A whole RFC 822 / MIME message instead of subject + body.")
+    email_id: StrictStr | None = Field(
+        None, min_length=1, max_length=512, description="Idempotency key: a repeat returns the first answer."
+    )
+    force_arm: StrictStr | None = Field(None, description="QA only, with the admin token: serve from this arm.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RouteRequest:
+        if self.raw is not None and (self.subject is not None or self.body is not None):
+            raise ValueError("send either raw or subject/body, not both")
+        if self.raw is None and self.subject is None and self.body is None:
+            raise ValueError("send subject and body, or raw")
+        return self
+
+
+class RouteResponse(BaseModel):
+    request_id: str
+    queue: str
+    confidence: float
+    secondary_queue: str | None
+    arm: str
+    model_version: str
+    fallback: bool
+    reason: str
+    latency_ms: float
+
+
+class FeedbackRequest(_Request):
+    request_id: StrictStr = Field(min_length=1, description="The request_id a route call returned.")
+    true_queue: StrictStr = Field(min_length=1, description="Where the email really belonged.")
+    handling_seconds: StrictFloat | StrictInt | None = Field(None, ge=0, description="Agent handling time.")
+    agent_id: StrictStr | None = Field(None, max_length=256, description="Who corrected it.")
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    created: bool  # False: feedback for this request was already recorded; the first one stands
+    true_queue: str
+
+
+class WeightsChange(_Request):
+    """A partial change for PUT /v1/experiments/{name}: only the fields given change."""
+
+    weights: dict[StrictStr, StrictFloat | StrictInt] | None = None
+    coverage: StrictFloat | StrictInt | None = None
+    active: StrictBool | None = None
+
+
+def email_from_request(req: RouteRequest, max_bytes: int) -> Email:
+    """Parse the email; refuse oversize and empty ones. The size counts UTF-8 bytes of what the client sent."""
+    size = len((req.raw or "").encode()) + len((req.subject or "").encode()) + len((req.body or "").encode())
+    if size > max_bytes:
+        raise ApiError(413, f"email is {size} bytes; the limit is {max_bytes}")
+    try:
+        email = parse_raw(req.raw) if req.raw is not None else from_fields(req.subject or "", req.body or "")
+    except EmailParseError as err:
+        raise ApiError(422, f"raw: {err}") from None
+    if not (email.subject.strip() or email.body.strip()):
+        raise ApiError(422, "the email is empty: subject and body have no text")
+    return email
+
+
+def text_for_model(email: Email) -> str:
+    text = model_text(email.subject, email.body)
+    if not text.strip():
+        raise ApiError(422, "the email has no text left after removing quotes and signatures")
+    return text

@@ -1,0 +1,103 @@
+"""A small Python client for the HTTP API, with timeouts and retries on 503 (load shedding, rolling updates).
+
+client = MailrouteClient("http://127.0.0.1:8000")
+answer = client.route("user-17", subject="Refund", body="I was charged twice")
+client.feedback(answer["request_id"], "billing", handling_seconds=42)
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+
+class MailrouteError(Exception):
+    """The service refused a request (4xx) or stayed unavailable; `status` and the one-line `detail`."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+class MailrouteClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 10.0,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        admin_token: str | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    def _call(self, method: str, path: str, json: Any = None) -> Any:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.request(method, path, json=json)
+            except httpx.TransportError as err:
+                if attempt == self.retries:
+                    raise MailrouteError(503, f"cannot reach {self._http.base_url}: {err}") from None
+            else:
+                if response.status_code != 503 or attempt == self.retries:
+                    break
+            time.sleep(self.backoff_s * 2**attempt)
+        if response.status_code >= 400:
+            try:
+                detail = str(response.json().get("detail", response.text))
+            except ValueError:
+                detail = response.text.strip()[:200]
+            raise MailrouteError(response.status_code, detail)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def route(
+        self,
+        user_id: str,
+        *,
+        subject: str | None = None,
+        body: str | None = None,
+        raw: str | None = None,
+        email_id: str | None = None,
+        force_arm: str | None = None,
+    ) -> dict[str, Any]:
+        payload = {"user_id": user_id, "subject": subject, "body": body, "raw": raw, "email_id": email_id,
+                   "force_arm": force_arm}  # fmt: skip
+        result: dict[str, Any] = self._call("POST", "/v1/route", {k: v for k, v in payload.items() if v is not None})
+        return result
+
+    def route_batch(self, emails: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("POST", "/v1/route/batch", emails)
+        return result
+
+    def feedback(
+        self, request_id: str, true_queue: str, *, handling_seconds: float | None = None, agent_id: str | None = None
+    ) -> dict[str, Any]:
+        payload = {"request_id": request_id, "true_queue": true_queue, "handling_seconds": handling_seconds,
+                   "agent_id": agent_id}  # fmt: skip
+        result: dict[str, Any] = self._call("POST", "/v1/feedback", {k: v for k, v in payload.items() if v is not None})
+        return result
+
+    def experiment(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/experiments")
+        return result
+
+    def change_experiment(self, name: str, change: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PUT", f"/v1/experiments/{name}", change)
+        return result
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> MailrouteClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

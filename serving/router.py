@@ -1,0 +1,248 @@
+"""The router's logic, apart from Ray: assign the sender to an arm, ask the arm's model, apply the decision
+policy with fallbacks, log exactly one prediction event, and record feedback.
+
+The Ray Serve ingress (`serving/app.py`) wraps a `RouterCore` and hands it an `ArmCaller` that awaits the arm
+deployments' handles; unit tests hand it plain coroutines and a memory event log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from experiments.assign import bucket, choose_arm
+from experiments.config import ExperimentConfig
+from serving.api import (
+    ApiError,
+    FeedbackRequest,
+    FeedbackResponse,
+    RouteRequest,
+    RouteResponse,
+    email_from_request,
+    text_for_model,
+)
+from serving.config import QueuesConfig, ServingConfig
+from serving.eventlog import EventLog, FeedbackEvent, PredictionEvent, UnknownRequestError, user_key, utc_now
+from serving.eventwriter import BufferedWriter
+from serving.metrics import RouterMetrics
+from serving.policy import Decision, decide, failed_reason, fallback_chain, triage_decision
+from serving.redact import apply_policy
+
+log = logging.getLogger(__name__)
+SHADOW = "shadow"  # the shadow model's deployment key among the arm callers
+
+
+@dataclass(frozen=True)
+class ArmAnswer:
+    """What a model deployment returns for one email."""
+
+    labels: tuple[str, ...]
+    proba: tuple[float, ...]
+    model_name: str
+    model_version: str
+
+
+ArmCaller = Callable[[str, str], Awaitable[ArmAnswer]]  # (arm or SHADOW, model text) -> answer
+
+
+class RouterCore:
+    def __init__(
+        self,
+        *,
+        queues: QueuesConfig,
+        serving: ServingConfig,
+        experiment: ExperimentConfig,
+        event_log: EventLog,
+        writer: BufferedWriter,
+        call_arm: ArmCaller,
+        user_salt: str,
+    ) -> None:
+        self.queues = queues
+        self.serving = serving
+        self.event_log = event_log
+        self.writer = writer
+        self.call_arm = call_arm
+        self.user_salt = user_salt
+        self.metrics = RouterMetrics()
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self.set_experiment(experiment)
+
+    def set_experiment(self, experiment: ExperimentConfig) -> None:
+        self.experiment = experiment
+        self.ranges = experiment.ranges()
+
+    # ---- routing -----------------------------------------------------------------------------------------------
+    def _assign(self, req: RouteRequest, is_admin: bool) -> tuple[str, bool]:
+        exp = self.experiment
+        if req.force_arm is not None:
+            if not is_admin:
+                raise ApiError(403, "force_arm needs the admin token (Authorization: Bearer <token>)")
+            if req.force_arm not in exp.arms:
+                raise ApiError(422, f"force_arm: unknown arm '{req.force_arm}' (arms: {', '.join(sorted(exp.arms))})")
+            return req.force_arm, False
+        if not exp.active:
+            return exp.holdout_arm, False
+        assignment = choose_arm(exp.salt, req.user_id, self.ranges)
+        if assignment.arm is None:
+            return exp.holdout_arm, False
+        return assignment.arm, True
+
+    async def _ask(self, chain: Sequence[str], text: str) -> tuple[str | None, ArmAnswer | None, list[tuple[str, str]]]:
+        failures: list[tuple[str, str]] = []
+        timeout = self.serving.model_timeout_s
+        for arm in chain:
+            try:
+                return arm, await asyncio.wait_for(self.call_arm(arm, text), timeout), failures
+            except TimeoutError:
+                failures.append((arm, "timeout"))
+            except Exception as err:  # a broken model must never fail the request: next arm, then triage
+                log.warning("arm %s failed: %s: %s", arm, type(err).__name__, err)
+                failures.append((arm, "error"))
+            self.metrics.arm_errors[(arm, failures[-1][1])] += 1
+        return None, None, failures
+
+    async def route(self, req: RouteRequest, *, is_admin: bool = False) -> RouteResponse:
+        started = time.perf_counter()
+        email = email_from_request(req, self.serving.max_body_bytes)
+        text = text_for_model(email)
+        if req.email_id is not None:
+            seen = self.writer.find_by_email_id(req.email_id)
+            if seen is not None:
+                return _response(seen)
+        arm, in_experiment = self._assign(req, is_admin)
+        served_by, answer, failures = await self._ask(
+            fallback_chain(arm, list(self.experiment.arms), self.experiment.fallback_order), text
+        )
+        if answer is None:
+            decision = triage_decision(self.queues.triage_queue)
+            model_name, model_version = "none", "none"
+        else:
+            decision = decide(answer.labels, np.asarray(answer.proba), self.serving.policy, self.queues.triage_queue)
+            model_name, model_version = answer.model_name, answer.model_version
+        reason = failed_reason(failures, served_by) or decision.reason
+        latency_ms = (time.perf_counter() - started) * 1000
+        event = self._event(req, email.subject, email.body, arm, in_experiment, decision, reason, bool(failures),
+                            model_name, model_version, latency_ms)  # fmt: skip
+        self.writer.submit(event)
+        self.metrics.record(
+            arm, decision.queue, latency_ms, reason if failures else None, f"{model_name}:{model_version}"
+        )
+        log.info(
+            "routed request_id=%s arm=%s queue=%s confidence=%.3f reason=%s latency_ms=%.1f",
+            event.request_id, arm, decision.queue, decision.confidence, reason, latency_ms,
+        )  # fmt: skip
+        self._maybe_shadow(event.request_id, text)
+        return _response(event)
+
+    def _event(
+        self,
+        req: RouteRequest,
+        subject: str,
+        body: str,
+        arm: str,
+        in_experiment: bool,
+        decision: Decision,
+        reason: str,
+        fallback: bool,
+        model_name: str,
+        model_version: str,
+        latency_ms: float,
+    ) -> PredictionEvent:
+        policy = self.serving.event_log.text_policy
+        return PredictionEvent(
+            request_id=uuid.uuid4().hex,
+            ts=utc_now(),
+            user_key=user_key(self.user_salt, req.user_id),
+            arm=arm,
+            model_name=model_name,
+            model_version=model_version,
+            queue=decision.queue,
+            confidence=round(decision.confidence, 6),
+            fallback=fallback,
+            reason=reason,
+            latency_ms=round(latency_ms, 3),
+            experiment=self.experiment.name,
+            in_experiment=in_experiment,
+            secondary_queue=decision.secondary_queue,
+            email_id=req.email_id,
+            subject=apply_policy(subject, policy),
+            body=apply_policy(body, policy),
+        )
+
+    def _maybe_shadow(self, request_id: str, text: str) -> None:
+        shadow = self.experiment.shadow
+        if shadow is None or bucket(f"{self.experiment.salt}-shadow", request_id) >= shadow.sample_rate:
+            return
+        task = asyncio.get_running_loop().create_task(self._shadow(request_id, text))
+        self._shadow_tasks.add(task)  # keep a reference until done, or the task may be collected mid-flight
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(self, request_id: str, text: str) -> None:
+        started = time.perf_counter()
+        try:
+            answer = await asyncio.wait_for(self.call_arm(SHADOW, text), self.serving.model_timeout_s)
+        except Exception as err:  # the shadow never affects anyone: log and move on
+            self.writer.submit_shadow(request_id, {"error": f"{type(err).__name__}: {err}"[:200]})
+            return
+        d = decide(answer.labels, np.asarray(answer.proba), self.serving.policy, self.queues.triage_queue)
+        self.writer.submit_shadow(
+            request_id,
+            {
+                "model": answer.model_name,
+                "version": answer.model_version,
+                "queue": d.queue,
+                "confidence": round(d.confidence, 6),
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
+
+    # ---- feedback ----------------------------------------------------------------------------------------------
+    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+        if req.true_queue not in self.queues.queues:
+            known = ", ".join(self.queues.names)
+            raise ApiError(422, f"true_queue: '{req.true_queue}' is not a queue of the taxonomy ({known})")
+        event = FeedbackEvent(
+            request_id=req.request_id,
+            ts=utc_now(),
+            true_queue=req.true_queue,
+            handling_seconds=None if req.handling_seconds is None else float(req.handling_seconds),
+            agent_id=req.agent_id,
+        )
+        # The prediction may still sit in a replica's write buffer: flush ours, then give the others one interval.
+        for attempt in range(3):
+            try:
+                result = await asyncio.to_thread(self.event_log.record_feedback, event)
+                return FeedbackResponse(
+                    request_id=req.request_id, created=result.created, true_queue=result.event.true_queue
+                )
+            except UnknownRequestError:
+                if attempt == 0:
+                    await asyncio.to_thread(self.writer.flush, 5.0)
+                else:
+                    await asyncio.sleep(self.serving.event_log.flush_interval_ms / 1000 * 2)
+        raise ApiError(404, f"unknown request_id '{req.request_id}': no routed email has this id")
+
+    async def close(self) -> None:
+        if self._shadow_tasks:
+            await asyncio.wait(self._shadow_tasks, timeout=self.serving.model_timeout_s)
+        await asyncio.to_thread(self.writer.close, 30.0)
+
+
+def _response(event: PredictionEvent) -> RouteResponse:
+    return RouteResponse(
+        request_id=event.request_id,
+        queue=event.queue,
+        confidence=event.confidence,
+        secondary_queue=event.secondary_queue,
+        arm=event.arm,
+        model_version=f"{event.model_name}:{event.model_version}",
+        fallback=event.fallback,
+        reason=event.reason,
+        latency_ms=event.latency_ms,
+    )

@@ -1,0 +1,200 @@
+"""RouterCore without Ray: assignment, fallbacks, idempotency, shadow, feedback, metrics, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from experiments.config import ExperimentConfig
+from serving.api import ApiError, FeedbackRequest, RouteRequest
+from serving.config import ServingConfig, load_queues
+from serving.eventlog import MemoryEventLog
+from serving.eventwriter import BufferedWriter
+from serving.metrics import merge, render
+from serving.router import SHADOW, ArmAnswer, RouterCore
+
+pytestmark = pytest.mark.unit
+QUEUES = load_queues(Path(__file__).resolve().parents[2] / "configs" / "queues.yaml")
+LABELS = tuple(QUEUES.names)
+
+
+def experiment(**extra: Any) -> ExperimentConfig:
+    data = {
+        "name": "exp",
+        "salt": "s1",
+        "arms": {"linear": {"model": "linear", "weight": 0.5}, "transformer": {"model": "transformer", "weight": 0.5}},
+        "holdout_arm": "linear",
+        **extra,
+    }
+    return ExperimentConfig.model_validate(data)
+
+
+class FakeArms:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.fail: dict[str, str] = {}
+        self.proba = {q: 0.0 for q in LABELS} | {"billing": 0.9, "technical": 0.1}
+
+    async def __call__(self, arm: str, text: str) -> ArmAnswer:
+        self.calls.append(arm)
+        if self.fail.get(arm) == "error":
+            raise RuntimeError("boom")
+        if self.fail.get(arm) == "hang":
+            await asyncio.sleep(10)
+        return ArmAnswer(LABELS, tuple(self.proba[q] for q in LABELS), arm if arm != SHADOW else "shadowmodel", "v1")
+
+
+@pytest.fixture
+def setup() -> Iterator[tuple[RouterCore, FakeArms, MemoryEventLog]]:
+    log = MemoryEventLog()
+    writer = BufferedWriter(log, flush_interval_ms=5)
+    arms = FakeArms()
+    core = RouterCore(
+        queues=QUEUES,
+        serving=ServingConfig.model_validate({"model_timeout_s": 0.2}),
+        experiment=experiment(),
+        event_log=log,
+        writer=writer,
+        call_arm=arms,
+        user_salt="salt",
+    )
+    yield core, arms, log
+    writer.close()
+
+
+def route(core: RouterCore, admin: bool = False, **fields: Any) -> Any:
+    req = RouteRequest.model_validate({"user_id": "u1", "subject": "Refund", "body": "charged twice", **fields})
+    return asyncio.run(core.route(req, is_admin=admin))
+
+
+def test_route_logs_one_event_with_a_pseudonym(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    core, _, log = setup
+    answer = route(core)
+    assert answer.queue == "billing" and answer.reason == "confident" and not answer.fallback
+    core.writer.flush()
+    event = log.get_prediction(answer.request_id)
+    assert event is not None and event.arm == answer.arm and event.in_experiment
+    assert "u1" not in event.user_key
+    assert event.body == "charged twice"  # redacted policy leaves plain text alone
+
+
+def test_same_user_same_arm_and_holdout(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    core, _, log = setup
+    assert len({route(core, user_id="user-7").arm for _ in range(5)}) == 1
+    assert {route(core, user_id=f"user-{i}").arm for i in range(40)} == {"linear", "transformer"}
+    core.set_experiment(experiment(coverage=0.01))
+    answers = [route(core, user_id=f"h-{i}") for i in range(50)]
+    core.writer.flush()
+    events = [log.get_prediction(a.request_id) for a in answers]
+    held = [e for e in events if e is not None and not e.in_experiment]
+    assert len(held) >= 45  # ~99% are holdout ...
+    assert {e.arm for e in held} == {"linear"}  # ... served by the holdout arm
+
+
+def test_repeated_email_id_returns_the_first_answer(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    core, arms, log = setup
+    first = route(core, email_id="mail-1")
+    second = route(core, email_id="mail-1", body="something else entirely")
+    assert second == first
+    core.writer.flush()
+    assert log.stats().predictions == 1
+    assert len(arms.calls) == 1
+
+
+@pytest.mark.parametrize("fault", ["error", "hang"])
+def test_failed_arm_falls_back_then_triage(setup: tuple[RouterCore, FakeArms, MemoryEventLog], fault: str) -> None:
+    core, arms, _ = setup
+    arms.fail = {"transformer": fault}
+    answer = route(core, force_arm="transformer", admin=True)
+    kind = "timeout" if fault == "hang" else "error"
+    assert answer.fallback and answer.queue == "billing"
+    assert answer.reason == f"fallback_to_linear:transformer_{kind}"
+    arms.fail = {"transformer": fault, "linear": "error"}
+    answer = route(core, force_arm="transformer", admin=True)
+    assert answer.queue == "triage" and answer.fallback and answer.reason.startswith("all_arms_failed:")
+    assert core.metrics.arm_errors[("transformer", kind)] == 2
+
+
+def test_low_confidence_goes_to_triage(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    core, arms, _ = setup
+    arms.proba = {q: 1 / len(LABELS) for q in LABELS}
+    answer = route(core)
+    assert answer.queue == "triage" and answer.reason == "low_confidence"
+
+
+def test_force_arm_rules(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    core, _, _ = setup
+    with pytest.raises(ApiError) as err:
+        route(core, force_arm="transformer")
+    assert err.value.status == 403
+    with pytest.raises(ApiError) as err:
+        route(core, force_arm="gpt", admin=True)
+    assert err.value.status == 422 and "unknown arm 'gpt'" in err.value.detail
+    assert route(core, force_arm="transformer", admin=True).arm == "transformer"
+
+
+def test_shadow_is_logged_never_returned(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    core, arms, log = setup
+    core.set_experiment(experiment(shadow={"model": "transformer", "sample_rate": 1.0}))
+
+    async def run() -> Any:
+        answer = await core.route(RouteRequest(user_id="u9", subject="s", body="invoice copy please"))
+        await asyncio.gather(*core._shadow_tasks)
+        return answer
+
+    answer = asyncio.run(run())
+    assert "shadow" not in answer.model_dump_json()
+    core.writer.flush()
+    event = log.get_prediction(answer.request_id)
+    assert event is not None and event.shadow is not None
+    assert event.shadow["model"] == "shadowmodel" and event.shadow["queue"] == "billing"
+    assert SHADOW in arms.calls
+
+
+def test_feedback(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    core, _, log = setup
+    answer = route(core)  # still in the write buffer: feedback must find it anyway
+    first = asyncio.run(core.feedback(FeedbackRequest(request_id=answer.request_id, true_queue="technical")))
+    again = asyncio.run(core.feedback(FeedbackRequest(request_id=answer.request_id, true_queue="billing")))
+    assert first.created and not again.created and again.true_queue == "technical"
+    with pytest.raises(ApiError) as err:
+        asyncio.run(core.feedback(FeedbackRequest(request_id=answer.request_id, true_queue="refunds")))
+    assert err.value.status == 422
+    with pytest.raises(ApiError) as err:
+        asyncio.run(core.feedback(FeedbackRequest(request_id="nope", true_queue="billing")))
+    assert err.value.status == 404
+    assert log.joined_frame()["true_queue"].tolist() == ["technical"]
+
+
+@pytest.mark.parametrize(
+    "fields, status",
+    [
+        ({"body": "x" * 300_000}, 413),
+        ({"subject": "  ", "body": ""}, 422),
+        ({"subject": None, "body": None, "raw": "\x00\x01garbage"}, 422),
+    ],
+)
+def test_bad_emails(setup: tuple[RouterCore, FakeArms, MemoryEventLog], fields: dict[str, Any], status: int) -> None:
+    core, arms, log = setup
+    with pytest.raises(ApiError) as err:
+        route(core, **fields)
+    assert err.value.status == status and "\n" not in err.value.detail
+    core.writer.flush()
+    assert log.stats().predictions == 0 and not arms.calls
+
+
+def test_metrics_render(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    core, _, _ = setup
+    for i in range(4):
+        route(core, user_id=f"m{i}")
+    text = render(merge([core.metrics.snapshot(), core.metrics.snapshot()]), "exp")
+    total = sum(
+        int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("mailroute_requests_total{")
+    )
+    assert total == 8
+    assert 'mailroute_latency_ms_bucket{experiment="exp",arm=' in text
+    assert "# TYPE mailroute_latency_ms histogram" in text
