@@ -178,6 +178,115 @@ def cmd_models_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- serving and experiments ---------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import time
+
+    from experiments.config import load_experiments
+    from serving import launch
+    from serving.config import load_queues, load_serving
+
+    queues, serving = load_queues(), load_serving()
+    experiment = load_experiments().experiment
+
+    running = launch.start(Home.resolve(args.home), queues, serving, experiment, port=args.port)
+
+    def terminate(signum: int, frame: object) -> None:  # SIGTERM stops as cleanly as Ctrl-C: no orphan proxy
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)  # after ray.init, which installs a handler of its own
+    print(f"mailroute serving at {running.url} ({running.proxy} proxy); Ctrl-C stops", flush=True)
+    if args.exit_after_start:
+        launch.stop(running.started_ray)
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping (flushing the event log)...", file=sys.stderr)
+        launch.stop(running.started_ray)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from serving.client import MailrouteClient
+    from serving.config import load_serving
+
+    token = os.environ.get(load_serving().admin_token_env)
+    return MailrouteClient(args.url, admin_token=token, retries=1)
+
+
+def _http_errors() -> tuple[type[BaseException], ...]:
+    from serving.client import MailrouteError
+
+    return (MailrouteError,)
+
+
+def cmd_experiment_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        data = client.experiment()
+    if args.json:
+        _print_json(data)
+        return 0
+    exp = data["experiment"]
+    print(f"experiment {exp['name']} ({'active' if exp['active'] else 'stopped'}), coverage {exp['coverage']}")
+    for arm, spec in exp["arms"].items():
+        print(f"  {arm:<14} {spec['model']}:{spec['version']:<10} weight {spec['weight']}")
+    print("  ranges: " + ", ".join(f"{r['arm']} [{r['start']:.4f}, {r['end']:.4f})" for r in data["ranges"]))
+    return 0
+
+
+def cmd_experiment_set_weights(args: argparse.Namespace) -> int:
+    weights: dict[str, float] = {}
+    for item in args.weights:
+        arm, sep, value = item.partition("=")
+        try:
+            weights[arm] = float(value)
+        except ValueError:
+            raise UsageError(f"mailroute experiment set-weights: expected ARM=WEIGHT, got '{item}'") from None
+        if not sep:
+            raise UsageError(f"mailroute experiment set-weights: expected ARM=WEIGHT, got '{item}'")
+    with _client(args) as client:
+        name = args.name or client.experiment()["experiment"]["name"]
+        result = client.change_experiment(name, {"arms": weights})
+    print(f"experiment {name}: weights {weights}; {result['moved_share']:.2%} of users changed arm")
+    return 0
+
+
+def cmd_experiment_stop(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        name = args.name or client.experiment()["experiment"]["name"]
+        client.change_experiment(name, {"active": False})
+    print(f"experiment {name} stopped: every user is served by the holdout arm")
+    return 0
+
+
+def cmd_log_stats(args: argparse.Namespace) -> int:
+    from serving.config import load_serving
+    from serving.eventlog import open_event_log
+
+    home = Home.resolve(args.home)
+    url = load_serving().event_log.url or f"sqlite:///{home.event_log}"
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(f"no event log at {url.removeprefix('sqlite:///')}: nothing was routed yet")
+    stats = open_event_log(url).stats()
+    data: dict[str, Any] = {"predictions": stats.predictions, "feedback": stats.feedback, "by_arm": stats.by_arm,
+            "by_queue": stats.by_queue, "by_fallback_reason": stats.by_fallback_reason,
+            "feedback_accuracy": stats.feedback_accuracy}  # fmt: skip
+    if args.json:
+        _print_json(data)
+        return 0
+    print(f"{stats.predictions} routed emails, {stats.feedback} with feedback")
+    for key in ("by_arm", "by_queue", "by_fallback_reason"):
+        print(
+            f"  {key.removeprefix('by_')}: " + (", ".join(f"{k} {v}" for k, v in sorted(data[key].items())) or "none")
+        )
+    if stats.feedback_accuracy is not None:
+        print(f"  accuracy on feedback: {stats.feedback_accuracy:.4f}")
+    return 0
+
+
 # ---- parser --------------------------------------------------------------------------------------------------
 def _add(sub: Any, name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = sub.add_parser(name, help=help_, description=help_)
@@ -233,13 +342,34 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--stage", choices=["champion", "canary"], default="champion")
     rollback = _add(models, "rollback", cmd_models_rollback, "restore the previous champion")
     rollback.add_argument("name")
+
+    serve_cmd = _add(top, "serve", cmd_serve, "serve the A/B experiment over HTTP (local Ray, or $RAY_ADDRESS)")
+    serve_cmd.add_argument("--port", type=int, default=None, help="HTTP port (default: serving.yaml's, 8000)")
+    serve_cmd.add_argument("--exit-after-start", action="store_true", help=argparse.SUPPRESS)
+
+    exp = top.add_parser("experiment", help="read or change the running experiment").add_subparsers(
+        dest="experiment_command", required=True
+    )
+    show_exp = _add(exp, "show", cmd_experiment_show, "show the running experiment")
+    weights = _add(exp, "set-weights", cmd_experiment_set_weights, "change arm weights (admin token from env)")
+    weights.add_argument("weights", nargs="+", help="ARM=WEIGHT ... (weights sum to 1)")
+    stop_exp = _add(exp, "stop", cmd_experiment_stop, "stop the experiment: everyone gets the holdout arm")
+    for sub_parser in (show_exp, weights, stop_exp):
+        sub_parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    for sub_parser in (weights, stop_exp):
+        sub_parser.add_argument("--name", default=None, help="experiment name (default: the running one)")
+    show_exp.add_argument("--json", action="store_true")
+
+    logs = top.add_parser("log", help="the event log").add_subparsers(dest="log_command", required=True)
+    stats = _add(logs, "stats", cmd_log_stats, "count logged emails by arm, queue and fallback reason")
+    stats.add_argument("--json", action="store_true")
     return parser
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from serving.registry import RegistryError
 
-    return (RegistryError, ValueError, OSError)
+    return (RegistryError, ValueError, OSError, *_http_errors())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -258,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["MAILROUTE_CONFIG_DIR"] = args.config_dir
     try:
         return int(args.func(args))
+    except UsageError as err:
+        print(err, file=sys.stderr)
+        return EXIT_USAGE
     except ConfigError as err:
         print(f"mailroute: config error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -205,6 +205,8 @@ class MemoryEventLog:
         copies = [replace(e, shadow=copy_shadow(e.shadow)) for e in events]
         with self._lock:
             for event in copies:
+                if event.email_id is not None and any(e.email_id == event.email_id for e in self._predictions.values()):
+                    continue  # like SQLite's unique email_id index: the first record stands
                 self._predictions.setdefault(event.request_id, event)
 
     def record_shadow(self, request_id: str, shadow: dict[str, Any]) -> None:

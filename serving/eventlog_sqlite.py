@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS predictions (
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_arm ON predictions (arm);
-CREATE INDEX IF NOT EXISTS predictions_email_id ON predictions (email_id) WHERE email_id IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS predictions_email_id ON predictions (email_id) WHERE email_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT PRIMARY KEY REFERENCES predictions (request_id), ts TEXT NOT NULL,
     true_queue TEXT NOT NULL, handling_seconds REAL, agent_id TEXT
@@ -54,7 +54,7 @@ _P_SELECT = ", ".join(f"p.{c}" for c in PREDICTION_COLUMNS)
 # ON CONFLICT rather than INSERT OR IGNORE: OR IGNORE would also silently skip NOT NULL violations.
 _INSERT_PREDICTION = (
     f"INSERT INTO predictions ({_P_COLS}) VALUES ({', '.join('?' * len(PREDICTION_COLUMNS))}) "
-    "ON CONFLICT (request_id) DO NOTHING"
+    "ON CONFLICT DO NOTHING"  # a repeated request_id or email_id: the first record stands
 )
 
 

@@ -129,7 +129,14 @@ class RouterCore:
         latency_ms = (time.perf_counter() - started) * 1000
         event = self._event(req, email.subject, email.body, arm, in_experiment, decision, reason, bool(failures),
                             model_name, model_version, latency_ms)  # fmt: skip
-        self.writer.submit(event)
+        if req.email_id is None:
+            self.writer.submit(event)
+        else:
+            # An idempotency key must hold across replicas: write now, and answer with whatever record won
+            # (the event log keeps one per email_id; a racing replica's copy is dropped by the store).
+            await asyncio.to_thread(self.event_log.record_predictions, [event])
+            stored = await asyncio.to_thread(self.event_log.find_by_email_id, req.email_id)
+            event = stored if stored is not None else event
         self.metrics.record(
             arm, decision.queue, latency_ms, reason if failures else None, f"{model_name}:{model_version}"
         )

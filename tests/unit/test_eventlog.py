@@ -113,12 +113,15 @@ def test_stored_events_are_detached_from_the_callers_dict(log: EventLog) -> None
     assert stored is not None and stored.shadow == {"queue": "sales"}
 
 
-def test_find_by_email_id_returns_the_first_answer(log: EventLog) -> None:
-    # r-late is written first but happened later; r-early is the first answer the client got.
-    log.record_predictions([event("r-late", at=5, email_id="m1", queue="sales"), event("r-other", email_id="m2")])
-    log.record_predictions([event("r-early", at=1, email_id="m1")])
+def test_one_record_per_email_id(log: EventLog) -> None:
+    # Two replicas raced on the same idempotency key: the record written first stands, the other is dropped,
+    # and both replicas answer with the stored one.
+    log.record_predictions([event("r-first", at=5, email_id="m1", queue="sales"), event("r-other", email_id="m2")])
+    log.record_predictions([event("r-second", at=1, email_id="m1")])
     found = log.find_by_email_id("m1")
-    assert found is not None and found.request_id == "r-early"
+    assert found is not None and found.request_id == "r-first"
+    assert log.get_prediction("r-second") is None
+    assert log.stats().predictions == 2
     assert log.find_by_email_id("unknown") is None
 
 

