@@ -63,6 +63,24 @@ def cmd_train_linear(args: argparse.Namespace) -> int:
 
     cfg = load_training(args.config)
     outcome = train_linear(_data_spec(args), cfg, Home.resolve(args.home), name=args.name)
+    _print_train_outcome(outcome)
+    return 0
+
+
+def cmd_train_transformer(args: argparse.Namespace) -> int:
+    from training.config import load_training
+    from training.pipeline import train_transformer_job
+
+    cfg = load_training(args.config)
+    overrides = {k: v for k, v in {"num_workers": args.workers, "epochs": args.epochs}.items() if v is not None}
+    if overrides:
+        cfg = cfg.model_copy(update={"transformer": cfg.transformer.model_copy(update=overrides)})
+    outcome = train_transformer_job(_data_spec(args), cfg, Home.resolve(args.home), name=args.name)
+    _print_train_outcome(outcome)
+    return 0
+
+
+def _print_train_outcome(outcome: Any) -> None:
     t = outcome.test
     print(
         f"held-out test ({t.n} emails): accuracy {t.accuracy:.4f}, macro-F1 {t.macro_f1:.4f}, "
@@ -73,7 +91,6 @@ def cmd_train_linear(args: argparse.Namespace) -> int:
         print(f"skipped {outcome.skipped} malformed records (see the warnings above)", file=sys.stderr)
     print(f"report: {outcome.report.parent}")
     print(f"{outcome.meta.name}:{outcome.meta.version}")
-    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -323,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(linear)
     linear.add_argument("--config", default=None, help="training config (default: configs/training.yaml)")
     linear.add_argument("--name", default="linear", help="model name in the registry (default: linear)")
+
+    transformer = _add(train, "transformer", cmd_train_transformer, "fine-tune MiniLM with Ray Train")
+    _data_args(transformer)
+    transformer.add_argument("--config", default=None, help="training config (default: configs/training.yaml)")
+    transformer.add_argument("--name", default="transformer", help="model name in the registry")
+    transformer.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: config)")
+    transformer.add_argument("--epochs", type=int, default=None, help="most epochs (default: config)")
 
     evaluate = _add(top, "evaluate", cmd_evaluate, "score a registered model on labelled data")
     evaluate.add_argument("--model", required=True, help="name, name:champion, name:latest or name:vN")

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from serving.config import StrictModel, config_dir, load_config
+from training.transformer_config import TransformerConfig
 
 
 class LinearConfig(StrictModel):
@@ -46,6 +47,9 @@ class SplitConfig(StrictModel):
 class TrainingConfig(StrictModel):
     split: SplitConfig = Field(default_factory=SplitConfig, description="Held-out split.")
     linear: LinearConfig = Field(default_factory=LinearConfig, description="Linear model settings.")
+    transformer: TransformerConfig = Field(
+        default_factory=TransformerConfig, description="Transformer fine-tuning settings (Ray Train)."
+    )
 
 
 def load_training(path: str | Path | None = None) -> TrainingConfig:

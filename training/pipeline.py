@@ -5,6 +5,7 @@ Each job returns a result object; the CLI only prints it, so tests and scripts c
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -107,6 +108,89 @@ def train_linear(
             "rows": len(texts),
             "train_rows": len(split.train),
             "test_rows": len(split.test),
+        },
+        parent=parent,
+    )
+    report = write_report(
+        test,
+        _report_dir(home, "train", meta),
+        title=f"{meta.name}:{meta.version} held-out test split",
+        extra={"model": f"{meta.name}:{meta.version}", "data": str(spec.path), "split": "held-out test"},
+    )
+    return TrainOutcome(meta, test, report, seconds, len(data.skipped))
+
+
+def train_transformer_job(
+    spec: DataSpec,
+    cfg: TrainingConfig,
+    home: Home,
+    *,
+    name: str = "transformer",
+    parent: str | None = None,
+    timeout_s: float | None = None,
+) -> TrainOutcome:
+    """Fine-tune the transformer with Ray Train on the training split, score the test split, register a version.
+
+    The run folder is named after the data fingerprint, so running the same command again after an interruption
+    resumes from the last epoch's checkpoint.
+    """
+    import shutil
+
+    from serving.transformer_predictor import TransformerPredictor
+    from training.transformer import train_transformer
+
+    started = time.perf_counter()
+    data = load_labelled(spec, min_classes=2)
+    texts = data.frame["text"].tolist()
+    labels = [str(v) for v in data.frame["label"].tolist()]
+    split = stratified_split(labels, cfg.split.holdout_fraction, cfg.split.seed)  # the linear model's test rows
+    if len(split.test) == 0:
+        raise DataError(f"{spec.path}: too little data to hold out a test split (need 3+ examples per label)")
+    # The transformer holds out its own validation split for early stopping; calib rows join training.
+    train_idx = sorted([*split.train, *split.calib])
+    fp = fingerprint(texts, labels)
+    settings = hashlib.sha256(cfg.transformer.model_dump_json().encode()).hexdigest()[:8]
+    run_dir = home.runs / f"{name}-{fp.removeprefix('sha256:')[:12]}-{settings}"
+    result = train_transformer(
+        [texts[i] for i in train_idx],
+        [labels[i] for i in train_idx],
+        cfg.transformer,
+        run_dir=run_dir,
+        label_names=sorted(set(labels)),
+        timeout_s=timeout_s,
+    )
+    predictor = TransformerPredictor.load(result.export_dir, threads=max(1, cfg.transformer.threads_per_worker))
+    threshold = load_serving().policy.confidence_threshold
+    test = evaluate_probabilities(
+        predictor.labels,
+        [labels[i] for i in split.test],
+        predictor.predict_proba([texts[i] for i in split.test]),
+        threshold,
+    )
+    seconds = time.perf_counter() - started
+
+    def copy_export(folder: Path) -> None:
+        shutil.copytree(result.export_dir, folder, dirs_exist_ok=True)
+
+    meta = ModelRegistry(home.registry).register(
+        name,
+        copy_export,
+        kind="transformer",
+        labels=predictor.labels,
+        preprocessing_version=PREPROCESSING_VERSION,
+        data_fingerprint=fp,
+        metrics={
+            **test.summary(),
+            **{f"run_{k}": v for k, v in result.metrics.items()},
+            "train_seconds": round(seconds, 1),
+        },
+        params={
+            **cfg.transformer.model_dump(mode="json"),
+            "data": str(spec.path),
+            "rows": len(texts),
+            "train_rows": len(train_idx),
+            "test_rows": len(split.test),
+            "run_dir": str(run_dir),
         },
         parent=parent,
     )
