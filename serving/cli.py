@@ -279,6 +279,30 @@ def cmd_experiment_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Send a labelled file's emails to a running service, as a mail gateway would, and the labels back as
+    agent feedback, as a helpdesk would."""
+    from serving.client import MailrouteClient
+    from training.data import read_dataset
+
+    data = read_dataset(Path(args.data), label_col=args.label_col, require_labels=args.feedback)
+    frame = data.frame.head(args.n) if args.n else data.frame
+    routed = correct = triaged = 0
+    with MailrouteClient(args.url, retries=3) as client:
+        for row in frame.itertuples():
+            user = str(row.user_id or f"replay-{row.Index}")
+            answer = client.route(user, subject=str(row.subject), body=str(row.body), email_id=str(row.email_id))
+            routed += 1
+            triaged += answer["queue"] == "triage"
+            correct += answer["queue"] == row.label
+            if args.feedback:
+                client.feedback(answer["request_id"], str(row.label), handling_seconds=30.0, agent_id="replay")
+    auto = routed - triaged
+    print(f"routed {routed} emails: {auto} auto-routed ({correct} to the right queue), {triaged} to triage"
+          + (f"; sent {routed} feedback records" if args.feedback else ""))  # fmt: skip
+    return 0
+
+
 def cmd_log_stats(args: argparse.Namespace) -> int:
     from serving.config import load_serving
     from serving.eventlog import open_event_log
@@ -383,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     for sub_parser in (weights, stop_exp):
         sub_parser.add_argument("--name", default=None, help="experiment name (default: the running one)")
     show_exp.add_argument("--json", action="store_true")
+
+    replay = _add(top, "replay", cmd_replay, "send a labelled file's emails (and labels as feedback) to a server")
+    replay.add_argument("--data", required=True, help="CSV, JSONL, mbox or .eml folder")
+    replay.add_argument("--label-col", default="label", help="column holding the true queue")
+    replay.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
+    replay.add_argument("--n", type=int, default=0, help="at most this many emails (0: all)")
+    replay.add_argument("--feedback", action="store_true", help="send each label back as agent feedback")
 
     logs = top.add_parser("log", help="the event log").add_subparsers(dest="log_command", required=True)
     stats = _add(logs, "stats", cmd_log_stats, "count logged emails by arm, queue and fallback reason")

@@ -132,13 +132,8 @@ def start(
 ) -> Running:
     """Start Ray (if needed) and Serve, deploy the app, and wait until it runs."""
     from ray import serve
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
 
     port = port or serving.port
-    experiment = control.load_state(home, experiment)
-    app_config = control.deploy_config(home, queues.model_dump(mode="json"), serving, experiment, APP_NAME)
-    control.user_salt(home)  # created here once, before replicas race for it
     env = ray_env(serving, port)
     proxy = "haproxy" if "RAY_SERVE_ENABLE_HA_PROXY" in env else "default"
     if serving.fast_proxy and proxy == "default":
@@ -159,12 +154,24 @@ def start(
         proxy = "default"
         started = _start_ray(num_cpus, env)
         serve.start(http_options={"host": serving.host, "port": port})
-    client = _get_global_client()
-    assert client is not None
-    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [app_config]}), _blocking=True)
+    deploy(home, queues, serving, experiment)
     url = f"http://{'127.0.0.1' if serving.host in ('0.0.0.0', '::') else serving.host}:{port}"
     log.info("mailroute serving at %s (%s proxy)", url, proxy)
     return Running(url=url, proxy=proxy, started_ray=started)
+
+
+def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment: ExperimentConfig) -> None:
+    """(Re)deploy the app on the running Serve instance; the saved experiment state wins over the file's if it is
+    the same experiment, so a restart keeps every user's arm. Blocks until the app runs."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    experiment = control.load_state(home, experiment)
+    app_config = control.deploy_config(home, queues.model_dump(mode="json"), serving, experiment, APP_NAME)
+    control.user_salt(home)  # created here once, before replicas race for it
+    client = _get_global_client()
+    assert client is not None
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [app_config]}), _blocking=True)
 
 
 def stop(started_ray: bool = True) -> None:

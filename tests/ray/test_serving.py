@@ -4,6 +4,7 @@ shadow traffic and every bad input. One app for the module, on the session's Ray
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -80,7 +81,8 @@ def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port:
     running = launch.start(home, QUEUES, serving, experiment, port=serve_port)
     client = httpx.Client(base_url=running.url, timeout=30)
     try:
-        yield {"url": running.url, "home": home, "client": client, "proxy": running.proxy}
+        yield {"url": running.url, "home": home, "client": client, "proxy": running.proxy, "serving": serving,
+               "experiment": experiment}  # fmt: skip
     finally:
         client.close()
         from ray import serve
@@ -263,3 +265,33 @@ def test_batch_route_keeps_order(app: dict[str, Any]) -> None:
     assert len(results) == 3 and len({r["request_id"] for r in results}) == 3
     singles = [_route(app, e["user_id"], subject=e["subject"], body=e["body"]).json()["arm"] for e in emails]
     assert [r["arm"] for r in results] == singles
+
+
+def test_replay_and_log_stats(app: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from serving.cli import main
+    from training.synth import write_corpus
+
+    data = tmp_path / "replay.jsonl"
+    write_corpus(generate(30, seed=51), data)
+    before = _events(app).stats()
+    code = main(["replay", "--data", str(data), "--label-col", "queue", "--url", app["url"], "--feedback"])
+    assert code == 0 and "routed 30 emails" in capsys.readouterr().out
+    threading.Event().wait(0.3)
+    code = main(["--home", str(app["home"].root), "log", "stats", "--json"])
+    stats = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert stats["predictions"] == before.predictions + 30
+    assert stats["feedback"] == before.feedback + 30
+    assert sum(stats["by_arm"].values()) == stats["predictions"]
+
+
+def test_same_arm_after_a_redeploy(app: dict[str, Any]) -> None:
+    """Tear the app down and deploy it again (a restart): every user keeps its arm, including the layout a runtime
+    weight change pinned."""
+    from ray import serve
+
+    users = [f"restart-{i}" for i in range(30)]
+    before = {u: _route(app, u).json()["arm"] for u in users}
+    serve.delete("mailroute")
+    launch.deploy(app["home"], QUEUES, app["serving"], app["experiment"])
+    assert {u: _route(app, u).json()["arm"] for u in users} == before
