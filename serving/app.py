@@ -152,7 +152,7 @@ class Router:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         return secrets.compare_digest(given, self.admin_token)
 
-    async def _guard(self, request: Request, coro: Any) -> Any:
+    async def _guard(self, coro: Any) -> Any:
         try:
             return await coro
         except ApiError as err:
@@ -164,7 +164,7 @@ class Router:
     @api.post("/v1/route", response_model=RouteResponse)
     async def route(self, req: RouteRequest, request: Request) -> RouteResponse:
         assert self.core is not None
-        return await self._guard(request, self.core.route(req, is_admin=self._is_admin(request)))
+        return await self._guard(self.core.route(req, is_admin=self._is_admin(request)))
 
     @api.post("/v1/route/batch", response_model=list[RouteResponse])
     async def route_batch(self, reqs: list[RouteRequest], request: Request) -> list[RouteResponse]:
@@ -172,12 +172,12 @@ class Router:
         if len(reqs) > 1000:
             raise ApiError(413, f"batch of {len(reqs)} emails; the limit is 1000")
         admin = self._is_admin(request)
-        return list(await self._guard(request, asyncio.gather(*(self.core.route(r, is_admin=admin) for r in reqs))))
+        return list(await self._guard(asyncio.gather(*(self.core.route(r, is_admin=admin) for r in reqs))))
 
     @api.post("/v1/feedback", response_model=FeedbackResponse)
     async def feedback(self, req: FeedbackRequest, request: Request) -> FeedbackResponse:
         assert self.core is not None
-        return await self._guard(request, self.core.feedback(req))
+        return await self._guard(self.core.feedback(req))
 
     @api.get("/v1/experiments")
     async def experiments(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from serving.config import Home, load_serving
 from serving.predictor import load_version
@@ -64,9 +65,25 @@ def load_labelled(spec: DataSpec, *, min_classes: int = 1) -> LoadedData:
     return data
 
 
+def _pick(indices: Any, seq: list[str]) -> list[str]:
+    return [seq[i] for i in indices]
+
+
 def _report_dir(home: Home, kind: str, meta: ModelMeta) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     return home.reports / f"{kind}-{meta.name}-{meta.version}-{stamp}"
+
+
+def _train_outcome(
+    home: Home, spec: DataSpec, meta: ModelMeta, test: EvalResult, seconds: float, skipped: int
+) -> TrainOutcome:
+    report = write_report(
+        test,
+        _report_dir(home, "train", meta),
+        title=f"{meta.name}:{meta.version} held-out test split",
+        extra={"model": f"{meta.name}:{meta.version}", "data": str(spec.path), "split": "held-out test"},
+    )
+    return TrainOutcome(meta, test, report, seconds, skipped)
 
 
 def train_linear(
@@ -80,17 +97,16 @@ def train_linear(
     split = stratified_split(labels, cfg.split.holdout_fraction, cfg.split.seed)
     if len(split.test) == 0:
         raise DataError(f"{spec.path}: too little data to hold out a test split (need 3+ examples per label)")
-    pick = lambda idx, seq: [seq[i] for i in idx]  # noqa: E731
     model = fit_linear(
-        pick(split.train, texts),
-        pick(split.train, labels),
+        _pick(split.train, texts),
+        _pick(split.train, labels),
         cfg.linear,
-        calib_texts=pick(split.calib, texts),
-        calib_labels=pick(split.calib, labels),
+        calib_texts=_pick(split.calib, texts),
+        calib_labels=_pick(split.calib, labels),
     )
     threshold = load_serving().policy.confidence_threshold
     test = evaluate_probabilities(
-        model.labels, pick(split.test, labels), model.predict_proba(pick(split.test, texts)), threshold
+        model.labels, _pick(split.test, labels), model.predict_proba(_pick(split.test, texts)), threshold
     )
     seconds = time.perf_counter() - started
     registry = ModelRegistry(home.registry)
@@ -111,13 +127,7 @@ def train_linear(
         },
         parent=parent,
     )
-    report = write_report(
-        test,
-        _report_dir(home, "train", meta),
-        title=f"{meta.name}:{meta.version} held-out test split",
-        extra={"model": f"{meta.name}:{meta.version}", "data": str(spec.path), "split": "held-out test"},
-    )
-    return TrainOutcome(meta, test, report, seconds, len(data.skipped))
+    return _train_outcome(home, spec, meta, test, seconds, len(data.skipped))
 
 
 def train_transformer_job(
@@ -194,13 +204,7 @@ def train_transformer_job(
         },
         parent=parent,
     )
-    report = write_report(
-        test,
-        _report_dir(home, "train", meta),
-        title=f"{meta.name}:{meta.version} held-out test split",
-        extra={"model": f"{meta.name}:{meta.version}", "data": str(spec.path), "split": "held-out test"},
-    )
-    return TrainOutcome(meta, test, report, seconds, len(data.skipped))
+    return _train_outcome(home, spec, meta, test, seconds, len(data.skipped))
 
 
 def evaluate_version(ref: str, spec: DataSpec, home: Home, *, threshold: float | None = None) -> EvalOutcome:
