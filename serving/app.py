@@ -245,9 +245,10 @@ class Router:
             await self.core.close()
 
 
-def _deployment_options(spec: Any, name: str) -> dict[str, Any]:
+def _deployment_options(spec: Any, name: str, access_log: bool) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": name,
+        "logging_config": {"enable_access_log": access_log},
         "ray_actor_options": {"num_cpus": spec.num_cpus},
         "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": spec.max_queued_requests,
@@ -267,10 +268,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         spec = serving_cfg.transformer if kind == "transformer" else serving_cfg.linear
         name = "shadow" if arm == SHADOW else f"arm-{arm}"
         deployment: Any = serve.deployment(ModelServer)
-        deployment = deployment.options(**_deployment_options(spec, name))
+        deployment = deployment.options(**_deployment_options(spec, name, serving_cfg.access_log))
         arms[arm] = deployment.bind(args["home"], args["queues"], kind == "transformer")
     router: Any = serve.deployment(Router)
-    options = _deployment_options(serving_cfg.ingress, "Router")
+    options = _deployment_options(serving_cfg.ingress, "Router", serving_cfg.access_log)
     # The admin token and the user salt reach the router replicas wherever Ray places them.
     options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(args.get("secrets", {}))}
     router = router.options(**options)

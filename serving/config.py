@@ -173,6 +173,11 @@ class ServingConfig(StrictModel):
     fast_proxy: bool = Field(
         True, description="Use Ray Serve's HAProxy ingress when a haproxy binary is usable (falls back, saying so)."
     )
+    access_log: bool = Field(
+        False,
+        description="Ray Serve's own per-request access log lines; the router writes one structured record per "
+        "routed email regardless, and the extra line costs throughput.",
+    )
     max_body_bytes: int = Field(262_144, ge=1024, description="Largest accepted email (subject + body, or raw).")
     model_timeout_s: float = Field(2.0, gt=0, description="An arm slower than this counts as failed; fallback.")
     admin_token_env: str = Field("MAILROUTE_ADMIN_TOKEN", description="Env var holding the admin token.")

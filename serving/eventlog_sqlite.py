@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,7 +122,7 @@ class SQLiteEventLog:
             conn.row_factory = sqlite3.Row
             # busy_timeout first: the journal_mode switch itself may have to wait for another process.
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.DatabaseError as err:  # not a database file, no permission, a read-only disk
@@ -129,6 +130,19 @@ class SQLiteEventLog:
                 conn.close()
             raise EventLogError(f"cannot open event log {self.path}: {err}") from None
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching a new file to WAL while another process does the same can fail with "database is locked"
+        # at once: SQLite does not always call the busy handler for this pragma. Retry within the busy timeout.
+        deadline = time.monotonic() + self._busy_timeout_ms / 1000
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if ("locked" not in str(err) and "busy" not in str(err)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
