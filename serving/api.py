@@ -6,7 +6,7 @@ Pure pydantic + stdlib, shared by the Ray Serve app, the Python client and the t
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
 from serving.emails import Email, EmailParseError, from_fields, parse_raw
 from serving.text import model_text
@@ -67,14 +67,6 @@ class FeedbackResponse(BaseModel):
     request_id: str
     created: bool  # False: feedback for this request was already recorded; the first one stands
     true_queue: str
-
-
-class WeightsChange(_Request):
-    """A partial change for PUT /v1/experiments/{name}: only the fields given change."""
-
-    weights: dict[StrictStr, StrictFloat | StrictInt] | None = None
-    coverage: StrictFloat | StrictInt | None = None
-    active: StrictBool | None = None
 
 
 def email_from_request(req: RouteRequest, max_bytes: int) -> Email:

@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 from dataclasses import dataclass
-from typing import Any
 
 from experiments.config import ExperimentConfig
 from serving import control
@@ -184,9 +183,3 @@ def stop(started_ray: bool = True) -> None:
     finally:
         if started_ray:
             ray.shutdown()
-
-
-def status() -> dict[str, Any]:
-    from ray import serve
-
-    return {name: str(app.status) for name, app in serve.status().applications.items()}
