@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import secrets
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from experiments.config import ExperimentConfig
 from serving import control
 from serving.api import ApiError, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
+from serving.batcher import CallBatcher
 from serving.config import Home, QueuesConfig, ServingConfig, parse_config
 from serving.eventlog import open_event_log
 from serving.eventwriter import BufferedWriter
@@ -36,6 +39,13 @@ from serving.router import SHADOW, ArmAnswer, RouterCore
 
 log = logging.getLogger(__name__)
 APP_NAME = "mailroute"
+
+
+def _flush_serve_logs_forever(interval_s: float) -> None:
+    while True:
+        time.sleep(interval_s)
+        for handler in logging.getLogger("ray.serve").handlers:
+            handler.flush()
 
 
 def _one_line(err: Exception) -> str:
@@ -79,14 +89,15 @@ class ModelServer:
             tuple(self.predictor.labels), tuple(float(p) for p in proba_row), self.meta.name, self.meta.version
         )
 
-    async def predict(self, text: str) -> ArmAnswer:
+    async def predict(self, texts: list[str]) -> list[ArmAnswer]:
+        """Answers for a router's batch of emails (one per email, in order)."""
         if self.fault == "error":
             raise RuntimeError("injected fault")
         if self.fault == "hang":
             await asyncio.sleep(3600)
-        if self.batched:
-            return await self._predict_batch(text)
-        return self._answer(self.predictor.predict_proba([text])[0])
+        if self.batched:  # merge the batches of all router replicas, up to max_batch_size
+            return list(await asyncio.gather(*(self._predict_batch(text) for text in texts)))
+        return [self._answer(row) for row in self.predictor.predict_proba(texts)]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _predict_batch(self, texts: list[str]) -> list[ArmAnswer]:
@@ -122,9 +133,19 @@ class Router:
         salt = os.environ.get(self.serving.user_salt_env) or control.user_salt(self.home)
         event_log = open_event_log(self.serving.event_log.url or f"sqlite:///{self.home.event_log}")
         writer = BufferedWriter(event_log, flush_interval_ms=self.serving.event_log.flush_interval_ms)
+        calls = self.serving.arm_calls
+        self.batcher: CallBatcher[ArmAnswer] = CallBatcher(
+            self._call_arm_batch,
+            max_batch=calls.max_batch_size,
+            max_in_flight=calls.max_in_flight,
+            timeout_s=self.serving.model_timeout_s,
+        )
         self.core: RouterCore | None = None
         self._event_log, self._writer, self._salt = event_log, writer, salt
         self.config_version = 0
+        # Serve buffers request-path log records (1,000 in throughput mode) with no time limit: flush every second,
+        # so that a quiet replica's records reach its log file too.
+        threading.Thread(target=_flush_serve_logs_forever, args=(1.0,), name="log-flush", daemon=True).start()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         experiment = parse_config(config["experiment"], ExperimentConfig, "experiment")
@@ -137,14 +158,17 @@ class Router:
                 writer=self._writer,
                 call_arm=self._call_arm,
                 user_salt=self._salt,
+                route_log=logging.getLogger("ray.serve.mailroute"),  # Serve's replica log, in its encoding
             )
         else:
             self.core.set_experiment(experiment)
         self.config_version = config.get("version", 0)
 
     async def _call_arm(self, arm: str, text: str) -> ArmAnswer:
-        handle = self.arms[SHADOW if arm == SHADOW else arm]
-        return await handle.predict.remote(text)
+        return await self.batcher.call(arm, text)
+
+    async def _call_arm_batch(self, arm: str, texts: list[str]) -> list[ArmAnswer]:
+        return await self.arms[arm].predict.remote(texts)
 
     def _is_admin(self, request: Request) -> bool:
         if not self.admin_token:
@@ -245,10 +269,10 @@ class Router:
             await self.core.close()
 
 
-def _deployment_options(spec: Any, name: str, access_log: bool) -> dict[str, Any]:
+def _deployment_options(spec: Any, name: str, serving: ServingConfig) -> dict[str, Any]:
     options: dict[str, Any] = {
         "name": name,
-        "logging_config": {"enable_access_log": access_log},
+        "logging_config": {"enable_access_log": serving.access_log, "encoding": serving.log_encoding},
         "ray_actor_options": {"num_cpus": spec.num_cpus},
         "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": spec.max_queued_requests,
@@ -268,10 +292,10 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         spec = serving_cfg.transformer if kind == "transformer" else serving_cfg.linear
         name = "shadow" if arm == SHADOW else f"arm-{arm}"
         deployment: Any = serve.deployment(ModelServer)
-        deployment = deployment.options(**_deployment_options(spec, name, serving_cfg.access_log))
+        deployment = deployment.options(**_deployment_options(spec, name, serving_cfg))
         arms[arm] = deployment.bind(args["home"], args["queues"], kind == "transformer")
     router: Any = serve.deployment(Router)
-    options = _deployment_options(serving_cfg.ingress, "Router", serving_cfg.access_log)
+    options = _deployment_options(serving_cfg.ingress, "Router", serving_cfg)
     # The admin token and the user salt reach the router replicas wherever Ray places them.
     options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(args.get("secrets", {}))}
     router = router.options(**options)

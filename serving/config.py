@@ -156,6 +156,14 @@ class ModelServerSpec(DeploymentSpec):
     quantize: bool = Field(False, description="Dynamic int8 quantisation of the transformer's linear layers.")
 
 
+class ArmCallSpec(StrictModel):
+    """How a router replica calls the arms: the single-email calls that arrive while earlier ones are in flight
+    go out together as one batch call (no wait is added when the arm is idle)."""
+
+    max_batch_size: int = Field(32, ge=1, description="Most emails in one call from a router replica to an arm.")
+    max_in_flight: int = Field(2, ge=1, description="Concurrent calls from one router replica to one arm.")
+
+
 class EventLogSpec(StrictModel):
     url: str | None = Field(None, description="Store URL; default sqlite:///<home>/events.db.")
     text_policy: Literal["full", "redacted", "none"] = Field(
@@ -178,6 +186,9 @@ class ServingConfig(StrictModel):
         description="Ray Serve's own per-request access log lines; the router writes one structured record per "
         "routed email regardless, and the extra line costs throughput.",
     )
+    log_encoding: Literal["JSON", "TEXT"] = Field(
+        "JSON", description="Format of the replicas' log files; JSON puts each routed email's fields in its record."
+    )
     max_body_bytes: int = Field(262_144, ge=1024, description="Largest accepted email (subject + body, or raw).")
     model_timeout_s: float = Field(2.0, gt=0, description="An arm slower than this counts as failed; fallback.")
     admin_token_env: str = Field("MAILROUTE_ADMIN_TOKEN", description="Env var holding the admin token.")
@@ -189,6 +200,7 @@ class ServingConfig(StrictModel):
     transformer: ModelServerSpec = Field(
         default_factory=ModelServerSpec, description="Deployments of transformer arms."
     )
+    arm_calls: ArmCallSpec = Field(default_factory=ArmCallSpec, description="Batching of the calls to the arms.")
     event_log: EventLogSpec = Field(default_factory=EventLogSpec, description="Where decisions are logged.")
 
 

@@ -36,6 +36,7 @@ from serving.redact import apply_policy
 
 log = logging.getLogger(__name__)
 SHADOW = "shadow"  # the shadow model's deployment key among the arm callers
+ROUTE_LOGGER = "mailroute.routed"  # one record per routed email (the Serve app hands in Serve's replica logger)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class RouterCore:
         writer: BufferedWriter,
         call_arm: ArmCaller,
         user_salt: str,
+        route_log: logging.Logger | None = None,
     ) -> None:
         self.queues = queues
         self.serving = serving
@@ -69,6 +71,7 @@ class RouterCore:
         self.writer = writer
         self.call_arm = call_arm
         self.user_salt = user_salt
+        self.route_log = route_log or logging.getLogger(ROUTE_LOGGER)
         self.metrics = RouterMetrics()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.set_experiment(experiment)
@@ -140,10 +143,16 @@ class RouterCore:
         self.metrics.record(
             arm, decision.queue, latency_ms, reason if failures else None, f"{model_name}:{model_version}"
         )
-        log.info(
-            "routed request_id=%s arm=%s queue=%s confidence=%.3f reason=%s latency_ms=%.1f",
-            event.request_id, arm, decision.queue, decision.confidence, reason, latency_ms,
-        )  # fmt: skip
+        record = {
+            "request_id": event.request_id,
+            "arm": arm,
+            "model": f"{model_name}:{model_version}",
+            "queue": decision.queue,
+            "confidence": round(decision.confidence, 3),
+            "reason": reason,
+            "latency_ms": round(latency_ms, 1),
+        }
+        self.route_log.info(" ".join(f"{k}={v}" for k, v in record.items()), extra={"routed": record})
         self._maybe_shadow(event.request_id, text)
         return _response(event)
 

@@ -160,6 +160,30 @@ def test_shadow_is_logged_never_returned(app: dict[str, Any]) -> None:
     assert event is not None and event.shadow and event.shadow["model"] == "linear"
 
 
+def _routed_log_records(request_id: str) -> list[dict[str, Any]]:
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    found = []
+    for path in logs.glob("replica_mailroute_Router_*.log"):
+        for line in path.read_text().splitlines():
+            if request_id in line:
+                record = json.loads(line)
+                if record.get("routed", {}).get("request_id") == request_id:
+                    found.append(record)
+    return found
+
+
+def test_each_routed_email_has_one_structured_log_record(app: dict[str, Any]) -> None:
+    answer = _route(app, "logged-user").json()
+    records = _wait_for(lambda: _routed_log_records(answer["request_id"]), lambda found: len(found) > 0)
+    assert len(records) == 1
+    routed = records[0]["routed"]
+    assert routed["arm"] == answer["arm"] and routed["queue"] == answer["queue"]
+    assert routed["model"] == answer["model_version"] and routed["reason"] == answer["reason"]
+    assert "logged-user" not in json.dumps(records[0])  # no user id in the log
+
+
 def test_forced_arm_needs_the_token(app: dict[str, Any]) -> None:
     assert _route(app, "qa", force_arm="transformer").status_code == 403
     ok = _route(app, "qa", force_arm="transformer", headers={"Authorization": f"Bearer {TOKEN}"})
