@@ -107,19 +107,26 @@ class ModelServer:
 api = FastAPI(title="mailroute", description="Routes customer emails to specialist queues.", version="1")
 
 
+def _refuse(request: Request, status: int, detail: str) -> JSONResponse:
+    core = getattr(request.app.state, "core", None)  # this replica's RouterCore, once configured
+    if core is not None:
+        core.metrics.rejected[str(status)] += 1
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
 @api.exception_handler(RequestValidationError)
-async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
     first = exc.errors()[0]
     if first.get("type") == "json_invalid":
-        return JSONResponse({"detail": "invalid JSON body"}, status_code=400)
+        return _refuse(request, 400, "invalid JSON body")
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    return JSONResponse({"detail": f"{where}: {message}"}, status_code=422)
+    return _refuse(request, 422, f"{where}: {message}")
 
 
 @api.exception_handler(ApiError)
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return _refuse(request, exc.status, exc.detail)
 
 
 @serve.ingress(api)
@@ -160,6 +167,7 @@ class Router:
                 user_salt=self._salt,
                 route_log=logging.getLogger("ray.serve.mailroute"),  # Serve's replica log, in its encoding
             )
+            api.state.core = self.core  # the exception handlers count refusals in its metrics
         else:
             self.core.set_experiment(experiment)
         self.config_version = config.get("version", 0)
@@ -176,19 +184,11 @@ class Router:
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
         return secrets.compare_digest(given, self.admin_token)
 
-    async def _guard(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except ApiError as err:
-            assert self.core is not None
-            self.core.metrics.rejected[str(err.status)] += 1
-            raise
-
     # ---- routes --------------------------------------------------------------------------------------------
     @api.post("/v1/route", response_model=RouteResponse)
     async def route(self, req: RouteRequest, request: Request) -> RouteResponse:
         assert self.core is not None
-        return await self._guard(self.core.route(req, is_admin=self._is_admin(request)))
+        return await self.core.route(req, is_admin=self._is_admin(request))
 
     @api.post("/v1/route/batch", response_model=list[RouteResponse])
     async def route_batch(self, reqs: list[RouteRequest], request: Request) -> list[RouteResponse]:
@@ -196,12 +196,12 @@ class Router:
         if len(reqs) > 1000:
             raise ApiError(413, f"batch of {len(reqs)} emails; the limit is 1000")
         admin = self._is_admin(request)
-        return list(await self._guard(asyncio.gather(*(self.core.route(r, is_admin=admin) for r in reqs))))
+        return list(await asyncio.gather(*(self.core.route(r, is_admin=admin) for r in reqs)))
 
     @api.post("/v1/feedback", response_model=FeedbackResponse)
     async def feedback(self, req: FeedbackRequest, request: Request) -> FeedbackResponse:
         assert self.core is not None
-        return await self._guard(self.core.feedback(req))
+        return await self.core.feedback(req)
 
     @api.get("/v1/experiments")
     async def experiments(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from serving.config import ConfigError, Home
+from serving.config import ConfigError, Home, parse_config
 
 log = logging.getLogger("mailroute")
 EXIT_FAILURE = 1
@@ -30,6 +30,9 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
         raise UsageError(f"{self.prog}: {message}")
+
+
+HOLDOUT_HELP = "share of the data held out of training, half to calibrate and half to test (default: config)"
 
 
 def _print_json(data: Any) -> None:
@@ -57,24 +60,32 @@ def _data_spec(args: argparse.Namespace) -> Any:
     return DataSpec(Path(args.data), text_col=args.text_col, label_col=args.label_col)
 
 
-def cmd_train_linear(args: argparse.Namespace) -> int:
-    from training.config import load_training
-    from training.pipeline import train_linear
+def _training_config(args: argparse.Namespace, transformer: dict[str, Any] | None = None) -> Any:
+    """The training config file with the command line's overrides, validated like the file itself."""
+    from training.config import TrainingConfig, load_training
 
     cfg = load_training(args.config)
+    data = cfg.model_dump()
+    if args.holdout is not None:
+        data["split"]["holdout_fraction"] = args.holdout
+    data["transformer"].update({k: v for k, v in (transformer or {}).items() if v is not None})
+    return parse_config(data, TrainingConfig, "command line")
+
+
+def cmd_train_linear(args: argparse.Namespace) -> int:
+    from training.pipeline import train_linear
+
+    cfg = _training_config(args)
     outcome = train_linear(_data_spec(args), cfg, Home.resolve(args.home), name=args.name)
     _print_train_outcome(outcome)
     return 0
 
 
 def cmd_train_transformer(args: argparse.Namespace) -> int:
-    from training.config import load_training
     from training.pipeline import train_transformer_job
 
-    cfg = load_training(args.config)
-    overrides = {k: v for k, v in {"num_workers": args.workers, "epochs": args.epochs}.items() if v is not None}
-    if overrides:
-        cfg = cfg.model_copy(update={"transformer": cfg.transformer.model_copy(update=overrides)})
+    overrides = {"num_workers": args.workers, "epochs": args.epochs, "learning_rate": args.learning_rate}
+    cfg = _training_config(args, overrides)
     outcome = train_transformer_job(_data_spec(args), cfg, Home.resolve(args.home), name=args.name)
     _print_train_outcome(outcome)
     return 0
@@ -364,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(linear)
     linear.add_argument("--config", default=None, help="training config (default: configs/training.yaml)")
     linear.add_argument("--name", default="linear", help="model name in the registry (default: linear)")
+    linear.add_argument("--holdout", type=float, default=None, help=HOLDOUT_HELP)
 
     transformer = _add(train, "transformer", cmd_train_transformer, "fine-tune MiniLM with Ray Train")
     _data_args(transformer)
@@ -371,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     transformer.add_argument("--name", default="transformer", help="model name in the registry")
     transformer.add_argument("--workers", type=int, default=None, help="Ray Train workers (default: config)")
     transformer.add_argument("--epochs", type=int, default=None, help="most epochs (default: config)")
+    transformer.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: config)")
+    transformer.add_argument("--holdout", type=float, default=None, help=HOLDOUT_HELP)
 
     evaluate = _add(top, "evaluate", cmd_evaluate, "score a registered model on labelled data")
     evaluate.add_argument("--model", required=True, help="name, name:champion, name:latest or name:vN")

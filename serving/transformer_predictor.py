@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.json"
 CONFIG_FILE = "transformer_config.json"
+CALIBRATION_FILE = "calibration.json"  # {"temperature": T}, written after training from the validation split
 DEFAULT_MAX_LENGTH = 64
 
 
@@ -32,12 +33,22 @@ class TransformerArtifactError(ValueError):
 class TransformerPredictor:
     """A fine-tuned sequence classifier in eval mode, with the label order it was trained on."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, labels: list[str], *, max_length: int, max_batch: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        labels: list[str],
+        *,
+        max_length: int,
+        max_batch: int,
+        temperature: float = 1.0,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.labels = labels
         self.max_length = max_length
         self.max_batch = max_batch
+        self.temperature = temperature  # logits are divided by it before the softmax
 
     @classmethod
     def load(
@@ -60,6 +71,7 @@ class TransformerPredictor:
         if config_path.is_file():
             max_length = int(json.loads(config_path.read_text(encoding="utf-8")).get("max_length", max_length))
 
+        temperature = read_temperature(export_dir)
         torch.set_num_threads(threads)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(export_dir))
@@ -74,11 +86,18 @@ class TransformerPredictor:
         model.eval()
         if quantize:
             model = quantize_linear_int8(model)
-        return cls(model, tokenizer, labels, max_length=max_length, max_batch=max_batch)
+        return cls(model, tokenizer, labels, max_length=max_length, max_batch=max_batch, temperature=temperature)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Temperature-scaled probabilities, one row per text in input order, columns in `labels` order."""
+        logits = self.logits(texts) / self.temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
 
     @torch.inference_mode()
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Probabilities, one row per text in input order, columns in `labels` order."""
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """The model's raw scores, one row per text in input order, columns in `labels` order."""
         if isinstance(texts, str):
             raise ValueError("predict_proba takes a sequence of texts, not one string")
         if not all(isinstance(t, str) for t in texts):
@@ -92,13 +111,29 @@ class TransformerPredictor:
         for start in range(0, len(order), self.max_batch):
             chunk = order[start : start + self.max_batch]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
-            logits = self.model(**batch).logits.float()
-            out[chunk] = torch.softmax(logits, dim=-1).numpy()
+            out[chunk] = self.model(**batch).logits.float().numpy()
         return out
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The most probable label per text."""
         return [self.labels[i] for i in self.predict_proba(texts).argmax(axis=1)]
+
+
+def read_temperature(export_dir: Path) -> float:
+    path = Path(export_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return 1.0  # exported before calibration existed, or not calibrated
+    try:
+        temperature = float(json.loads(path.read_text(encoding="utf-8"))["temperature"])
+    except (ValueError, KeyError, TypeError):
+        raise TransformerArtifactError(f'{path}: expected {{"temperature": <positive number>}}') from None
+    if not 0 < temperature < float("inf"):
+        raise TransformerArtifactError(f"{path}: temperature must be a positive number, got {temperature}")
+    return temperature
+
+
+def write_temperature(export_dir: Path, temperature: float) -> None:
+    (Path(export_dir) / CALIBRATION_FILE).write_text(json.dumps({"temperature": temperature}), encoding="utf-8")
 
 
 def quantize_linear_int8(model: nn.Module) -> nn.Module:

@@ -108,6 +108,24 @@ def test_bad_config_exits_2_naming_file_and_key(
     assert f"{bad}: key 'linear.epochs'" in one_line_error(err)
 
 
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "key"),
+    [
+        ("linear", "--holdout", "0.95", "split.holdout_fraction"),
+        ("transformer", "--holdout", "0", "split.holdout_fraction"),
+        ("transformer", "--learning-rate", "-1", "transformer.learning_rate"),
+        ("transformer", "--epochs", "0", "transformer.epochs"),
+    ],
+)
+def test_bad_training_overrides_exit_2_naming_the_key(
+    capsys: pytest.CaptureFixture[str], corpus: dict[str, Path], tmp_path: Path, command: str, flag: str, value: str,
+    key: str,
+) -> None:  # fmt: skip
+    code, _, err = run(capsys, "--home", str(tmp_path), "train", command, "--data", str(corpus["train"]), flag, value)
+    assert code == 2
+    assert f"command line: key '{key}'" in one_line_error(err)
+
+
 def _write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path

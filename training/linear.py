@@ -6,13 +6,12 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import FeatureUnion
 
 from serving.linear_model import LinearTextClassifier
+from training.calibrate import fit_temperature
 from training.config import LinearConfig
 
 log = logging.getLogger(__name__)
@@ -44,17 +43,6 @@ def build_features(cfg: LinearConfig) -> FeatureUnion:
         ],
         n_jobs=cfg.n_jobs,
     )
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T minimising the negative log-likelihood of softmax(logits / T) on held-out data."""
-
-    def nll(log_t: float) -> float:
-        logp = log_softmax(logits / np.exp(log_t), axis=1)
-        return float(-logp[np.arange(len(y)), y].mean())
-
-    result = minimize_scalar(nll, bounds=(-3.0, 3.0), method="bounded")
-    return float(np.exp(result.x))
 
 
 def fit_linear(

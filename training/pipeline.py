@@ -13,10 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from serving.config import Home, load_serving
 from serving.predictor import load_version
 from serving.registry import ModelMeta, ModelRegistry
 from serving.text import PREPROCESSING_VERSION
+from training.calibrate import fit_temperature
 from training.config import TrainingConfig
 from training.data import DataError, LoadedData, read_dataset
 from training.evaluate import EvalResult, evaluate_probabilities, write_report
@@ -146,7 +149,8 @@ def train_transformer_job(
     """
     import shutil
 
-    from serving.transformer_predictor import TransformerPredictor
+    from serving.transformer_predictor import TransformerPredictor, write_temperature
+    from training.torch_loop import split_train_val
     from training.transformer import train_transformer
 
     started = time.perf_counter()
@@ -170,6 +174,13 @@ def train_transformer_job(
         timeout_s=timeout_s,
     )
     predictor = TransformerPredictor.load(result.export_dir, threads=max(1, cfg.transformer.threads_per_worker))
+    # Temperature scaling on the validation split the run held out (the one that picked the best epoch).
+    train_labels = [labels[i] for i in train_idx]
+    _, val_idx = split_train_val(train_labels, cfg.transformer.val_fraction, cfg.transformer.seed)
+    val_logits = predictor.logits([texts[train_idx[i]] for i in val_idx])
+    val_y = np.asarray([predictor.labels.index(train_labels[i]) for i in val_idx])
+    predictor.temperature = fit_temperature(val_logits, val_y)
+    write_temperature(result.export_dir, predictor.temperature)
     threshold = load_serving().policy.confidence_threshold
     test = evaluate_probabilities(
         predictor.labels,
@@ -193,6 +204,7 @@ def train_transformer_job(
             **test.summary(),
             **{f"run_{k}": v for k, v in result.metrics.items()},
             "train_seconds": round(seconds, 1),
+            "temperature": round(predictor.temperature, 4),
         },
         params={
             **cfg.transformer.model_dump(mode="json"),

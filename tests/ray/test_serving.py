@@ -102,6 +102,12 @@ def _events(app: dict[str, Any]) -> Any:
     return open_event_log(f"sqlite:///{app['home'].event_log}")
 
 
+def _rejected(app: dict[str, Any], status: int) -> int:
+    prefix = f'mailroute_rejected_total{{status="{status}"}} '
+    lines = [line for line in app["client"].get("/metrics").text.splitlines() if line.startswith(prefix)]
+    return int(float(lines[0].removeprefix(prefix))) if lines else 0
+
+
 def _wait_for(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float = 10.0) -> T:
     """Poll `read` until `ok` holds: router replicas write the event log from a buffer, a little after answering."""
     deadline = time.monotonic() + timeout_s
@@ -284,9 +290,11 @@ def test_bad_experiment_changes(app: dict[str, Any], change: dict[str, Any], sta
 )
 def test_bad_route_requests(app: dict[str, Any], content: bytes, status: int, detail: str) -> None:
     before = _settled_predictions(app)
+    rejected_before = _rejected(app, status)
     response = app["client"].post("/v1/route", content=content, headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert detail in response.json()["detail"] and "\n" not in response.json()["detail"]
+    assert _rejected(app, status) == rejected_before + 1  # counted in /metrics
     threading.Event().wait(0.3)
     assert _events(app).stats().predictions == before  # nothing logged
     assert app["client"].get("/healthz").status_code == 200  # and still serving

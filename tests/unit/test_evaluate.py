@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from training.calibrate import fit_temperature
 from training.evaluate import (
     EvaluationError,
     evaluate_probabilities,
     expected_calibration_error,
     write_report,
 )
-from training.linear import fit_temperature
 from training.split import fingerprint, stratified_split
 
 pytestmark = pytest.mark.unit

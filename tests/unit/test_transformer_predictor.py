@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from serving.transformer_predictor import TransformerArtifactError, TransformerPredictor
+from serving.transformer_predictor import TransformerArtifactError, TransformerPredictor, write_temperature
 from training import torch_loop
 from training.transformer_config import TransformerConfig
 
@@ -78,6 +78,27 @@ def test_quantized_model_stays_close(tiny_export: tuple) -> None:
     probs = quantized.predict_proba(TEXTS)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert np.abs(probs - plain).max() < 0.05
+
+
+def test_a_calibration_file_scales_the_logits(tmp_path: Path, tiny_export: tuple) -> None:
+    calibrated = tmp_path / "calibrated"
+    calibrated.mkdir()
+    for item in tiny_export[0].iterdir():
+        (calibrated / item.name).write_bytes(item.read_bytes())
+    write_temperature(calibrated, 0.25)
+    predictor = TransformerPredictor.load(calibrated)
+    assert predictor.temperature == 0.25
+    logits = predictor.logits(TEXTS) / 0.25
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(
+        predictor.predict_proba(TEXTS), expected / expected.sum(axis=1, keepdims=True), atol=1e-6
+    )
+    plain = TransformerPredictor.load(tiny_export[0]).predict_proba(TEXTS)
+    assert predictor.predict_proba(TEXTS).max(axis=1).mean() > plain.max(axis=1).mean()  # T < 1 sharpens
+    for bad in ('{"temperature": 0}', '{"t": 1}', "not json"):
+        (calibrated / "calibration.json").write_text(bad)
+        with pytest.raises(TransformerArtifactError, match=r"calibration\.json"):
+            TransformerPredictor.load(calibrated)
 
 
 def test_bad_export_folders_raise_one_line(tmp_path: Path, tiny_export: tuple) -> None:
