@@ -31,6 +31,7 @@ import torch
 from serving.text import model_text
 from serving.transformer_predictor import TransformerPredictor
 from training import torch_loop
+from training.data import read_dataset
 from training.synth import generate
 from training.transformer import train_transformer
 from training.transformer_config import TransformerConfig
@@ -112,6 +113,7 @@ def main() -> int:
     parser.add_argument("--export", type=Path, help="measure inference on this export instead of the one trained")
     parser.add_argument("--eval-csv", type=Path, help="labelled texts (text,label) for the quantisation cost")
     parser.add_argument("--skip-training", action="store_true", help="only part (b); needs --export")
+    parser.add_argument("--out", default="transformer.json", help="results file under benchmarks/results/")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -170,11 +172,10 @@ def main() -> int:
         parser.error("--skip-training needs --export")
 
     eval_texts, eval_labels = held_texts, held_labels
-    if args.eval_csv is not None:
-        import pandas as pd
-
-        table = pd.read_csv(args.eval_csv)
-        eval_texts, eval_labels = table["text"].astype(str).tolist(), table["label"].astype(str).tolist()
+    if args.eval_csv is not None:  # read and cleaned as `mailroute evaluate --text-col text` does
+        table = read_dataset(args.eval_csv, text_col="text", label_col="label", require_labels=True).frame
+        eval_texts, eval_labels = table["text"].tolist(), [str(v) for v in table["label"]]
+        report["eval_data"] = str(args.eval_csv)
     print(f"(b) inference, 1 thread, on {len(eval_texts)} texts", flush=True)
     cost = quantisation_cost(export, eval_texts, eval_labels)
     report["inference"] = cost
@@ -191,8 +192,8 @@ def main() -> int:
     )
     report["load_avg_1min_at_end"] = os.getloadavg()[0]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "transformer.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS / 'transformer.json'}")
+    (RESULTS / args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS / args.out}")
     return 0
 
 
