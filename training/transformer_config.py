@@ -34,11 +34,11 @@ class TransformerConfig(StrictModel):
         "2 layers) that keeps the real tokenizer; for fast tests only.",
     )
     max_length: int = Field(64, ge=8, le=512, description="Tokens kept per text; longer texts are truncated.")
-    epochs: int = Field(6, ge=1, le=100, description="Upper bound on passes over the training split.")
+    epochs: int = Field(8, ge=1, le=100, description="Upper bound on passes over the training split.")
     batch_size: int = Field(
         32, ge=1, le=1024, description="Global batch size per optimiser step, divided among the workers."
     )
-    learning_rate: float = Field(8e-5, gt=0, le=1.0, description="Peak AdamW learning rate after warmup.")
+    learning_rate: float = Field(1.5e-4, gt=0, le=1.0, description="Peak AdamW learning rate after warmup.")
     weight_decay: float = Field(
         0.01, ge=0, le=1.0, description="AdamW weight decay (not applied to biases and LayerNorm weights)."
     )
