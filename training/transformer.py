@@ -380,7 +380,9 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             logger.info("resuming after epoch %d (best macro-F1 %.4f)", state.epoch, state.best_score)
     ddp_model = prepare_model(model)  # DistributedDataParallel over gloo; a no-op wrapper for one worker
     weights = loop_config["class_weights"]
-    loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.tensor(weights))
+    loss_fn = torch.nn.CrossEntropyLoss(
+        weight=None if weights is None else torch.tensor(weights), label_smoothing=cfg.label_smoothing
+    )
 
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
         if state.should_stop(cfg.early_stopping_patience):

@@ -55,6 +55,9 @@ class TransformerConfig(StrictModel):
     class_weighting: bool = Field(
         True, description="Weight the loss by inverse class frequency so small queues are not drowned out."
     )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1.0, description="Share of each target spread over the other classes (regularises)."
+    )
     val_fraction: float = Field(
         0.1, gt=0, le=0.5, description="Share of the labelled texts held out (stratified) for validation."
     )
