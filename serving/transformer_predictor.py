@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -90,18 +91,15 @@ class TransformerPredictor:
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Temperature-scaled probabilities, one row per text in input order, columns in `labels` order."""
-        logits = self.logits(texts) / self.temperature
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return np.asarray(softmax(self.logits(texts) / self.temperature, axis=1))
 
     @torch.inference_mode()
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """The model's raw scores, one row per text in input order, columns in `labels` order."""
         if isinstance(texts, str):
-            raise ValueError("predict_proba takes a sequence of texts, not one string")
+            raise ValueError("the predictor takes a sequence of texts, not one string")
         if not all(isinstance(t, str) for t in texts):
-            raise ValueError("every text given to predict_proba must be a string")
+            raise ValueError("every text given to the predictor must be a string")
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if len(texts) == 0:
             return out
