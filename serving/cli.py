@@ -43,13 +43,15 @@ def _print_json(data: Any) -> None:
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from training.synth import generate, write_corpus
 
-    frame = generate(args.n, seed=args.seed, drift=args.drift, label_noise=args.label_noise)
+    length = "long" if args.long else "short"
+    frame = generate(args.n, seed=args.seed, drift=args.drift, label_noise=args.label_noise, length=length)
     write_corpus(frame, Path(args.out))
     counts = frame["queue"].value_counts().to_dict()
     if args.json:
-        _print_json({"path": str(args.out), "rows": len(frame), "queues": counts})
+        _print_json({"path": str(args.out), "rows": len(frame), "length": length, "queues": counts})
     else:
-        print(f"wrote {len(frame)} emails to {args.out} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+        kind = "long emails" if args.long else "emails"
+        print(f"wrote {len(frame)} {kind} to {args.out} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
     return 0
 
 
@@ -100,6 +102,8 @@ def _print_train_outcome(outcome: Any) -> None:
     )
     if outcome.skipped:
         print(f"skipped {outcome.skipped} malformed records (see the warnings above)", file=sys.stderr)
+    for warning in outcome.meta.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"report: {outcome.report.parent}")
     print(f"{outcome.meta.name}:{outcome.meta.version}")
 
@@ -117,11 +121,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 "data": outcome.data,
                 "skipped": outcome.skipped,
                 **r.to_json(),
+                "parts": {name: part.summary() for name, part in outcome.parts.items()},
             }
         )
         return 0
     print(f"model {outcome.meta.name}:{outcome.meta.version} on {outcome.data} ({r.n} emails)")
     print(f"  accuracy {r.accuracy:.4f}   macro-F1 {r.macro_f1:.4f}   ECE {r.ece:.4f}")
+    for name, part in outcome.parts.items():
+        print(f"  {name.replace('_', ' ')} alone: accuracy {part.accuracy:.4f}   macro-F1 {part.macro_f1:.4f}")
     print(
         f"  threshold {r.threshold}: {r.coverage:.1%} auto-routed (accuracy {r.accuracy_on_routed:.4f}), "
         f"{r.triage_share:.1%} to triage"
@@ -189,8 +196,11 @@ def cmd_models_show(args: argparse.Namespace) -> int:
         _print_json(data)
     else:
         data.pop("files")
+        warnings = data.pop("warnings")
         for key, value in data.items():
             print(f"{key}: {value}")
+        for warning in warnings:
+            print(f"WARNING: {warning}")
     return 0
 
 
@@ -365,6 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=1)
     synth.add_argument("--drift", type=float, default=0.0, help="0..1: how far the mail has drifted")
     synth.add_argument("--label-noise", type=float, default=0.02, help="share of wrongly labelled emails")
+    synth.add_argument(
+        "--long",
+        action="store_true",
+        help="long emails as agents see them (request among paragraphs of context); adds a key_sentence column",
+    )
     synth.add_argument("--out", required=True, help=".jsonl or .csv path")
     synth.add_argument("--json", action="store_true")
 

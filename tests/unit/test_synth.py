@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from training.synth import COLUMNS, DRIFT_TERMS, QUEUES, SynthError, generate, write_corpus
-from training.synth_templates import ambiguous
+from training.synth.templates import ambiguous
 
 pytestmark = pytest.mark.unit
 

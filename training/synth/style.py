@@ -1,6 +1,6 @@
 """How synthetic customers write (`training.synth`): people, greetings, signatures, threads, typos, HTML.
 
-The request itself comes from `training.synth_templates`; this module wraps it the way real mail arrives:
+The request itself comes from `training.synth.templates`; this module wraps it the way real mail arrives:
 a greeting, a sign-off, a signature (with a title, phone number or legal disclaimer), a quoted earlier reply,
 a forwarded notification, writing habits (terse, lowercase, shouting, non-native phrasing), typos, and HTML
 for mail clients that send it. Nothing here decides a label.
@@ -71,6 +71,7 @@ _DISCLAIMERS = (
     "Please consider the environment before printing this email.",
     "Registered office: 12 Harbour Street. Registered in England and Wales No. 08123456.",
 )
+DISCLAIMERS = _DISCLAIMERS  # long mail (training.synth.long) adds them to more signatures
 _GREETINGS = {
     "formal": (
         "Dear Support Team,",
@@ -363,12 +364,20 @@ def forwarded(title: str, text: str, person: Person, when: datetime) -> str:
     )
 
 
-def render_html(own: list[str], signature: list[str], tail: list[str]) -> str:
-    """The same content as an HTML document, as webmail and Outlook send it."""
+def render_html(own: list[str], signature: list[str], tail: list[str], *, forward: bool = False) -> str:
+    """The same content as an HTML document, as webmail and Outlook send it.
+
+    Tail blocks are quoted replies (a <blockquote>, which HTML-to-text conversion marks as quoted) unless
+    `forward` is set: then they are forwarded messages, which mail clients put in a plain <div>, lines as-is.
+    """
     body = "".join(f"<p>{html.escape(p).replace(chr(10), '<br>')}</p>" for p in own if p)
     if signature:
         body += '<div class="signature">' + "<br>".join(html.escape(s) for s in signature) + "</div>"
     for block in tail:
+        if forward:
+            body += '<div class="gmail_quote">' + "<br>".join(html.escape(line) for line in block.splitlines())
+            body += "</div>"
+            continue
         inner = "<br>".join(html.escape(line.lstrip("> ")) for line in block.splitlines())
         body += f'<blockquote style="margin:0 0 0 .8ex;border-left:1px solid #ccc">{inner}</blockquote>'
     return (

@@ -1,6 +1,6 @@
 """Templates for the synthetic support-email corpus (`training.synth`): requests, vague emails, slot values.
 
-`intents()` parses the request bank in `training.synth_intents` once, lazily; `ambiguous()` gives the vague
+`intents()` parses the request bank in `training.synth.intents` once, lazily; `ambiguous()` gives the vague
 emails that fit several queues; `filler()` fills `{slot}` placeholders with order numbers, amounts, dates,
 products, error codes and carriers. Drifted mail draws some products, error messages and the courier
 from `_DRIFT_VALUES`, which drift-0 mail never uses; every drift-only word is listed in `DRIFT_TERMS`, so
@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from training.synth_intents import INTENTS
+from training.synth.intents import INTENTS
 
 # Lower-case substrings that only drifted mail contains (new products, a new courier, new error codes).
 DRIFT_TERMS: tuple[str, ...] = (

@@ -1,13 +1,15 @@
 """Synthetic support-email corpus: realistic, noisy, overlapping mail for the demo, tests and drift checks.
 
 `generate()` draws emails to a fictional smart-home company (devices, subscriptions, shipping) from the
-phrase banks in `training.synth_intents` (what people ask), `training.synth_templates` (order numbers, error
-codes, products) and `training.synth_style` (how they write). The corpus is hard the way real inboxes are:
+phrase banks in `training.synth.intents` (what people ask), `training.synth.templates` (order numbers, error
+codes, products) and `training.synth.style` (how they write). The corpus is hard the way real inboxes are:
 shared vocabulary across queues, mixed-topic and genuinely ambiguous emails, terse and rambling writers,
 typos, quoted threads, forwarded notifications, HTML bodies, class imbalance and noisy labels. `drift` moves
 it the way mail drifts after a launch and a price rise: new product names, error codes and a courier that
 drift-0 mail never contains (`DRIFT_TERMS`), more cancellation and technical mail, more terse and non-native
-writing, more new senders, longer quoted threads.
+writing, more new senders, longer quoted threads. `length="long"` writes emails as agents see them instead:
+several paragraphs of backstory in other queues' words with the request somewhere among them, signatures,
+quoted threads and forwards (`training.synth.long`), plus a `key_sentence` column.
 
 Output is deterministic: the same arguments give a byte-identical frame. Separate random streams drive the
 timestamps, the senders, the text and the label noise, so that changing `label_noise` changes labels only.
@@ -29,8 +31,8 @@ from typing import TypeVar
 
 import pandas as pd
 
-from training import synth_style as style
-from training.synth_templates import DRIFT_TERMS, Intent, ambiguous, filler, intents
+from training.synth import style
+from training.synth.templates import DRIFT_TERMS, Intent, ambiguous, filler, intents
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,10 @@ COLUMNS: tuple[str, ...] = (
     "secondary_queue",
     "is_html",
 )
-__all__ = ["COLUMNS", "DRIFT_TERMS", "QUEUES", "SynthError", "generate", "write_corpus"]
+# Long mail (`length="long"`) adds the sentence that decides the queue, as it appears in the body's text.
+LONG_COLUMNS: tuple[str, ...] = (*COLUMNS, "key_sentence")
+LENGTHS: tuple[str, ...] = ("short", "long")
+__all__ = ["COLUMNS", "DRIFT_TERMS", "LENGTHS", "LONG_COLUMNS", "QUEUES", "SynthError", "generate", "write_corpus"]
 
 # Inbox mix at drift 0 and at drift 1 (more cancellations and technical mail after a price rise and a launch).
 _BASE_MIX = {
@@ -301,7 +306,9 @@ def _senders(n: int, seed: int, drift: float) -> list[int]:
     return [_pick(rng, newcomers if rng.random() < 0.3 * drift else users, cum) for _ in range(n)]
 
 
-def _check(n: int, seed: int, drift: float, label_noise: float, typo_rate: float, queues: Sequence[str]) -> None:
+def _check(
+    n: int, seed: int, drift: float, label_noise: float, typo_rate: float, queues: Sequence[str], length: str
+) -> None:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise SynthError(f"n must be a positive whole number of emails, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -320,6 +327,8 @@ def _check(n: int, seed: int, drift: float, label_noise: float, typo_rate: float
         raise SynthError(f"unknown queue(s) {', '.join(map(str, unknown))}; the generator knows {', '.join(QUEUES)}")
     if len(set(queues)) != len(queues) or len(queues) < 2:
         raise SynthError(f"queues must name at least two different queues, got {list(queues)}")
+    if not isinstance(length, str) or length not in LENGTHS:
+        raise SynthError(f"length must be one of {', '.join(map(repr, LENGTHS))}, got {length!r}")
 
 
 def generate(
@@ -330,15 +339,21 @@ def generate(
     label_noise: float = 0.02,
     typo_rate: float = 0.02,
     queues: Sequence[str] = QUEUES,
+    length: str = "short",
 ) -> pd.DataFrame:
     """Generate `n` support emails as a frame with the columns in `COLUMNS`, ordered by `ts`.
 
     `drift` in [0, 1] shifts the corpus the way mail drifts (see the module docstring); `label_noise` in
     [0, 0.5] is the share of labels flipped to another queue, as agents' labels are; `typo_rate` in
     [0, 0.5] is the share of words a typical writer mistypes (careless writers more, careful ones none);
-    `queues` limits the corpus to some of `QUEUES`. Raises `SynthError` (a ValueError) on a bad argument.
+    `queues` limits the corpus to some of `QUEUES`. `length="long"` writes emails as agents see them (several
+    paragraphs, the request anywhere among them, see `training.synth.long`) with the columns in `LONG_COLUMNS`.
+    Raises `SynthError` (a ValueError) on a bad argument.
     """
-    _check(n, seed, drift, label_noise, typo_rate, queues)
+    _check(n, seed, drift, label_noise, typo_rate, queues, length)
+    long = length == "long"
+    if long:
+        from training.synth.long import compose_long  # it builds on this module's helpers
     drift, label_noise = float(drift), float(label_noise)
     plan = _make_plan(drift, queues, float(typo_rate))
     text_rng = random.Random(f"mailroute-synth-{seed}-text")
@@ -347,18 +362,25 @@ def generate(
     people: dict[int, style.Person] = {}
     rows = []
     tag = f"syn-{seed}-" if drift == 0 else f"syn-{seed}-d{drift:g}-"
+    if long:
+        tag = tag.replace("syn-", "synlong-", 1)
     for i, (ts, user) in enumerate(zip(stamps, _senders(n, seed, drift), strict=True)):
         person = people.get(user) or people.setdefault(user, style.make_person(user))
         sent = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        subject, body, queue, secondary, is_html = _compose(text_rng, plan, person, sent)
+        key: tuple[str, ...] = ()
+        if long:
+            subject, body, queue, secondary, is_html, sentence = compose_long(text_rng, plan, person, sent)
+            key = (sentence,)
+        else:
+            subject, body, queue, secondary, is_html = _compose(text_rng, plan, person, sent)
         flip, other = noise_rng.random(), noise_rng.randrange(len(plan.queues) - 1)
         if flip < label_noise:
             # An agent filed it elsewhere; if under its second topic, the true topic becomes the second one.
             noisy = [q for q in plan.queues if q != queue][other]
             queue, secondary = noisy, (queue if noisy == secondary else secondary)
-        rows.append((f"{tag}{i:06d}", ts, f"u{user:06d}", subject, body, queue, secondary, is_html))
-    logger.debug("generated %d synthetic emails (seed %s, drift %s)", n, seed, drift)
-    frame = pd.DataFrame.from_records(rows, columns=list(COLUMNS))
+        rows.append((f"{tag}{i:06d}", ts, f"u{user:06d}", subject, body, queue, secondary, is_html, *key))
+    logger.debug("generated %d synthetic %s emails (seed %s, drift %s)", n, length, seed, drift)
+    frame = pd.DataFrame.from_records(rows, columns=list(LONG_COLUMNS if long else COLUMNS))
     return frame.astype({"is_html": bool})
 
 

@@ -1,6 +1,6 @@
 """The request bank for the synthetic support-email corpus: what customers ask for, per queue.
 
-Plain text so that a person can read and extend it; `training.synth_templates.intents()` parses it.
+Plain text so that a person can read and extend it; `training.synth.templates.intents()` parses it.
 Format of `INTENTS` (one block per intent, each starting at its header line):
 
     [queue.intent w=<base weight> dw=<weight added at drift 1> mix=<secondary queue>]
