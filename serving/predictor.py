@@ -12,6 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from serving.registry import ModelMeta, ModelRegistry, RegistryError, VersionInfo
+from serving.text import PREPROCESSING_VERSION
 
 
 class Predictor(Protocol):
@@ -39,6 +40,14 @@ def load_version(
 ) -> tuple[Predictor, ModelMeta]:
     """Resolve `ref` (e.g. `linear:champion`), verify the artifact's checksums and load it."""
     info: VersionInfo = registry.get(ref, verify=True)
+    if info.meta.preprocessing_version != PREPROCESSING_VERSION:
+        # A model only works on text cleaned the way it was trained on (serving.text); serving it on other
+        # cleaning would silently cost accuracy.
+        raise RegistryError(
+            f"model {info.meta.name}:{info.meta.version} was trained on text cleaned with preprocessing version "
+            f"{info.meta.preprocessing_version}, but this release cleans with version {PREPROCESSING_VERSION}: "
+            "retrain it on this release"
+        )
     try:
         predictor = load_artifact(info.meta.kind, info.path, threads=threads, quantize=quantize)
     except RegistryError:

@@ -148,3 +148,105 @@ def test_model_text_with_one_part_empty() -> None:
     assert model_text("  ", "Where is it?") == "Where is it?"
     assert model_text("Refund", "") == "Refund"
     assert model_text("", "") == ""
+
+
+# ---- forwarded messages: the forwarded content is the request; only the forward's header lines go ----------
+_GMAIL_FORWARD = (
+    "fyi, see below.\n\n---------- Forwarded message ---------\nFrom: Brightnest <no-reply@brightnest.com>\n"
+    "Date: Mon, 3 Mar 2025 at 10:00\nSubject: Payment failed\nTo: <anna@example.com>\n\n"
+    "Your payment of €9.99 could not be processed."
+)
+_OUTLOOK_FORWARD = (
+    "Hi,\nsee below, can you help?\n\nThanks,\nAnna\n\n-----Original Message-----\n"
+    "From: Tom Keller <tom@acme.example>\n"
+    "Sent: Monday, 3 March 2025 10:14\nTo: Anna Smith <anna@acme.example>\nCc: Finance <fin@acme.example>\n"
+    "Subject: invoice INV-2025-12345\n\nThe invoice INV-2025-12345 is missing our VAT number.\n\nBest,\nTom"
+)
+
+FORWARDS = [
+    pytest.param(_GMAIL_FORWARD, False, "fyi, see below. Payment failed Your payment of €9.99 could not be processed.",
+                 id="gmail-forward"),
+    pytest.param(
+        "Please check.\n\nBegin forwarded message:\n\nFrom: Shop <s@x.com>\nSubject: Your order has shipped\n"
+        "Date: 3 March 2025 at 10:00:00 CET\nTo: me@x.com\n\nOrder 55 was dispatched.",
+        False,
+        "Please check. Your order has shipped Order 55 was dispatched.",
+        id="apple-forward",
+    ),
+    pytest.param(
+        _OUTLOOK_FORWARD,
+        True,
+        "Hi, see below, can you help? invoice INV-2025-12345 The invoice INV-2025-12345 is missing our VAT number.",
+        id="outlook-original-message-forward",
+    ),
+    pytest.param(
+        "See below.\n\n________________________________\nFrom: Tom <t@x.com>\nSent: Monday, 8 January 2024\n"
+        "To: me\nSubject: order 55\n\nOrder 55 never arrived.",
+        True,
+        "See below. order 55 Order 55 never arrived.",
+        id="outlook-rule-forward",
+    ),
+    pytest.param(
+        "See below.\n\nFrom: Tom <t@x.com>\nSent: Monday, 8 January 2024\nTo: me\nSubject: order 55\n\n"
+        "Order 55 never arrived.",
+        True,
+        "See below. order 55 Order 55 never arrived.",
+        id="outlook-header-block-forward",
+    ),
+    pytest.param(
+        "See below. From: Tom <t@x.com> Sent: Monday, 8 January 2024 To: me Subject: order 55 Order 55 never arrived.",
+        True,
+        "See below. order 55 Order 55 never arrived.",
+        id="outlook-flattened-forward",
+    ),
+    pytest.param(
+        "fyi\n\n---------- Forwarded message ---------\nFrom: Tom <t@x.com>\nDate: Mon, 3 Mar 2025 at 10:00\n"
+        "Subject: Refund\nTo: me\n\nPlease refund order 55.\n\nOn Mon, 3 Mar 2025 at 09:00, Support <s@x.com> wrote:\n"
+        "> Which order?\n> Regards",
+        False,
+        "fyi Refund Please refund order 55.",
+        id="forward-containing-a-quoted-reply",
+    ),
+    pytest.param(
+        "Please check.\n\nBest regards,\nJane Doe\n--\nJane Doe\nCFO | Acme GmbH\n\n"
+        "---------- Forwarded message ---------\nFrom: Brightnest <no-reply@brightnest.com>\n"
+        "Date: Mon, 3 Mar 2025 at 10:00\nSubject: Device offline\nTo: <jane@acme.example>\n\n"
+        "Alert: your Cam Mini has been offline for more than 24 hours.",
+        False,
+        "Please check. Device offline Alert: your Cam Mini has been offline for more than 24 hours.",
+        id="signature-above-a-forward",
+    ),
+    pytest.param(
+        "Why did I get this?\n\nSent from my iPhone\n\n---------- Forwarded message ---------\n"
+        "From: Brightnest <no-reply@brightnest.com>\nDate: Mon, 3 Mar 2025 at 10:00\nSubject: Your trial ends\n"
+        "To: <a@b.com>\n\nYour free Plus trial ends soon.",
+        False,
+        "Why did I get this? Your trial ends Your free Plus trial ends soon.",
+        id="mobile-footer-above-a-forward",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("raw", "forwarded", "expected"), FORWARDS)
+def test_forwarded_content_is_kept_without_its_header(raw: str, forwarded: bool, expected: str) -> None:
+    assert clean_text(raw, forwarded=forwarded) == expected
+    assert clean_text(expected, forwarded=forwarded) == expected
+
+
+@pytest.mark.parametrize("prefix", ["Fwd:", "FW:", "Fw:", "fwd:", "FWD:"])
+def test_model_text_treats_an_outlook_block_under_a_forward_subject_as_a_forward(prefix: str) -> None:
+    text = model_text(f"{prefix} invoice INV-2025-12345", _OUTLOOK_FORWARD)
+    assert "missing our VAT number" in text
+    assert "Sent:" not in text and "tom@acme.example" not in text
+
+
+@pytest.mark.parametrize("subject", ["Re: invoice INV-2025-12345", "RE: invoice", "invoice", "", "Forward planning"])
+def test_model_text_still_cuts_an_outlook_reply(subject: str) -> None:
+    text = model_text(subject, _OUTLOOK_FORWARD)
+    assert text.endswith("see below, can you help?")
+
+
+def test_quoted_replies_are_still_cut_under_a_forward_subject() -> None:
+    body = "I still have no refund.\n\nOn Mon, 3 Mar 2025 at 09:00, Support <s@x.com> wrote:\n> Refunds take 5 days."
+    assert model_text("Fwd: refund", body) == "Fwd: refund | I still have no refund."
+    assert clean_text("Yes.\n> old line\nNo.", forwarded=True) == "Yes. No."
