@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_transformer.py [--n-train 512] [--epochs 2]
         [--export DIR --eval-csv FILE]   # quantisation cost of an already trained model on labelled texts
+    .venv/bin/python benchmarks/bench_transformer.py --windows-table [--n-train 2000] [--n-test 1000]
+        # how much of an email to read: max_length and windows on three corpora (transformer_windows.py)
 
 (a) Training throughput on the same generated emails (real MiniLM, max_length 64, global batch 32, the same
     steps): Ray Train with 2 workers x 1 thread (the product path, `train_transformer`) against a single
@@ -58,7 +60,7 @@ def plain_loop(texts: list[str], labels: list[str], cfg: TransformerConfig, thre
         order = rng.permutation(train_idx)
         chunks = [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
         rows = [{"text": [texts[i] for i in c], "label": [ids[i] for i in c]} for c in chunks]
-        batches = torch_loop.tensor_batches(rows, tokenizer, cfg.max_length)
+        batches = torch_loop.tensor_batches(rows, tokenizer, torch_loop.window_spec(cfg))
         stats = torch_loop.train_epoch(model, batches, optimizer, scheduler, loss_fn)
         epochs.append({"epoch": epoch, "samples_per_s": stats.samples_per_s, "loss": stats.mean_loss})
         print(
@@ -113,10 +115,24 @@ def main() -> int:
     parser.add_argument("--export", type=Path, help="measure inference on this export instead of the one trained")
     parser.add_argument("--eval-csv", type=Path, help="labelled texts (text,label) for the quantisation cost")
     parser.add_argument("--skip-training", action="store_true", help="only part (b); needs --export")
-    parser.add_argument("--out", default="transformer.json", help="results file under benchmarks/results/")
+    parser.add_argument("--out", default=None, help="results file under benchmarks/results/")
+    parser.add_argument(
+        "--windows-table", action="store_true", help="only the max_length / windows screen (transformer_windows.py)"
+    )
+    parser.add_argument("--n-test", type=int, default=1000, help="test texts per corpus for --windows-table")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.windows_table:
+        from transformer_windows import windows_table
+
+        screen = windows_table(args.n_train, args.n_test)
+        screen["load_avg_1min_at_end"] = os.getloadavg()[0]
+        out = RESULTS / (args.out or "transformer_windows.json")
+        out.write_text(json.dumps(screen, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {out}")
+        return 0
 
     frame = generate(args.n_train + 256, seed=23)
     texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
@@ -191,9 +207,8 @@ def main() -> int:
         f"max prob change {cost['max_abs_prob_diff']:.3f}, accuracy {acc_plain:.4f} -> {acc_int8:.4f}"
     )
     report["load_avg_1min_at_end"] = os.getloadavg()[0]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / args.out).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS / args.out}")
+    (RESULTS / (args.out or "transformer.json")).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {RESULTS / (args.out or 'transformer.json')}")
     return 0
 
 

@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,15 +54,18 @@ class ModelMeta:
     parent: str | None
     created: str
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    # Sentences from the training guard (e.g. "below a linear model trained on the same rows"); shown by models show.
+    warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["labels"] = list(self.labels)
+        out["warnings"] = list(self.warnings)
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelMeta:
-        return cls(**{**data, "labels": tuple(data["labels"])})
+        return cls(**{**data, "labels": tuple(data["labels"]), "warnings": tuple(data.get("warnings", ()))})
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,7 @@ class ModelRegistry:
         metrics: dict[str, Any],
         params: dict[str, Any],
         parent: str | None = None,
+        warnings: Sequence[str] = (),
     ) -> ModelMeta:
         """Write a new version: `write_files(tmp_dir)` fills a hidden folder that is renamed into place last."""
         if not _NAME_RE.match(name):
@@ -228,6 +232,7 @@ class ModelRegistry:
                     parent=parent,
                     created=datetime.now(UTC).isoformat(timespec="seconds"),
                     files=files,
+                    warnings=tuple(warnings),
                 )
                 _write_json_atomic(tmp / META_FILE, meta.to_json())
                 try:

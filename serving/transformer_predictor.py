@@ -12,18 +12,25 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from scipy.special import softmax
 from torch import nn
 
+from serving.windows import WindowSpec, mean_by_owner, window_ids
+
+if TYPE_CHECKING:
+    from serving.linear_model import LinearTextClassifier
+
 logger = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.json"
 CONFIG_FILE = "transformer_config.json"
 CALIBRATION_FILE = "calibration.json"  # {"temperature": T}, written after training from the validation split
+BLEND_FILE = "blend.json"  # {"linear_weight": w}: share of the companion linear model in the probabilities
+BLEND_DIR = "linear"  # the companion linear model, trained on the same rows as the transformer
 DEFAULT_MAX_LENGTH = 64
 
 
@@ -43,13 +50,28 @@ class TransformerPredictor:
         max_length: int,
         max_batch: int,
         temperature: float = 1.0,
+        max_windows: int = 1,
+        window_overlap: int = 0,  # tokens
+        linear: LinearTextClassifier | None = None,
+        linear_weight: float = 0.0,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.labels = labels
-        self.max_length = max_length
-        self.max_batch = max_batch
+        self.windows = WindowSpec(max_length=max_length, overlap=window_overlap, max_windows=max_windows)
+        self.max_batch = max_batch  # windows per forward pass
         self.temperature = temperature  # logits are divided by it before the softmax
+        # A companion linear model (serving.linear_model.LinearTextClassifier) whose calibrated probabilities are
+        # mixed in with this weight: the two err on different emails, and the mix is never worse than the better
+        # one on the validation split that chose the weight.
+        self.linear = linear
+        self.linear_weight = linear_weight
+        if linear is not None and list(linear.labels) != list(labels):
+            raise TransformerArtifactError("the companion linear model was trained on other labels")
+
+    @property
+    def max_length(self) -> int:
+        return self.windows.max_length
 
     @classmethod
     def load(
@@ -57,6 +79,9 @@ class TransformerPredictor:
     ) -> TransformerPredictor:
         """Read an export folder. `threads` sets torch's intra-op threads for the whole process."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a progress bar per load clutters every command's and replica's output
 
         export_dir = Path(export_dir)
         if threads < 1 or max_batch < 1:
@@ -67,12 +92,21 @@ class TransformerPredictor:
         labels = json.loads(labels_path.read_text(encoding="utf-8"))
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels) or len(labels) < 2:
             raise TransformerArtifactError(f"{labels_path} must be a list of at least two label names")
-        max_length = DEFAULT_MAX_LENGTH
+        trained: dict[str, Any] = {}
         config_path = export_dir / CONFIG_FILE
         if config_path.is_file():
-            max_length = int(json.loads(config_path.read_text(encoding="utf-8")).get("max_length", max_length))
+            trained = json.loads(config_path.read_text(encoding="utf-8"))
+        try:
+            windows = WindowSpec.from_share(
+                int(trained.get("max_length", DEFAULT_MAX_LENGTH)),
+                float(trained.get("window_overlap", 0.0)),
+                int(trained.get("max_windows", 1)),
+            )
+        except (TypeError, ValueError) as err:
+            raise TransformerArtifactError(f"{config_path}: {err}") from None
 
         temperature = read_temperature(export_dir)
+        linear, linear_weight = read_blend(export_dir)
         torch.set_num_threads(threads)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(export_dir))
@@ -87,30 +121,55 @@ class TransformerPredictor:
         model.eval()
         if quantize:
             model = quantize_linear_int8(model)
-        return cls(model, tokenizer, labels, max_length=max_length, max_batch=max_batch, temperature=temperature)
+        return cls(
+            model,
+            tokenizer,
+            labels,
+            max_length=windows.max_length,
+            max_batch=max_batch,
+            temperature=temperature,
+            max_windows=windows.max_windows,
+            window_overlap=windows.overlap,
+            linear=linear,
+            linear_weight=linear_weight,
+        )
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Temperature-scaled probabilities, one row per text in input order, columns in `labels` order."""
+        """Calibrated probabilities, one row per text in input order, columns in `labels` order (blended with the
+        companion linear model's when the artifact has one)."""
+        proba = self.transformer_proba(texts)
+        if self.linear is None or self.linear_weight == 0.0 or len(texts) == 0:
+            return proba
+        return blend(proba, self.linear.predict_proba(list(texts)), self.linear_weight)
+
+    def transformer_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """The transformer's own temperature-scaled probabilities, without the linear companion."""
         return np.asarray(softmax(self.logits(texts) / self.temperature, axis=1))
 
     @torch.inference_mode()
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """The model's raw scores, one row per text in input order, columns in `labels` order."""
+        """The model's raw scores, one row per text in input order, columns in `labels` order.
+
+        A text longer than one window is read as overlapping windows (`serving.windows`) whose logits are averaged.
+        """
         if isinstance(texts, str):
             raise ValueError("the predictor takes a sequence of texts, not one string")
         if not all(isinstance(t, str) for t in texts):
             raise ValueError("every text given to the predictor must be a string")
-        out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         if len(texts) == 0:
-            return out
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-        # Sorting by length puts texts of similar length together, so padding (wasted compute) stays small.
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        windows = window_ids(self.tokenizer, texts, self.windows)
+        ids = windows.ids
+        out = np.zeros((len(ids), len(self.labels)), dtype=np.float32)
+        # Sorting by length puts windows of similar length together, so padding (wasted compute) stays small.
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for start in range(0, len(order), self.max_batch):
             chunk = order[start : start + self.max_batch]
             batch = self.tokenizer.pad({"input_ids": [ids[i] for i in chunk]}, return_tensors="pt")
             out[chunk] = self.model(**batch).logits.float().numpy()
-        return out
+        if self.windows.max_windows == 1:
+            return out
+        return mean_by_owner(out, windows.owner, windows.n_texts)
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The most probable label per text."""
@@ -128,6 +187,38 @@ def read_temperature(export_dir: Path) -> float:
     if not 0 < temperature < float("inf"):
         raise TransformerArtifactError(f"{path}: temperature must be a positive number, got {temperature}")
     return temperature
+
+
+def blend(transformer: np.ndarray, linear: np.ndarray, linear_weight: float) -> np.ndarray:
+    """Mix two models' probabilities (same column order); rows still sum to one."""
+    return (1.0 - linear_weight) * transformer + linear_weight * linear
+
+
+def read_blend(export_dir: Path) -> tuple[LinearTextClassifier | None, float]:
+    """The companion linear model and its weight, or (None, 0.0) for an export without one."""
+    path = Path(export_dir) / BLEND_FILE
+    if not path.is_file():
+        return None, 0.0
+    try:
+        weight = float(json.loads(path.read_text(encoding="utf-8"))["linear_weight"])
+    except (ValueError, KeyError, TypeError):
+        raise TransformerArtifactError(f'{path}: expected {{"linear_weight": <number in [0, 1]>}}') from None
+    if not 0.0 <= weight <= 1.0:
+        raise TransformerArtifactError(f"{path}: linear_weight must be in [0, 1], got {weight}")
+    from serving.linear_model import LinearTextClassifier
+
+    try:
+        linear = LinearTextClassifier.load(Path(export_dir) / BLEND_DIR)
+    except (OSError, TypeError, ValueError) as err:
+        raise TransformerArtifactError(f"{export_dir}: cannot load the companion linear model ({err})") from None
+    return linear, weight
+
+
+def write_blend(export_dir: Path, linear: LinearTextClassifier, linear_weight: float) -> None:
+    folder = Path(export_dir) / BLEND_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    linear.save(folder)
+    (Path(export_dir) / BLEND_FILE).write_text(json.dumps({"linear_weight": linear_weight}), encoding="utf-8")
 
 
 def write_temperature(export_dir: Path, temperature: float) -> None:

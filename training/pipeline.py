@@ -8,21 +8,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import softmax
 
 from serving.config import Home, load_serving
+from serving.linear_model import LinearTextClassifier
 from serving.predictor import load_version
 from serving.registry import ModelMeta, ModelRegistry
 from serving.text import PREPROCESSING_VERSION
-from training.calibrate import fit_temperature
+from training.calibrate import fit_blend_weight, fit_temperature
 from training.config import TrainingConfig
 from training.data import DataError, LoadedData, read_dataset
 from training.evaluate import EvalResult, evaluate_probabilities, write_report
+from training.guard import Baselines, majority, training_warnings
 from training.linear import fit_linear
 from training.split import fingerprint, stratified_split
 
@@ -54,6 +57,8 @@ class EvalOutcome:
     report: Path
     data: str
     skipped: int
+    # For a transformer blended with a linear companion: each part scored alone on the same data.
+    parts: dict[str, EvalResult] = field(default_factory=dict)
 
 
 def load_labelled(spec: DataSpec, *, min_classes: int = 1) -> LoadedData:
@@ -149,8 +154,7 @@ def train_transformer_job(
     """
     import shutil
 
-    from serving.transformer_predictor import TransformerPredictor, write_temperature
-    from training.torch_loop import split_train_val
+    from serving.transformer_predictor import TransformerPredictor, blend
     from training.transformer import train_transformer
 
     started = time.perf_counter()
@@ -174,20 +178,17 @@ def train_transformer_job(
         timeout_s=timeout_s,
     )
     predictor = TransformerPredictor.load(result.export_dir, threads=max(1, cfg.transformer.threads_per_worker))
-    # Temperature scaling on the validation split the run held out (the one that picked the best epoch).
-    train_labels = [labels[i] for i in train_idx]
-    _, val_idx = split_train_val(train_labels, cfg.transformer.val_fraction, cfg.transformer.seed)
-    val_logits = predictor.logits([texts[train_idx[i]] for i in val_idx])
-    val_y = np.asarray([predictor.labels.index(train_labels[i]) for i in val_idx])
-    predictor.temperature = fit_temperature(val_logits, val_y)
-    write_temperature(result.export_dir, predictor.temperature)
+    check = _check_and_blend(predictor, result.export_dir, texts, labels, train_idx, cfg)
     threshold = load_serving().policy.confidence_threshold
-    test = evaluate_probabilities(
-        predictor.labels,
-        [labels[i] for i in split.test],
-        predictor.predict_proba([texts[i] for i in split.test]),
-        threshold,
-    )
+    test_texts, test_labels = [texts[i] for i in split.test], [labels[i] for i in split.test]
+    alone = predictor.transformer_proba(test_texts)
+    linear_test = check.linear.predict_proba(test_texts)
+    blended = blend(alone, linear_test, predictor.linear_weight)
+    test = evaluate_probabilities(predictor.labels, test_labels, blended, threshold)
+    others = {
+        "transformer_only": evaluate_probabilities(predictor.labels, test_labels, alone, threshold),
+        "linear_baseline": evaluate_probabilities(check.linear.labels, test_labels, linear_test, threshold),
+    }
     seconds = time.perf_counter() - started
 
     def copy_export(folder: Path) -> None:
@@ -202,9 +203,12 @@ def train_transformer_job(
         data_fingerprint=fp,
         metrics={
             **test.summary(),
+            **{f"{name}_{k}": v for name, r in others.items() for k, v in r.summary().items() if k != "n"},
             **{f"run_{k}": v for k, v in result.metrics.items()},
+            **check.metrics,
             "train_seconds": round(seconds, 1),
             "temperature": round(predictor.temperature, 4),
+            "linear_weight": predictor.linear_weight,
         },
         params={
             **cfg.transformer.model_dump(mode="json"),
@@ -215,8 +219,68 @@ def train_transformer_job(
             "run_dir": str(run_dir),
         },
         parent=parent,
+        warnings=check.warnings,
     )
+    for warning in check.warnings:
+        log.warning("%s:%s: %s", meta.name, meta.version, warning)
     return _train_outcome(home, spec, meta, test, seconds, len(data.skipped))
+
+
+@dataclass(frozen=True)
+class _Check:
+    """What the post-training step found on the transformer's validation split."""
+
+    linear: LinearTextClassifier
+    warnings: list[str]
+    metrics: dict[str, float]
+
+
+def _check_and_blend(
+    predictor: Any, export_dir: Path, texts: list[str], labels: list[str], train_idx: list[int], cfg: TrainingConfig
+) -> _Check:
+    """On the validation split the run held out (the one that picked the best epoch): fit the temperature, train
+    the linear baseline on the transformer's own training rows, warn when the transformer does not beat it or the
+    majority class, and (with `linear_blend`) mix the linear model in with the weight that fits validation best.
+    Writes calibration.json (and the blend) into `export_dir`."""
+    from serving.transformer_predictor import blend, write_blend, write_temperature
+    from training.torch_loop import split_train_val
+
+    tcfg = cfg.transformer
+    train_labels = [labels[i] for i in train_idx]
+    fit_rows, val_rows = split_train_val(train_labels, tcfg.val_fraction, tcfg.seed)
+    val_texts = [texts[train_idx[i]] for i in val_rows]
+    val_names = [train_labels[i] for i in val_rows]
+    val_y = np.asarray([predictor.labels.index(name) for name in val_names])
+    val_logits = predictor.logits(val_texts)
+    predictor.temperature = fit_temperature(val_logits, val_y)
+    write_temperature(export_dir, predictor.temperature)
+    linear = fit_linear(
+        [texts[train_idx[i]] for i in fit_rows],
+        [train_labels[i] for i in fit_rows],
+        cfg.linear,
+        calib_texts=val_texts,
+        calib_labels=val_names,
+    )
+    alone_val = softmax(val_logits / predictor.temperature, axis=1)
+    val_accuracy = float((alone_val.argmax(axis=1) == val_y).mean())
+    majority_label, majority_rate = majority(val_names)
+    metrics = {"val_accuracy_transformer": round(val_accuracy, 6), "val_majority_rate": round(majority_rate, 6)}
+    warnings: list[str] = []
+    if list(linear.labels) != list(predictor.labels):
+        warnings.append("the linear baseline saw other labels than the transformer; it was not compared or blended")
+        return _Check(linear, warnings, metrics)
+    linear_val = linear.predict_proba(val_texts)
+    linear_accuracy = float((linear_val.argmax(axis=1) == val_y).mean())
+    metrics["val_accuracy_linear"] = round(linear_accuracy, 6)
+    warnings += training_warnings(val_accuracy, Baselines(majority_label, majority_rate, linear_accuracy), len(val_y))
+    if tcfg.linear_blend:
+        weight = fit_blend_weight(alone_val, linear_val, val_y)
+        if weight > 0:
+            write_blend(export_dir, linear, weight)
+            predictor.linear, predictor.linear_weight = linear, weight
+        blended_val = blend(alone_val, linear_val, weight)
+        metrics["val_accuracy_blend"] = round(float((blended_val.argmax(axis=1) == val_y).mean()), 6)
+    return _Check(linear, warnings, metrics)
 
 
 def evaluate_version(ref: str, spec: DataSpec, home: Home, *, threshold: float | None = None) -> EvalOutcome:
@@ -226,12 +290,31 @@ def evaluate_version(ref: str, spec: DataSpec, home: Home, *, threshold: float |
     data = load_labelled(spec)
     labels = [str(v) for v in data.frame["label"].tolist()]
     thr = load_serving().policy.confidence_threshold if threshold is None else threshold
-    proba = predictor.predict_proba(data.frame["text"].tolist())
+    texts = data.frame["text"].tolist()
+    parts: dict[str, EvalResult] = {}
+    proba: np.ndarray | None = None
+    if meta.kind == "transformer":
+        from serving.transformer_predictor import TransformerPredictor, blend
+
+        assert isinstance(predictor, TransformerPredictor)
+        if predictor.linear is not None and predictor.linear_weight > 0:
+            alone, companion = predictor.transformer_proba(texts), predictor.linear.predict_proba(texts)
+            proba = blend(alone, companion, predictor.linear_weight)
+            parts = {
+                "transformer": evaluate_probabilities(predictor.labels, labels, alone, thr),
+                "linear_companion": evaluate_probabilities(predictor.labels, labels, companion, thr),
+            }
+    if proba is None:
+        proba = predictor.predict_proba(texts)
     result = evaluate_probabilities(predictor.labels, labels, proba, thr)
     report = write_report(
         result,
         _report_dir(home, "eval", meta),
         title=f"{meta.name}:{meta.version} on {spec.path.name}",
-        extra={"model": f"{meta.name}:{meta.version}", "data": str(spec.path)},
+        extra={
+            "model": f"{meta.name}:{meta.version}",
+            "data": str(spec.path),
+            **{f"{name}_{k}": v for name, r in parts.items() for k, v in r.summary().items() if k != "n"},
+        },
     )
-    return EvalOutcome(meta, result, report, str(spec.path), len(data.skipped))
+    return EvalOutcome(meta, result, report, str(spec.path), len(data.skipped), parts)

@@ -30,6 +30,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from serving.windows import WindowSpec, window_ids
 from training.transformer_config import TransformerConfig
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ OPTIMIZER_FILE = "optimizer.pt"
 LABELS_FILE = "labels.json"
 CONFIG_FILE = "transformer_config.json"
 MODEL_FILES = ("config.json", "model.safetensors")
+WINDOW_OWNER = "window_owner"  # in a Batch of windows: which text of the batch each window belongs to
 
 
 def split_train_val(labels: Sequence[str], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -90,10 +92,30 @@ def build_model(cfg: TransformerConfig, label_names: Sequence[str], vocab_size: 
     )
 
 
-def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int) -> Batch:
-    """Tokenise one batch, padded only to its longest text (dynamic padding keeps short emails cheap)."""
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
-    return dict(enc)
+def window_spec(cfg: TransformerConfig) -> WindowSpec:
+    return WindowSpec.from_share(cfg.max_length, cfg.window_overlap, cfg.max_windows)
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], spec: WindowSpec) -> Batch:
+    """Tokenise one batch into windows (`serving.windows`), padded only to the longest window (dynamic padding
+    keeps short emails cheap). With several windows per text the batch carries `WINDOW_OWNER`."""
+    windows = window_ids(tokenizer, texts, spec)
+    batch: Batch = dict(tokenizer.pad({"input_ids": windows.ids}, return_tensors="pt"))
+    if spec.max_windows > 1:
+        batch[WINDOW_OWNER] = torch.tensor(windows.owner, dtype=torch.long)
+    return batch
+
+
+def forward_logits(model: nn.Module, inputs: Batch) -> torch.Tensor:
+    """One row of logits per text: the model's logits, averaged over each text's windows."""
+    owner = inputs.get(WINDOW_OWNER)
+    if owner is None:
+        return model(**inputs).logits
+    logits = model(**{k: v for k, v in inputs.items() if k != WINDOW_OWNER}).logits
+    n_texts = int(owner.max().item()) + 1
+    sums = torch.zeros(n_texts, logits.shape[1], dtype=logits.dtype).index_add(0, owner, logits)
+    counts = torch.bincount(owner, minlength=n_texts).clamp(min=1).unsqueeze(1).to(logits.dtype)
+    return sums / counts
 
 
 def class_weights(label_ids: Sequence[int], num_labels: int) -> torch.Tensor:
@@ -132,14 +154,14 @@ class DeadlineExceeded(RuntimeError):
 def tensor_batches(
     rows: Iterable[Mapping[str, Any]],
     tokenizer: PreTrainedTokenizerBase,
-    max_length: int,
+    spec: WindowSpec,
     deadline: float | None = None,
 ) -> Iterator[tuple[Batch, torch.Tensor]]:
     """Turn batches of rows ({"text": [...], "label": [...]}, e.g. from Ray Data) into model inputs."""
     for rows_batch in rows:
         if deadline is not None and time.time() > deadline:
             raise DeadlineExceeded("DeadlineExceeded: the run's timeout has passed")
-        inputs = encode(tokenizer, [str(t) for t in rows_batch["text"]], max_length)
+        inputs = encode(tokenizer, [str(t) for t in rows_batch["text"]], spec)
         yield inputs, torch.tensor(np.asarray(rows_batch["label"]), dtype=torch.long)
 
 
@@ -177,7 +199,7 @@ def train_epoch(
     total_loss, samples, steps = 0.0, 0, 0
     start = time.perf_counter()
     for inputs, targets in batches:
-        logits = model(**inputs).logits
+        logits = forward_logits(model, inputs)
         loss = loss_fn(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -200,7 +222,7 @@ def confusion_matrix(model: nn.Module, batches: Iterable[tuple[Batch, torch.Tens
     model.eval()
     counts = torch.zeros(num_labels, num_labels, dtype=torch.int64)
     for inputs, targets in batches:
-        predicted = model(**inputs).logits.argmax(dim=-1)
+        predicted = forward_logits(model, inputs).argmax(dim=-1)
         counts += torch.bincount(targets * num_labels + predicted, minlength=num_labels**2).view(num_labels, num_labels)
     return counts
 

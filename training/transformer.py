@@ -407,12 +407,12 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     info.samples_per_s * world,
                 )
 
-        batches = torch_loop.tensor_batches(rows, tokenizer, cfg.max_length, deadline)
+        batches = torch_loop.tensor_batches(rows, tokenizer, torch_loop.window_spec(cfg), deadline)
         stats = torch_loop.train_epoch(ddp_model, batches, optimizer, scheduler, loss_fn, on_step)
         val = ray.train.get_dataset_shard("val")
         assert val is not None
         val_rows = val.iter_batches(batch_size=VAL_BATCH, batch_format="numpy")
-        val_batches = torch_loop.tensor_batches(val_rows, tokenizer, cfg.max_length, deadline)
+        val_batches = torch_loop.tensor_batches(val_rows, tokenizer, torch_loop.window_spec(cfg), deadline)
         counts = torch_loop.confusion_matrix(model, every_nth(val_batches, rank, world), len(names))
         loss_sum = torch.tensor([stats.mean_loss, 1.0], dtype=torch.float64)
         if world > 1:

@@ -33,7 +33,19 @@ class TransformerConfig(StrictModel):
         description="Replace the pretrained weights by a tiny randomly initialised BERT (hidden 32, "
         "2 layers) that keeps the real tokenizer; for fast tests only.",
     )
-    max_length: int = Field(64, ge=8, le=512, description="Tokens kept per text; longer texts are truncated.")
+    max_length: int = Field(
+        256, ge=8, le=512, description="Tokens per window (special tokens included); see max_windows."
+    )
+    max_windows: int = Field(
+        2,
+        ge=1,
+        le=32,
+        description="Windows read per text: a text longer than one window is read as up to this many "
+        "overlapping windows whose logits are averaged (training and serving alike); 1 truncates.",
+    )
+    window_overlap: float = Field(
+        0.25, ge=0, le=0.5, description="Share of a window's tokens that consecutive windows share (0 to 0.5)."
+    )
     epochs: int = Field(8, ge=1, le=100, description="Upper bound on passes over the training split.")
     batch_size: int = Field(
         32, ge=1, le=1024, description="Global batch size per optimiser step, divided among the workers."
@@ -83,6 +95,12 @@ class TransformerConfig(StrictModel):
         ge=-1,
         description="Times Ray Train retries starting the workers (60 s each) when the cluster lacks CPUs "
         "before the run fails; -1 waits forever (for clusters that autoscale).",
+    )
+
+    linear_blend: bool = Field(
+        True,
+        description="Train a linear model on the same rows and mix its calibrated probabilities into the "
+        "transformer's, with the weight (0 to 1) that scores best on the validation split.",
     )
 
     def resolved_base_model_path(self) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from serving.windows import WindowSpec
 from training import torch_loop
 from training.transformer import (
     RAY_SNAPSHOT_FILE,
@@ -78,7 +79,7 @@ def test_overfit_one_batch() -> None:
     targets = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     model = torch_loop.build_model(cfg, ["a", "b", "c", "d"], len(tokenizer))
     optimizer = torch_loop.make_optimizer(model, cfg)
-    batch = torch_loop.encode(tokenizer, texts, cfg.max_length)
+    batch = torch_loop.encode(tokenizer, texts, torch_loop.window_spec(cfg))
     loss_fn = torch.nn.CrossEntropyLoss()
     first = torch_loop.train_epoch(model, [(batch, targets)], optimizer, None, loss_fn).mean_loss
     for _ in range(99):
@@ -89,10 +90,13 @@ def test_overfit_one_batch() -> None:
 
 def test_dynamic_padding_pads_to_longest_in_batch() -> None:
     tokenizer = torch_loop.load_tokenizer(tiny_cfg())
-    short = torch_loop.encode(tokenizer, ["hi", "hello there"], max_length=64)
-    long = torch_loop.encode(tokenizer, ["word " * 200], max_length=16)
+    short = torch_loop.encode(tokenizer, ["hi", "hello there"], WindowSpec(max_length=64))
+    long = torch_loop.encode(tokenizer, ["word " * 200], WindowSpec(max_length=16))
     assert short["input_ids"].shape == (2, 4)  # [CLS] hello there [SEP]
     assert long["input_ids"].shape == (1, 16)
+    windows = torch_loop.encode(tokenizer, ["hi", "word " * 200], WindowSpec(max_length=16, overlap=4, max_windows=3))
+    assert windows["input_ids"].shape == (4, 16)  # one window for "hi", three for the long text
+    assert windows[torch_loop.WINDOW_OWNER].tolist() == [0, 1, 1, 1]
 
 
 def test_split_is_stratified_and_deterministic() -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from serving.transformer_predictor import TransformerArtifactError, TransformerPredictor, write_temperature
+from serving.windows import WindowSpec
 from training import torch_loop
 from training.transformer_config import TransformerConfig
 
@@ -45,7 +46,7 @@ def test_round_trip_matches_the_in_memory_model(tiny_export: tuple) -> None:
     assert predictor.labels == LABELS
     assert predictor.max_length == 32
     with torch.inference_mode():
-        batch = torch_loop.encode(tokenizer, TEXTS, 32)
+        batch = torch_loop.encode(tokenizer, TEXTS, WindowSpec(max_length=32))
         expected = torch.softmax(model(**batch).logits, dim=-1).numpy()
     np.testing.assert_allclose(predictor.predict_proba(TEXTS), expected, atol=1e-5)
 
