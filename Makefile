@@ -36,7 +36,8 @@ demo: $(VENV)/.installed
 	$(MR) data synth --n 5000 --seed 2 --out $(DEMO_DATA)/fresh.jsonl
 	$(MR) data synth --n 5000 --seed 3 --drift 0.7 --out $(DEMO_DATA)/drifted.jsonl
 	$(MR) data synth --long --n 1000 --seed 5 --out $(DEMO_DATA)/long.jsonl
-	@set -e; version=$$($(MR) train linear --data $(DEMO_DATA)/train.jsonl --label-col queue | tail -n 1); \
+	@set -e; out=$$($(MR) train linear --data $(DEMO_DATA)/train.jsonl --label-col queue); echo "$$out"; \
+	  version=$$(echo "$$out" | tail -n 1); \
 	  $(MR) models promote $$version; \
 	  echo "== $$version on fresh mail from the same distribution"; \
 	  $(MR) evaluate --model $$version --data $(DEMO_DATA)/fresh.jsonl --label-col queue; \
@@ -46,8 +47,8 @@ demo: $(VENV)/.installed
 	  $(MR) evaluate --model $$version --data $(DEMO_DATA)/long.jsonl --label-col queue
 	@echo "== the transformer arm: MiniLM fine-tuned with Ray Train (a short run: 3,000 emails, 2 epochs)"
 	$(MR) data synth --n 3000 --seed 4 --out $(DEMO_DATA)/transformer-train.jsonl
-	@set -e; version=$$($(MR) train transformer --data $(DEMO_DATA)/transformer-train.jsonl --label-col queue --epochs 2 \
-	  | tail -n 1); echo "== $$version on long multi-paragraph mail"; \
+	@set -e; out=$$($(MR) train transformer --data $(DEMO_DATA)/transformer-train.jsonl --label-col queue --epochs 2); \
+	  echo "$$out"; version=$$(echo "$$out" | tail -n 1); echo "== $$version on long multi-paragraph mail"; \
 	  $(MR) evaluate --model $$version --data $(DEMO_DATA)/long.jsonl --label-col queue
 	$(MR) models list
 	@echo "== serving the 50/50 linear/transformer experiment of configs/experiments.yaml on port $(DEMO_PORT)"

@@ -148,6 +148,11 @@ class ModelRegistry:
                     raise RegistryError(f"model {name}:{version} is corrupt: {rel} is missing")
                 if _sha256(target) != expected:
                     raise RegistryError(f"model {name}:{version} is corrupt: checksum mismatch in {rel}")
+            # A file nobody registered (a dropped-in pickle, say) would be loaded unverified: refuse it.
+            extra = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != META_FILE)
+            unlisted = [rel for rel in extra if rel not in meta.files]
+            if unlisted:
+                raise RegistryError(f"model {name}:{version} is corrupt: {unlisted[0]} was not registered with it")
         return meta
 
     def resolve(self, ref: str) -> tuple[str, str]:

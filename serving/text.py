@@ -61,6 +61,9 @@ _INLINE_SUBJECT = re.compile(r"\bSubject: ?")
 # A field line of a forward's header block ("From: ...", "**Subject:** ..."); the Subject's text is kept.
 _HEADER_FIELD = re.compile(r"[ \t]*[*_]*(From|Sent|Date|To|Cc|Bcc|Reply-To|Subject)[*_]*[ \t]*:[*_]*[ \t]*(.*)", re.I)
 _HEADER_LINES = 12  # a forward header longer than this is not a header
+# Forwarded messages split out of one email; past this the rest is one section. Each split searches the rest of the
+# text, so without a cap a body of thousands of forward markers took time growing with the square of its length.
+_MAX_FORWARDS = 16
 # A subject that says the email forwards something: "Fwd:", "FW:", "Fw:" (after an optional "[EXTERNAL]" tag).
 _FORWARD_SUBJECT = re.compile(r"^[ \t]*(?:\[[^\]\n]{1,30}\][ \t]*)?(?:fwd?|fw)[ \t]*:", re.IGNORECASE)
 _QUOTE_LINE = re.compile(r"^[ \t]*>[^\n]*(?:\n|$)", re.MULTILINE)
@@ -174,7 +177,7 @@ def _sections(text: str, forwarded: bool) -> list[str]:
         (forwards if forwarded else replies).extend(outlook)
         reply = min((m.start() for m in replies if m), default=len(text))
         forward = min((m for m in forwards if m), key=lambda m: m.start(), default=None)
-        if forward is None or reply <= forward.start():
+        if forward is None or reply <= forward.start() or len(sections) >= 2 * _MAX_FORWARDS:
             sections.append(text[pos:reply])
             return sections
         sections.append(text[pos : forward.start()])

@@ -62,8 +62,8 @@ class TransformerPredictor:
         self.max_batch = max_batch  # windows per forward pass
         self.temperature = temperature  # logits are divided by it before the softmax
         # A companion linear model (serving.linear_model.LinearTextClassifier) whose calibrated probabilities are
-        # mixed in with this weight: the two err on different emails, and the mix is never worse than the better
-        # one on the validation split that chose the weight.
+        # mixed in with this weight: the two err on different emails. The weight is the one with the best
+        # log-likelihood on the validation split, so on those rows the mix is at least as good as either alone.
         self.linear = linear
         self.linear_weight = linear_weight
         if linear is not None and list(linear.labels) != list(labels):
@@ -137,6 +137,8 @@ class TransformerPredictor:
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Calibrated probabilities, one row per text in input order, columns in `labels` order (blended with the
         companion linear model's when the artifact has one)."""
+        if self.linear is not None and self.linear_weight >= 1.0:
+            return self.linear.predict_proba(list(texts))  # the transformer would add nothing: skip its cost
         proba = self.transformer_proba(texts)
         if self.linear is None or self.linear_weight == 0.0 or len(texts) == 0:
             return proba
@@ -209,8 +211,9 @@ def read_blend(export_dir: Path) -> tuple[LinearTextClassifier | None, float]:
 
     try:
         linear = LinearTextClassifier.load(Path(export_dir) / BLEND_DIR)
-    except (OSError, TypeError, ValueError) as err:
-        raise TransformerArtifactError(f"{export_dir}: cannot load the companion linear model ({err})") from None
+    except Exception as err:  # a damaged pickle raises anything from EOFError to AttributeError: one line for all
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TransformerArtifactError(f"{export_dir}: cannot load the companion linear model ({first})") from None
     return linear, weight
 
 

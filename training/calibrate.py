@@ -27,5 +27,5 @@ def fit_blend_weight(first: np.ndarray, second: np.ndarray, y: np.ndarray, steps
         p = (1.0 - w) * first[rows, y] + w * second[rows, y]
         nll = float(-np.log(np.clip(p, 1e-12, None)).mean())
         if nll < best_nll - 1e-9:
-            best_w, best_nll = float(w), nll
+            best_w, best_nll = round(float(w), 6), nll
     return best_w

@@ -167,7 +167,8 @@ def train_transformer_job(
     # The transformer holds out its own validation split for early stopping; calib rows join training.
     train_idx = sorted([*split.train, *split.calib])
     fp = fingerprint(texts, labels)
-    settings = hashlib.sha256(cfg.transformer.model_dump_json().encode()).hexdigest()[:8]
+    # Post-training options stay out of the run's name: changing them must not retrain the transformer.
+    settings = hashlib.sha256(cfg.transformer.model_dump_json(exclude={"linear_blend"}).encode()).hexdigest()[:8]
     run_dir = home.runs / f"{name}-{fp.removeprefix('sha256:')[:12]}-{settings}"
     result = train_transformer(
         [texts[i] for i in train_idx],
@@ -182,13 +183,13 @@ def train_transformer_job(
     threshold = load_serving().policy.confidence_threshold
     test_texts, test_labels = [texts[i] for i in split.test], [labels[i] for i in split.test]
     alone = predictor.transformer_proba(test_texts)
-    linear_test = check.linear.predict_proba(test_texts)
-    blended = blend(alone, linear_test, predictor.linear_weight)
-    test = evaluate_probabilities(predictor.labels, test_labels, blended, threshold)
-    others = {
-        "transformer_only": evaluate_probabilities(predictor.labels, test_labels, alone, threshold),
-        "linear_baseline": evaluate_probabilities(check.linear.labels, test_labels, linear_test, threshold),
-    }
+    others = {"transformer_only": evaluate_probabilities(predictor.labels, test_labels, alone, threshold)}
+    proba = alone
+    if check.comparable:
+        linear_test = check.linear.predict_proba(test_texts)
+        others["linear_baseline"] = evaluate_probabilities(check.linear.labels, test_labels, linear_test, threshold)
+        proba = blend(alone, linear_test, predictor.linear_weight)
+    test = evaluate_probabilities(predictor.labels, test_labels, proba, threshold)
     seconds = time.perf_counter() - started
 
     def copy_export(folder: Path) -> None:
@@ -231,6 +232,7 @@ class _Check:
     """What the post-training step found on the transformer's validation split."""
 
     linear: LinearTextClassifier
+    comparable: bool  # the linear baseline has the transformer's labels, in its order
     warnings: list[str]
     metrics: dict[str, float]
 
@@ -268,19 +270,24 @@ def _check_and_blend(
     warnings: list[str] = []
     if list(linear.labels) != list(predictor.labels):
         warnings.append("the linear baseline saw other labels than the transformer; it was not compared or blended")
-        return _Check(linear, warnings, metrics)
+        return _Check(linear, False, warnings, metrics)
     linear_val = linear.predict_proba(val_texts)
     linear_accuracy = float((linear_val.argmax(axis=1) == val_y).mean())
     metrics["val_accuracy_linear"] = round(linear_accuracy, 6)
     warnings += training_warnings(val_accuracy, Baselines(majority_label, majority_rate, linear_accuracy), len(val_y))
     if tcfg.linear_blend:
         weight = fit_blend_weight(alone_val, linear_val, val_y)
+        if weight >= 1.0:
+            warnings.append(
+                "the blend gives the linear companion all the weight: this version answers exactly like the linear "
+                "model, so serve the linear model instead of paying for a transformer replica"
+            )
         if weight > 0:
             write_blend(export_dir, linear, weight)
             predictor.linear, predictor.linear_weight = linear, weight
         blended_val = blend(alone_val, linear_val, weight)
         metrics["val_accuracy_blend"] = round(float((blended_val.argmax(axis=1) == val_y).mean()), 6)
-    return _Check(linear, warnings, metrics)
+    return _Check(linear, True, warnings, metrics)
 
 
 def evaluate_version(ref: str, spec: DataSpec, home: Home, *, threshold: float | None = None) -> EvalOutcome:

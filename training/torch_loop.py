@@ -113,7 +113,7 @@ def forward_logits(model: nn.Module, inputs: Batch) -> torch.Tensor:
         return model(**inputs).logits
     logits = model(**{k: v for k, v in inputs.items() if k != WINDOW_OWNER}).logits
     n_texts = int(owner.max().item()) + 1
-    sums = torch.zeros(n_texts, logits.shape[1], dtype=logits.dtype).index_add(0, owner, logits)
+    sums = torch.zeros(n_texts, logits.shape[1], dtype=logits.dtype, device=logits.device).index_add(0, owner, logits)
     counts = torch.bincount(owner, minlength=n_texts).clamp(min=1).unsqueeze(1).to(logits.dtype)
     return sums / counts
 

@@ -162,3 +162,23 @@ def test_stage_file_is_plain_json(tmp_path: Path) -> None:
     reg.promote("linear:v1")
     stages = json.loads((tmp_path / "linear" / "stages.json").read_text())
     assert stages["champion"] == "v1"
+
+
+def test_a_file_added_after_registration_is_refused(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path)
+    version = _register(reg)
+    (tmp_path / "linear" / version / "linear").mkdir()
+    (tmp_path / "linear" / version / "linear" / "model.joblib").write_bytes(b"not what was registered")
+    with pytest.raises(RegistryError, match=r"linear/model\.joblib was not registered") as err:
+        reg.get(f"linear:{version}")
+    assert "\n" not in str(err.value)
+
+
+def test_meta_written_before_warnings_existed_still_reads(tmp_path: Path) -> None:
+    reg = ModelRegistry(tmp_path)
+    version = _register(reg)
+    meta_path = tmp_path / "linear" / version / "meta.json"
+    data = json.loads(meta_path.read_text())
+    data.pop("warnings")
+    meta_path.write_text(json.dumps(data))
+    assert reg.get(f"linear:{version}").meta.warnings == ()

@@ -112,6 +112,10 @@ def test_linear_blend_mixes_calibrated_probabilities(tmp_path: Path, exports: tu
     expected = 0.7 * predictor.transformer_proba(SHORT) + 0.3 * linear.predict_proba(SHORT)
     np.testing.assert_allclose(predictor.predict_proba(SHORT), expected, atol=1e-6)
     np.testing.assert_allclose(predictor.predict_proba(SHORT).sum(axis=1), 1.0, atol=1e-6)
+    write_blend(blended, linear, 1.0)  # all weight on the companion: the transformer is not even run
+    only_linear = TransformerPredictor.load(blended)
+    only_linear.model = None  # type: ignore[assignment]
+    np.testing.assert_allclose(only_linear.predict_proba(SHORT), linear.predict_proba(SHORT), atol=1e-9)
     for bad in ('{"linear_weight": 1.5}', '{"weight": 0.2}', "{"):
         (blended / "blend.json").write_text(bad)
         with pytest.raises(TransformerArtifactError, match=r"blend\.json"):
@@ -121,6 +125,20 @@ def test_linear_blend_mixes_calibrated_probabilities(tmp_path: Path, exports: tu
     with pytest.raises(TransformerArtifactError, match="companion linear model") as err:
         TransformerPredictor.load(blended)
     assert "\n" not in str(err.value)
+
+
+def test_exports_from_before_windows_read_one_window(tmp_path: Path, exports: tuple[Path, Path]) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    for item in exports[1].iterdir():
+        (old / item.name).write_bytes(item.read_bytes())
+    config = json.loads((old / "transformer_config.json").read_text())
+    for key in ("max_windows", "window_overlap", "linear_blend"):
+        config.pop(key)
+    (old / "transformer_config.json").write_text(json.dumps(config))
+    predictor = TransformerPredictor.load(old)
+    assert predictor.windows == WindowSpec(max_length=32, overlap=0, max_windows=1)
+    assert predictor.linear is None and predictor.linear_weight == 0.0
 
 
 def test_blend_weight_follows_the_better_model() -> None:
@@ -204,3 +222,33 @@ def test_a_clue_past_the_first_window_is_read_by_the_default_windows() -> None:
         scores[name] = torch_loop.scores(counts)["accuracy"]
     assert scores["windows"] >= 0.8, scores  # chance is 1/3
     assert scores["truncated"] <= 0.5, scores
+
+
+def test_post_training_check_calibrates_warns_and_blends(tmp_path: Path, exports: tuple[Path, Path]) -> None:
+    """The step after fine-tuning, on an untrained transformer: it is below the linear baseline, so the guard says
+    so, and the blend leans on the linear companion; calibration and blend are written into the export."""
+    from training.config import TrainingConfig
+    from training.pipeline import _check_and_blend
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    for item in exports[0].iterdir():
+        (folder / item.name).write_bytes(item.read_bytes())
+    words = {"billing": "invoice refund charge", "shipping": "parcel courier delivery", "technical": "error crash bug"}
+    rng = np.random.default_rng(3)
+    labels = [LABELS[i % 3] for i in range(90)]
+    texts = [" ".join(rng.choice(words[y].split(), size=3)) + " please help" for y in labels]
+    cfg = TrainingConfig.model_validate(
+        {"linear": {"min_df": 1, "n_jobs": 1}, "transformer": {"tiny": True, "val_fraction": 0.3}}
+    )
+    predictor = TransformerPredictor.load(folder)
+    check = _check_and_blend(predictor, folder, texts, labels, list(range(90)), cfg)
+    assert check.comparable
+    assert check.metrics["val_accuracy_linear"] == 1.0
+    assert check.metrics["val_accuracy_transformer"] < 0.7
+    assert any("below a linear model trained on the same rows" in w for w in check.warnings)
+    assert predictor.linear_weight >= 0.5
+    reloaded = TransformerPredictor.load(folder)
+    assert reloaded.linear_weight == predictor.linear_weight
+    assert reloaded.temperature == pytest.approx(predictor.temperature)
+    np.testing.assert_allclose(reloaded.predict_proba(texts[:5]), predictor.predict_proba(texts[:5]), atol=1e-6)
