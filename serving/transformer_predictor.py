@@ -144,6 +144,12 @@ class TransformerPredictor:
             return proba
         return blend(proba, self.linear.predict_proba(list(texts)), self.linear_weight)
 
+    def proba_parts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The transformer's and the companion's probabilities apart (None without a companion), for scoring each
+        part; `blend(*parts, linear_weight)` is what `predict_proba` returns."""
+        companion = self.linear.predict_proba(list(texts)) if self.linear is not None else None
+        return self.transformer_proba(texts), companion
+
     def transformer_proba(self, texts: Sequence[str]) -> np.ndarray:
         """The transformer's own temperature-scaled probabilities, without the linear companion."""
         return np.asarray(softmax(self.logits(texts) / self.temperature, axis=1))

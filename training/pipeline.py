@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.special import softmax
@@ -28,6 +28,9 @@ from training.evaluate import EvalResult, evaluate_probabilities, write_report
 from training.guard import Baselines, majority, training_warnings
 from training.linear import fit_linear
 from training.split import fingerprint, stratified_split
+
+if TYPE_CHECKING:
+    from serving.transformer_predictor import TransformerPredictor
 
 log = logging.getLogger(__name__)
 
@@ -182,14 +185,12 @@ def train_transformer_job(
     check = _check_and_blend(predictor, result.export_dir, texts, labels, train_idx, cfg)
     threshold = load_serving().policy.confidence_threshold
     test_texts, test_labels = [texts[i] for i in split.test], [labels[i] for i in split.test]
-    alone = predictor.transformer_proba(test_texts)
+    alone, companion = predictor.proba_parts(test_texts)
     others = {"transformer_only": evaluate_probabilities(predictor.labels, test_labels, alone, threshold)}
-    proba = alone
     if check.comparable:
         linear_test = check.linear.predict_proba(test_texts)
         others["linear_baseline"] = evaluate_probabilities(check.linear.labels, test_labels, linear_test, threshold)
-    if predictor.linear is not None:
-        proba = blend(alone, predictor.linear.predict_proba(test_texts), predictor.linear_weight)
+    proba = alone if companion is None else blend(alone, companion, predictor.linear_weight)
     test = evaluate_probabilities(predictor.labels, test_labels, proba, threshold)
     seconds = time.perf_counter() - started
 
@@ -239,7 +240,12 @@ class _Check:
 
 
 def _check_and_blend(
-    predictor: Any, export_dir: Path, texts: list[str], labels: list[str], train_idx: list[int], cfg: TrainingConfig
+    predictor: TransformerPredictor,
+    export_dir: Path,
+    texts: list[str],
+    labels: list[str],
+    train_idx: list[int],
+    cfg: TrainingConfig,
 ) -> _Check:
     """On the validation split the run held out (the one that picked the best epoch): fit the temperature, train
     the linear baseline on the transformer's own training rows, warn when the transformer does not beat it or the
@@ -310,8 +316,8 @@ def evaluate_version(ref: str, spec: DataSpec, home: Home, *, threshold: float |
         from serving.transformer_predictor import TransformerPredictor, blend
 
         assert isinstance(predictor, TransformerPredictor)
-        if predictor.linear is not None and predictor.linear_weight > 0:
-            alone, companion = predictor.transformer_proba(texts), predictor.linear.predict_proba(texts)
+        alone, companion = predictor.proba_parts(texts)
+        if companion is not None:
             proba = blend(alone, companion, predictor.linear_weight)
             parts = {
                 "transformer": evaluate_probabilities(predictor.labels, labels, alone, thr),
