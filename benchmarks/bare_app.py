@@ -14,9 +14,9 @@ from fastapi import FastAPI
 
 from serving.api import RouteRequest, email_from_request, text_for_model
 from serving.config import Home, ServingConfig, load_queues
+from serving.models.predictor import load_version
+from serving.models.registry import ModelRegistry
 from serving.policy import decide
-from serving.predictor import load_version
-from serving.registry import ModelRegistry
 
 queues = load_queues()
 policy = ServingConfig().policy

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.text import model_text
+from serving.mail.text import model_text
 from training.config import LinearConfig
 from training.linear import fit_linear
 from training.synth import generate

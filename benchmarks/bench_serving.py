@@ -94,8 +94,8 @@ def make_bodies(n: int) -> list[dict[str, Any]]:
 
 def build_registry(home: Any) -> None:
     from serving.config import load_queues
-    from serving.registry import ModelRegistry
-    from serving.text import PREPROCESSING_VERSION, model_text
+    from serving.mail.text import PREPROCESSING_VERSION, model_text
+    from serving.models.registry import ModelRegistry
     from training.config import LinearConfig
     from training.linear import fit_linear
     from training.synth import generate
@@ -127,8 +127,8 @@ def build_registry(home: Any) -> None:
 def raw_transformer_rate(home: Any, texts: list[str], seconds: float) -> float:
     import torch
 
-    from serving.predictor import load_version
-    from serving.registry import ModelRegistry
+    from serving.models.predictor import load_version
+    from serving.models.registry import ModelRegistry
 
     torch.set_num_threads(1)
     predictor, _ = load_version(ModelRegistry(home.registry), "transformer")
@@ -149,8 +149,8 @@ def main() -> int:
     from experiments.config import ExperimentConfig
     from serving import launch
     from serving.config import Home, ServingConfig, load_queues
-    from serving.eventlog import open_event_log
-    from serving.text import model_text
+    from serving.mail.text import model_text
+    from serving.store.eventlog import open_event_log
 
     home = Home(Path(tempfile.mkdtemp(prefix="mr-bench-")))
     build_registry(home)

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving.text import model_text
-from serving.transformer_predictor import TransformerPredictor
+from serving.mail.text import model_text
+from serving.models.transformer import TransformerPredictor
 from training import torch_loop
 from training.data import read_dataset
 from training.synth import generate

@@ -5,7 +5,7 @@
 A cheap screen, as the long-email issue asks before any long fine-tuning run: the MiniLM encoder frozen, each
 window's token embeddings mean-pooled (the sentence-embedding recipe MiniLM was trained for), a text's windows
 averaged, and a logistic-regression head trained on those vectors. It is run at max_length 64, 128, 256 and 512
-with one window (truncation), and with overlapping windows (`serving.windows`, the code serving runs), on three
+with one window (truncation), and with overlapping windows (`serving.models.windows`, the code serving runs), on three
 corpora: the project's long-email corpus (`mailroute data synth --long`), Bitext (27 intents) and Banking77
 (77 intents), each read and cleaned as `mailroute train` reads them. Beside each: the project's linear model on the
 same split. CPU cost is process CPU time per email at one torch thread (emails/s per core is its inverse).
@@ -25,7 +25,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from serving.windows import WindowSpec, mean_by_owner, window_ids
+from serving.models.windows import WindowSpec, mean_by_owner, window_ids
 from training.config import LinearConfig
 from training.data import read_dataset
 from training.linear import fit_linear

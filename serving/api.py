@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
-from serving.emails import Email, EmailParseError, from_fields, parse_raw
-from serving.text import model_text
+from serving.mail.emails import Email, EmailParseError, from_fields, parse_raw
+from serving.mail.text import model_text
 
 
 class ApiError(Exception):

@@ -30,12 +30,12 @@ from serving import control
 from serving.api import ApiError, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
 from serving.batcher import CallBatcher
 from serving.config import Home, QueuesConfig, ServingConfig, parse_config
-from serving.eventlog import open_event_log
-from serving.eventwriter import BufferedWriter
 from serving.metrics import merge, render
-from serving.predictor import check_servable, load_version
-from serving.registry import ModelRegistry
+from serving.models.predictor import check_servable, load_version
+from serving.models.registry import ModelRegistry
 from serving.router import SHADOW, ArmAnswer, RouterCore
+from serving.store.eventlog import open_event_log
+from serving.store.writer import BufferedWriter
 
 log = logging.getLogger(__name__)
 APP_NAME = "mailroute"

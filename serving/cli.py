@@ -144,13 +144,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---- registry ------------------------------------------------------------------------------------------------
 def _registry(args: argparse.Namespace) -> Any:
-    from serving.registry import ModelRegistry
+    from serving.models.registry import ModelRegistry
 
     return ModelRegistry(Home.resolve(args.home).registry)
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from serving.registry import VersionInfo
+    from serving.models.registry import VersionInfo
 
     rows = []
     for item in _registry(args).versions(args.name):
@@ -326,7 +326,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_log_stats(args: argparse.Namespace) -> int:
     from serving.config import load_serving
-    from serving.eventlog import open_event_log
+    from serving.store.eventlog import open_event_log
 
     home = Home.resolve(args.home)
     url = load_serving().event_log.url or f"sqlite:///{home.event_log}"
@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from serving.registry import RegistryError
+    from serving.models.registry import RegistryError
 
     return (RegistryError, ValueError, OSError, *_http_errors())
 

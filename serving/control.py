@@ -23,7 +23,7 @@ from experiments.assign import ArmRange, moved_share
 from experiments.config import ExperimentConfig
 from serving.api import ApiError
 from serving.config import ConfigError, Home, ModelServerSpec, ServingConfig, parse_config
-from serving.registry import ModelRegistry, RegistryError
+from serving.models.registry import ModelRegistry, RegistryError
 from serving.router import SHADOW
 
 log = logging.getLogger(__name__)

@@ -28,11 +28,11 @@ from serving.api import (
     text_for_model,
 )
 from serving.config import QueuesConfig, ServingConfig
-from serving.eventlog import EventLog, FeedbackEvent, PredictionEvent, UnknownRequestError, user_key, utc_now
-from serving.eventwriter import BufferedWriter
 from serving.metrics import RouterMetrics
 from serving.policy import Decision, decide, failed_reason, fallback_chain, triage_decision
-from serving.redact import apply_policy
+from serving.store.eventlog import EventLog, FeedbackEvent, PredictionEvent, UnknownRequestError, user_key, utc_now
+from serving.store.redact import apply_policy
+from serving.store.writer import BufferedWriter
 
 log = logging.getLogger(__name__)
 SHADOW = "shadow"  # the shadow model's deployment key among the arm callers

@@ -2,7 +2,7 @@
 
 Sources: CSV, JSONL (or a JSON array), a folder of `.eml` files (labels from per-queue subfolders or the
 `X-Mailroute-Queue` header) and mbox files. Every source ends in the same columns, with `text` built by
-`serving.text.model_text` so training sees exactly what serving will.
+`serving.mail.text.model_text` so training sees exactly what serving will.
 
 A file that cannot be used at all raises `DataError` with one line. A single bad record (a broken JSON line,
 an unparseable message, a row whose text is empty after cleaning) is skipped, reported in
@@ -25,8 +25,8 @@ from typing import Any
 
 import pandas as pd
 
-from serving.emails import EmailParseError, from_fields, parse_message
-from serving.text import model_text
+from serving.mail.emails import EmailParseError, from_fields, parse_message
+from serving.mail.text import model_text
 
 __all__ = ["COLUMNS", "LABEL_HEADER", "DataError", "LoadedData", "Skipped", "read_dataset"]
 

@@ -10,7 +10,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import FeatureUnion
 
-from serving.linear_model import LinearTextClassifier
+from serving.models.linear import LinearTextClassifier
 from training.calibrate import fit_temperature
 from training.config import LinearConfig
 

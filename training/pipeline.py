@@ -17,10 +17,10 @@ import numpy as np
 from scipy.special import softmax
 
 from serving.config import Home, load_serving
-from serving.linear_model import LinearTextClassifier
-from serving.predictor import load_version
-from serving.registry import ModelMeta, ModelRegistry
-from serving.text import PREPROCESSING_VERSION
+from serving.mail.text import PREPROCESSING_VERSION
+from serving.models.linear import LinearTextClassifier
+from serving.models.predictor import load_version
+from serving.models.registry import ModelMeta, ModelRegistry
 from training.calibrate import fit_blend_weight, fit_temperature
 from training.config import TrainingConfig
 from training.data import DataError, LoadedData, read_dataset
@@ -30,7 +30,7 @@ from training.linear import fit_linear
 from training.split import fingerprint, stratified_split
 
 if TYPE_CHECKING:
-    from serving.transformer_predictor import TransformerPredictor
+    from serving.models.transformer import TransformerPredictor
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def train_transformer_job(
     """
     import shutil
 
-    from serving.transformer_predictor import TransformerPredictor, blend
+    from serving.models.transformer import TransformerPredictor, blend
     from training.transformer import train_transformer
 
     started = time.perf_counter()
@@ -251,7 +251,7 @@ def _check_and_blend(
     the linear baseline on the transformer's own training rows, warn when the transformer does not beat it or the
     majority class, and (with `linear_blend`) mix the linear model in with the weight that fits validation best.
     Writes calibration.json (and the blend) into `export_dir`."""
-    from serving.transformer_predictor import blend, write_blend, write_temperature
+    from serving.models.transformer import blend, write_blend, write_temperature
     from training.torch_loop import split_train_val
 
     tcfg = cfg.transformer
@@ -313,7 +313,7 @@ def evaluate_version(ref: str, spec: DataSpec, home: Home, *, threshold: float |
     parts: dict[str, EvalResult] = {}
     proba: np.ndarray | None = None
     if meta.kind == "transformer":
-        from serving.transformer_predictor import TransformerPredictor, blend
+        from serving.models.transformer import TransformerPredictor, blend
 
         assert isinstance(predictor, TransformerPredictor)
         alone, companion = predictor.proba_parts(texts)

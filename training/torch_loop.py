@@ -3,7 +3,7 @@
 Ray Train glue (`training.transformer`) and the single-process benchmark loop both call these, so the two
 paths train the same way: model construction, tokenisation with per-batch (dynamic) padding, the weighted
 loss, one epoch of optimiser steps, validation by confusion matrix, early-stopping bookkeeping, checkpoint
-state and the exported artifact that `serving.transformer_predictor` loads.
+state and the exported artifact that `serving.models.transformer` loads.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
-from serving.windows import WindowSpec, window_ids
+from serving.models.windows import WindowSpec, window_ids
 from training.transformer_config import TransformerConfig
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def window_spec(cfg: TransformerConfig) -> WindowSpec:
 
 
 def encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], spec: WindowSpec) -> Batch:
-    """Tokenise one batch into windows (`serving.windows`), padded only to the longest window (dynamic padding
+    """Tokenise one batch into windows (`serving.models.windows`), padded only to the longest window (dynamic padding
     keeps short emails cheap). With several windows per text the batch carries `WINDOW_OWNER`."""
     windows = window_ids(tokenizer, texts, spec)
     batch: Batch = dict(tokenizer.pad({"input_ids": windows.ids}, return_tensors="pt"))

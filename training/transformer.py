@@ -5,7 +5,7 @@ workers through Ray Data, and runs a `TorchTrainer` whose run folder is `run_dir
 validation macro-F1 (confusion matrices summed over the workers), a checkpoint (weights, optimiser,
 scheduler, `TrainState`) and early-stopping bookkeeping; Ray keeps the best checkpoints by macro-F1 and the
 latest one, and a second call on the same `run_dir` resumes from the latest. The best checkpoint is exported
-to `run_dir/model`, the folder `serving.transformer_predictor` loads.
+to `run_dir/model`, the folder `serving.models.transformer` loads.
 
 The same code runs on one machine (a local cluster is started when none is running) and on a Ray cluster
 (`RAY_ADDRESS`); there `run_dir` must be on storage that every node sees.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from serving.cli import main
-from serving.registry import ModelRegistry
+from serving.models.registry import ModelRegistry
 from training.synth import generate, write_corpus
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

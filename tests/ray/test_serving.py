@@ -18,9 +18,9 @@ import pytest
 from experiments.config import ExperimentConfig
 from serving import launch
 from serving.config import Home, ServingConfig, load_queues
-from serving.eventlog import open_event_log
-from serving.registry import ModelRegistry
-from serving.text import PREPROCESSING_VERSION, model_text
+from serving.mail.text import PREPROCESSING_VERSION, model_text
+from serving.models.registry import ModelRegistry
+from serving.store.eventlog import open_event_log
 from training.config import LinearConfig
 from training.linear import fit_linear
 from training.synth import generate

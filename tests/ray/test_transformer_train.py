@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serving.windows import WindowSpec
+from serving.models.windows import WindowSpec
 from training import torch_loop
 from training.transformer import (
     RAY_SNAPSHOT_FILE,
@@ -206,7 +206,7 @@ def test_two_workers_train_and_loss_falls(first_run: TransformerRunResult) -> No
 @pytest.mark.slow
 def test_export_serves_the_best_epoch(first_run: TransformerRunResult) -> None:
     """The exported folder loads without Ray and scores the validation split as the best epoch did."""
-    from serving.transformer_predictor import TransformerPredictor
+    from serving.models.transformer import TransformerPredictor
 
     export = first_run.export_dir
     assert {

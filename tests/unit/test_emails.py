@@ -1,4 +1,4 @@
-"""serving.emails: every MIME shape clients send, HTML conversion, and input that is not a message."""
+"""serving.mail.emails: every MIME shape clients send, HTML conversion, and input that is not a message."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.emails import Email, EmailParseError, from_fields, html_to_text, parse_message, parse_raw
+from serving.mail.emails import Email, EmailParseError, from_fields, html_to_text, parse_message, parse_raw
 
 pytestmark = pytest.mark.unit
 

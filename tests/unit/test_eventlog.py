@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from serving.eventlog import (
+from serving.store.eventlog import (
     JOINED_COLUMNS,
     PREDICTION_COLUMNS,
     EventLog,
@@ -25,7 +25,7 @@ from serving.eventlog import (
     open_event_log,
     user_key,
 )
-from serving.eventlog_sqlite import SQLiteEventLog
+from serving.store.sqlite import SQLiteEventLog
 
 pytestmark = pytest.mark.unit
 

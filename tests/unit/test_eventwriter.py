@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from serving.eventlog import EventLogError, MemoryEventLog, PredictionEvent
-from serving.eventlog_sqlite import SQLiteEventLog
-from serving.eventwriter import BufferedWriter
+from serving.store.eventlog import EventLogError, MemoryEventLog, PredictionEvent
+from serving.store.sqlite import SQLiteEventLog
+from serving.store.writer import BufferedWriter
 
 pytestmark = pytest.mark.unit
 

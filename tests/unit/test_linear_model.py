@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from serving import linear_model
-from serving.linear_model import LinearTextClassifier
-from serving.text import model_text
+from serving.mail.text import model_text
+from serving.models import linear as linear_model
+from serving.models.linear import LinearTextClassifier
 from training.config import LinearConfig
 from training.linear import fit_linear
 from training.synth import generate
@@ -55,3 +56,22 @@ def test_two_classes_and_round_trip(
     loaded = LinearTextClassifier.load(tmp_path)
     np.testing.assert_allclose(loaded.predict_proba(texts[:3]), fast)
     assert model.predict_proba([]).shape == (0, 2)
+
+
+def test_a_version_pickled_under_the_old_module_path_still_loads(
+    texts_labels: tuple[list[str], list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts, labels = texts_labels
+    model = fit_linear(texts[:300], labels[:300], LinearConfig(n_jobs=1))
+    # Pickle it as versions registered before the package was grouped were: class under serving.linear_model.
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, linear_model.LEGACY_MODULE, linear_model)
+        m.setattr(LinearTextClassifier, "__module__", linear_model.LEGACY_MODULE)
+        model.save(tmp_path)
+    import joblib
+
+    monkeypatch.delitem(sys.modules, linear_model.LEGACY_MODULE, raising=False)  # an earlier load sets the alias
+    with pytest.raises(ModuleNotFoundError, match=r"serving\.linear_model"):  # the file really names the old module
+        joblib.load(tmp_path / linear_model.MODEL_FILE)
+    loaded = LinearTextClassifier.load(tmp_path)
+    np.testing.assert_allclose(loaded.predict_proba(texts[:3]), model.predict_proba(texts[:3]))

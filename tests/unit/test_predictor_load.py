@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from serving.predictor import load_version
-from serving.registry import ModelRegistry, RegistryError
-from serving.text import PREPROCESSING_VERSION
+from serving.mail.text import PREPROCESSING_VERSION
+from serving.models.predictor import load_version
+from serving.models.registry import ModelRegistry, RegistryError
 from training.config import LinearConfig
 from training.linear import fit_linear
 

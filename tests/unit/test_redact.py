@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.redact import TextPolicyError, apply_policy, redact
+from serving.store.redact import TextPolicyError, apply_policy, redact
 
 GOLDEN = [
     # email addresses

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.registry import ModelRegistry, RegistryError, VersionInfo
+from serving.models.registry import ModelRegistry, RegistryError, VersionInfo
 
 pytestmark = pytest.mark.unit
 
@@ -128,7 +128,7 @@ def test_kill_during_write_never_shows_a_half_version(tmp_path: Path) -> None:
         f"""
         import time
         from pathlib import Path
-        from serving.registry import ModelRegistry
+        from serving.models.registry import ModelRegistry
 
         def slow(folder):
             (folder / "model.bin").write_bytes(b"x" * 1_000_000)

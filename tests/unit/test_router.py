@@ -12,10 +12,10 @@ import pytest
 from experiments.config import ExperimentConfig
 from serving.api import ApiError, FeedbackRequest, RouteRequest
 from serving.config import ServingConfig, load_queues
-from serving.eventlog import MemoryEventLog
-from serving.eventwriter import BufferedWriter
 from serving.metrics import merge, render
 from serving.router import SHADOW, ArmAnswer, RouterCore
+from serving.store.eventlog import MemoryEventLog
+from serving.store.writer import BufferedWriter
 
 pytestmark = pytest.mark.unit
 QUEUES = load_queues(Path(__file__).resolve().parents[2] / "configs" / "queues.yaml")

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from serving.cli import main
-from serving.emails import from_fields
-from serving.text import model_text
+from serving.mail.emails import from_fields
+from serving.mail.text import model_text
 from training.synth import COLUMNS, LONG_COLUMNS, QUEUES, SynthError, generate, write_corpus
 from training.synth.long import CONTEXT
 

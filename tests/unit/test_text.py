@@ -1,10 +1,10 @@
-"""serving.text: golden cleaning examples (input -> exact output) and the model_text contract."""
+"""serving.mail.text: golden cleaning examples (input -> exact output) and the model_text contract."""
 
 from __future__ import annotations
 
 import pytest
 
-from serving.text import clean_text, model_text
+from serving.mail.text import clean_text, model_text
 
 pytestmark = pytest.mark.unit
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from serving.transformer_predictor import TransformerArtifactError, TransformerPredictor, write_temperature
-from serving.windows import WindowSpec
+from serving.models.transformer import TransformerArtifactError, TransformerPredictor, write_temperature
+from serving.models.windows import WindowSpec
 from training import torch_loop
 from training.transformer_config import TransformerConfig
 
@@ -123,7 +123,7 @@ def test_bad_export_folders_raise_one_line(tmp_path: Path, tiny_export: tuple) -
 
 def test_serving_module_imports_neither_ray_nor_training() -> None:
     code = (
-        "import sys, serving.transformer_predictor; "
+        "import sys, serving.models.transformer; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('ray', 'training')]; "
         "assert not bad, bad"
     )

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from serving.transformer_predictor import TransformerArtifactError, TransformerPredictor, write_blend
-from serving.windows import WindowSpec, mean_by_owner, window_ids
+from serving.models.transformer import TransformerArtifactError, TransformerPredictor, write_blend
+from serving.models.windows import WindowSpec, mean_by_owner, window_ids
 from training import torch_loop
 from training.calibrate import fit_blend_weight
 from training.config import LinearConfig

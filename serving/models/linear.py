@@ -6,6 +6,7 @@ must not need training code. Training (`training/linear.py`) builds and fits it.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import FeatureUnion
 
 MODEL_FILE = "model.joblib"
+# Versions registered before the serving package was grouped pickled this class under its old module path.
+LEGACY_MODULE = "serving.linear_model"
 FAST_PATH_MAX_BATCH = 8  # above this, sklearn's vectorised sparse path is faster than the per-email loop
 
 
@@ -107,6 +110,7 @@ class LinearTextClassifier:
 
     @classmethod
     def load(cls, folder: Path) -> LinearTextClassifier:
+        sys.modules.setdefault(LEGACY_MODULE, sys.modules[__name__])  # so those pickles still load
         model = joblib.load(folder / MODEL_FILE)
         if not isinstance(model, cls):
             raise TypeError(f"{folder / MODEL_FILE} does not hold a {cls.__name__}")

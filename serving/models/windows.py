@@ -4,7 +4,7 @@ A real support email runs to hundreds of tokens and the sentence that decides it
 64. Each text is cut into windows of `max_length` tokens (each with its own [CLS] and [SEP]); consecutive windows
 share `overlap` tokens so that no sentence is only ever seen cut in half; at most `max_windows` windows are kept per
 text. The model scores every window and a text's logits are the mean over its windows. Training
-(`training.torch_loop`) and serving (`serving.transformer_predictor`) both call `window_ids` and the pooling
+(`training.torch_loop`) and serving (`serving.models.transformer`) both call `window_ids` and the pooling
 functions here, so the two read an email the same way. A text that fits one window gets exactly the ids and the
 logits of plain truncation.
 """

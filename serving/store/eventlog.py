@@ -8,9 +8,9 @@ PostgreSQL, the multi-node store of the design, is not implemented yet and is re
 rather than faked.
 
 Writes are idempotent so that retries never double count: a repeated request_id is ignored, and feedback is
-first-write-wins per request_id. Replicas write through `serving.eventwriter.BufferedWriter`, so that a
+first-write-wins per request_id. Replicas write through `serving.store.writer.BufferedWriter`, so that a
 request never waits on the disk. Text fields arrive already cut to the text policy
-(`serving.redact.apply_policy`).
+(`serving.store.redact.apply_policy`).
 
 Timestamps are ISO 8601 strings normalised to UTC with microseconds (`2026-01-31T09:15:00.000000+00:00`), so
 the store compares them as text and `since`/`until` filters work the same in every implementation.
@@ -282,7 +282,7 @@ def open_event_log(url: str) -> EventLog:
         return MemoryEventLog()
     scheme, sep, rest = url.partition("://")
     # Imported here: the SQLite store module imports this one for the event types.
-    from serving.eventlog_sqlite import SQLiteEventLog
+    from serving.store.sqlite import SQLiteEventLog
 
     if not sep:
         return SQLiteEventLog(url)

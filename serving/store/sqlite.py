@@ -1,6 +1,6 @@
 """The SQLite event log: one file shared by every replica process on a machine (the embedded default store).
 
-It implements `serving.eventlog.EventLog`; the contract tests in tests/unit/test_eventlog.py run against it
+It implements `serving.store.eventlog.EventLog`; the contract tests in tests/unit/test_eventlog.py run against it
 and against `MemoryEventLog`, and a multi-process test writes into one file from two processes at once.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from serving.eventlog import (
+from serving.store.eventlog import (
     JOINED_COLUMNS,
     PREDICTION_COLUMNS,
     EventLogError,

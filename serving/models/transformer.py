@@ -2,7 +2,7 @@
 
 The folder is what `training.transformer` exports (safetensors weights and config, tokenizer files,
 `labels.json`, `transformer_config.json`); nothing from `training` or Ray is imported here, so a Serve replica
-stays light. Texts are expected already cleaned by `serving.text.model_text`, the same function training used.
+stays light. Texts are expected already cleaned by `serving.mail.text.model_text`, the same function training used.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import torch
 from scipy.special import softmax
 from torch import nn
 
-from serving.windows import WindowSpec, mean_by_owner, window_ids
+from serving.models.windows import WindowSpec, mean_by_owner, window_ids
 
 if TYPE_CHECKING:
-    from serving.linear_model import LinearTextClassifier
+    from serving.models.linear import LinearTextClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class TransformerPredictor:
         self.windows = WindowSpec(max_length=max_length, overlap=window_overlap, max_windows=max_windows)
         self.max_batch = max_batch  # windows per forward pass
         self.temperature = temperature  # logits are divided by it before the softmax
-        # A companion linear model (serving.linear_model.LinearTextClassifier) whose calibrated probabilities are
+        # A companion linear model (serving.models.linear.LinearTextClassifier) whose calibrated probabilities are
         # mixed in with this weight: the two err on different emails. The weight is the one with the best
         # log-likelihood on the validation split, so on those rows the mix is at least as good as either alone.
         self.linear = linear
@@ -158,7 +158,8 @@ class TransformerPredictor:
     def logits(self, texts: Sequence[str]) -> np.ndarray:
         """The model's raw scores, one row per text in input order, columns in `labels` order.
 
-        A text longer than one window is read as overlapping windows (`serving.windows`) whose logits are averaged.
+        A text longer than one window is read as overlapping windows (`serving.models.windows`) whose logits are
+        averaged.
         """
         if isinstance(texts, str):
             raise ValueError("the predictor takes a sequence of texts, not one string")
@@ -213,7 +214,7 @@ def read_blend(export_dir: Path) -> tuple[LinearTextClassifier | None, float]:
         raise TransformerArtifactError(f'{path}: expected {{"linear_weight": <number in [0, 1]>}}') from None
     if not 0.0 <= weight <= 1.0:
         raise TransformerArtifactError(f"{path}: linear_weight must be in [0, 1], got {weight}")
-    from serving.linear_model import LinearTextClassifier
+    from serving.models.linear import LinearTextClassifier
 
     try:
         linear = LinearTextClassifier.load(Path(export_dir) / BLEND_DIR)

@@ -11,8 +11,8 @@ from typing import Protocol
 
 import numpy as np
 
-from serving.registry import ModelMeta, ModelRegistry, RegistryError, VersionInfo
-from serving.text import PREPROCESSING_VERSION
+from serving.mail.text import PREPROCESSING_VERSION
+from serving.models.registry import ModelMeta, ModelRegistry, RegistryError, VersionInfo
 
 
 class Predictor(Protocol):
@@ -25,11 +25,11 @@ class Predictor(Protocol):
 def load_artifact(kind: str, path: Path, *, threads: int = 1, quantize: bool = False) -> Predictor:
     """Build the predictor for one artifact folder; the kind comes from its meta.json."""
     if kind == "linear":
-        from serving.linear_model import LinearTextClassifier
+        from serving.models.linear import LinearTextClassifier
 
         return LinearTextClassifier.load(path)
     if kind == "transformer":
-        from serving.transformer_predictor import TransformerPredictor
+        from serving.models.transformer import TransformerPredictor
 
         return TransformerPredictor.load(path, threads=threads, quantize=quantize)
     raise RegistryError(f"unknown model kind '{kind}' in {path}")
@@ -41,7 +41,7 @@ def load_version(
     """Resolve `ref` (e.g. `linear:champion`), verify the artifact's checksums and load it."""
     info: VersionInfo = registry.get(ref, verify=True)
     if info.meta.preprocessing_version != PREPROCESSING_VERSION:
-        # A model only works on text cleaned the way it was trained on (serving.text); serving it on other
+        # A model only works on text cleaned the way it was trained on (serving.mail.text); serving it on other
         # cleaning would silently cost accuracy.
         raise RegistryError(
             f"model {info.meta.name}:{info.meta.version} was trained on text cleaned with preprocessing version "

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from serving.eventlog import EventLog, EventLogError, PredictionEvent, copy_shadow
+from serving.store.eventlog import EventLog, EventLogError, PredictionEvent, copy_shadow
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Email parsing (MIME, mbox, .eml) and the text cleaning that training and serving share."""

@@ -1,0 +1,1 @@
+"""Model artifacts: the registry and the predictors serving loads from it (linear, transformer, windows)."""

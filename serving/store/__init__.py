@@ -1,0 +1,1 @@
+"""The event log and what writes it: the store interface, its SQLite backend, the buffered writer, text redaction."""
