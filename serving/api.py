@@ -6,6 +6,8 @@ Pure pydantic + stdlib, shared by the Ray Serve app, the Python client and the t
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
 
 from serving.mail.emails import Email, EmailParseError, from_fields, parse_raw
@@ -61,6 +63,12 @@ class FeedbackRequest(_Request):
     true_queue: StrictStr = Field(min_length=1, description="Where the email really belonged.")
     handling_seconds: StrictFloat | StrictInt | None = Field(None, ge=0, description="Agent handling time.")
     agent_id: StrictStr | None = Field(None, max_length=256, description="Who corrected it.")
+    source: Literal["agent", "audit", "labelling"] = Field(
+        "agent",
+        description="agent: an agent handling the email (corrections outnumber confirmations); audit: a random "
+        "audit sample of routed emails, every sampled email reviewed (the unbiased accuracy estimate); labelling: "
+        "the labelling view.",
+    )
 
 
 class FeedbackResponse(BaseModel):

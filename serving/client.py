@@ -78,10 +78,16 @@ class MailrouteClient:
         return result
 
     def feedback(
-        self, request_id: str, true_queue: str, *, handling_seconds: float | None = None, agent_id: str | None = None
+        self,
+        request_id: str,
+        true_queue: str,
+        *,
+        handling_seconds: float | None = None,
+        agent_id: str | None = None,
+        source: str | None = None,
     ) -> dict[str, Any]:
         payload = {"request_id": request_id, "true_queue": true_queue, "handling_seconds": handling_seconds,
-                   "agent_id": agent_id}  # fmt: skip
+                   "agent_id": agent_id, "source": source}  # fmt: skip
         result: dict[str, Any] = self._call("POST", "/v1/feedback", {k: v for k, v in payload.items() if v is not None})
         return result
 

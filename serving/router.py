@@ -229,6 +229,7 @@ class RouterCore:
             true_queue=req.true_queue,
             handling_seconds=None if req.handling_seconds is None else float(req.handling_seconds),
             agent_id=req.agent_id,
+            source=req.source,
         )
         # The prediction may still sit in a replica's write buffer: flush ours, then give the others one interval.
         for attempt in range(3):

@@ -21,10 +21,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -101,6 +99,11 @@ class PredictionEvent:
         object.__setattr__(self, "ts", normalize_ts(self.ts))
 
 
+# Where a feedback record comes from: an agent handling the email (corrections far outnumber confirmations), a
+# random audit of routed emails (unbiased: every sampled email gets a verdict), or the labelling view.
+FEEDBACK_SOURCES = ("agent", "audit", "labelling")
+
+
 @dataclass(frozen=True)
 class FeedbackEvent:
     """An agent's verdict on one routed email: the queue it belonged in and how long it took to handle."""
@@ -110,13 +113,64 @@ class FeedbackEvent:
     true_queue: str
     handling_seconds: float | None = None
     agent_id: str | None = None
+    source: str = "agent"  # one of FEEDBACK_SOURCES
 
     def __post_init__(self) -> None:
         if not self.request_id or not self.true_queue:
             raise EventLogError("feedback event: request_id and true_queue must not be empty")
         if self.handling_seconds is not None and self.handling_seconds < 0:
             raise EventLogError(f"feedback {self.request_id}: handling_seconds is negative")
+        if self.source not in FEEDBACK_SOURCES:
+            raise EventLogError(
+                f"feedback {self.request_id}: source '{self.source}' is not one of {', '.join(FEEDBACK_SOURCES)}"
+            )
         object.__setattr__(self, "ts", normalize_ts(self.ts))
+
+
+LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One log line of one component, kept in the store so every node's lines reach the dashboard."""
+
+    ts: str
+    component: str  # e.g. "router", "arm-linear", "event-writer", "monitor"
+    level: str  # a key of LOG_LEVELS
+    message: str
+    request_id: str | None = None
+    email_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.level not in LOG_LEVELS:
+            raise EventLogError(f"log record: level '{self.level}' is not one of {', '.join(LOG_LEVELS)}")
+        if not self.component:
+            raise EventLogError("log record: component must not be empty")
+        object.__setattr__(self, "ts", normalize_ts(self.ts))
+
+
+@dataclass(frozen=True)
+class MonitorVerdict:
+    """One check of one monitoring run: did it alarm, on what score against what threshold, over which window."""
+
+    run_id: str  # shared by every check of one run
+    ts: str  # when the run finished
+    job: str  # e.g. "drift"
+    scope: str  # an arm name, or "all" for all traffic
+    check: str  # e.g. "text_drift", "prediction_drift", "confidence_drift", "accuracy"
+    alarm: bool
+    window_start: str
+    window_end: str
+    score: float | None = None
+    threshold: float | None = None
+    report: str | None = None  # path of the full report (HTML)
+    detail: str | None = None  # one line in words; the reason when a check was skipped
+
+    def __post_init__(self) -> None:
+        if not self.run_id or not self.check or not self.scope:
+            raise EventLogError("monitor verdict: run_id, scope and check must not be empty")
+        for name in ("ts", "window_start", "window_end"):
+            object.__setattr__(self, name, normalize_ts(getattr(self, name)))
 
 
 @dataclass(frozen=True)
@@ -136,7 +190,7 @@ class LogStats:
 
 
 PREDICTION_COLUMNS = [f.name for f in fields(PredictionEvent)]
-FEEDBACK_COLUMNS = ["feedback_ts", "true_queue", "handling_seconds", "agent_id"]
+FEEDBACK_COLUMNS = ["feedback_ts", "true_queue", "handling_seconds", "agent_id", "feedback_source"]
 JOINED_COLUMNS = PREDICTION_COLUMNS + FEEDBACK_COLUMNS
 
 
@@ -165,6 +219,31 @@ class EventLog(Protocol):
     def joined_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
         """predictions_frame LEFT JOIN feedback on request_id (feedback columns empty where none came)."""
 
+    def record_logs(self, records: Sequence[LogRecord]) -> None:
+        """Append component log records."""
+
+    def logs(
+        self,
+        *,
+        since: str | None = None,
+        min_level: str = "WARNING",
+        component: str | None = None,
+        request_id: str | None = None,
+        email_id: str | None = None,
+        limit: int = 200,
+    ) -> list[LogRecord]:
+        """Log records at or above `min_level`, newest first; with request_id/email_id, those about that email."""
+
+    def record_verdicts(self, verdicts: Sequence[MonitorVerdict]) -> None:
+        """Append the verdict rows of a monitoring run."""
+
+    def verdicts(self, *, job: str | None = None, since: str | None = None, limit: int = 1000) -> list[MonitorVerdict]:
+        """Verdict rows, newest run first."""
+
+    @property
+    def sql_url(self) -> str | None:
+        """A SQLAlchemy URL of the same database, for analysis queries that aggregate in SQL; None if it has none."""
+
     def close(self) -> None: ...
 
 
@@ -185,6 +264,23 @@ def to_frame(rows: Sequence[dict[str, Any]], columns: list[str]) -> pd.DataFrame
     return df
 
 
+def level_number(level: str) -> int:
+    """The numeric level of a level name (case-insensitive); an unknown name is an EventLogError."""
+    number = LOG_LEVELS.get(level.upper())
+    if number is None:
+        raise EventLogError(f"log level '{level}' is not one of {', '.join(LOG_LEVELS)}")
+    return number
+
+
+def about(record: LogRecord, request_id: str | None, email_id: str | None) -> bool:
+    """Whether a log record concerns the given email (either id matching; no ids given matches every record)."""
+    if request_id is None and email_id is None:
+        return True
+    return (request_id is not None and record.request_id == request_id) or (
+        email_id is not None and record.email_id == email_id
+    )
+
+
 def copy_shadow(shadow: dict[str, Any] | None) -> dict[str, Any] | None:
     # A JSON round trip both checks the result is storable and detaches it from the caller's dict.
     try:
@@ -193,96 +289,15 @@ def copy_shadow(shadow: dict[str, Any] | None) -> dict[str, Any] | None:
         raise EventLogError(f"shadow result cannot be stored as JSON: {err}") from None
 
 
-class MemoryEventLog:
-    """The event log in a Python list: for tests and demos; thread-safe, gone when the process ends."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._predictions: dict[str, PredictionEvent] = {}  # insertion-ordered, like SQLite's rowid
-        self._feedback: dict[str, FeedbackEvent] = {}
-
-    def record_predictions(self, events: Sequence[PredictionEvent]) -> None:
-        copies = [replace(e, shadow=copy_shadow(e.shadow)) for e in events]
-        with self._lock:
-            for event in copies:
-                if event.email_id is not None and any(e.email_id == event.email_id for e in self._predictions.values()):
-                    continue  # like SQLite's unique email_id index: the first record stands
-                self._predictions.setdefault(event.request_id, event)
-
-    def record_shadow(self, request_id: str, shadow: dict[str, Any]) -> None:
-        copy = copy_shadow(shadow)
-        with self._lock:
-            event = self._predictions.get(request_id)
-            if event is None:
-                raise UnknownRequestError(request_id)
-            if event.shadow is None:
-                self._predictions[request_id] = replace(event, shadow=copy)
-
-    def find_by_email_id(self, email_id: str) -> PredictionEvent | None:
-        with self._lock:
-            found = [e for e in self._predictions.values() if e.email_id == email_id]
-        return min(found, key=lambda e: e.ts) if found else None
-
-    def get_prediction(self, request_id: str) -> PredictionEvent | None:
-        with self._lock:
-            return self._predictions.get(request_id)
-
-    def record_feedback(self, event: FeedbackEvent) -> FeedbackResult:
-        with self._lock:
-            if event.request_id not in self._predictions:
-                raise UnknownRequestError(event.request_id)
-            stored = self._feedback.setdefault(event.request_id, event)
-        return FeedbackResult(created=stored is event, event=stored)
-
-    def stats(self) -> LogStats:
-        with self._lock:
-            preds = list(self._predictions.values())
-            feedback = list(self._feedback.values())
-            correct = sum(f.true_queue == self._predictions[f.request_id].queue for f in feedback)
-        return LogStats(
-            predictions=len(preds),
-            feedback=len(feedback),
-            by_arm=dict(Counter(p.arm for p in preds)),
-            by_queue=dict(Counter(p.queue for p in preds)),
-            by_fallback_reason=dict(Counter(p.reason for p in preds if p.fallback)),
-            feedback_accuracy=correct / len(feedback) if feedback else None,
-        )
-
-    def _rows(self, since: str | None, until: str | None, joined: bool) -> list[dict[str, Any]]:
-        lo, hi = ts_bounds(since, until)
-        with self._lock:
-            preds = sorted((p for p in self._predictions.values() if lo <= p.ts < hi), key=lambda p: p.ts)
-            rows = []
-            for p in preds:
-                row = asdict(p)
-                if joined:
-                    fb = self._feedback.get(p.request_id)
-                    row.update(
-                        feedback_ts=fb.ts if fb else None,
-                        true_queue=fb.true_queue if fb else None,
-                        handling_seconds=fb.handling_seconds if fb else None,
-                        agent_id=fb.agent_id if fb else None,
-                    )
-                rows.append(row)
-        return rows
-
-    def predictions_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
-        return to_frame(self._rows(since, until, joined=False), PREDICTION_COLUMNS)
-
-    def joined_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
-        return to_frame(self._rows(since, until, joined=True), JOINED_COLUMNS)
-
-    def close(self) -> None:
-        """Nothing to release; kept for the interface."""
-
-
 def open_event_log(url: str) -> EventLog:
     """The store a URL names: `sqlite:///path.db` (or a bare path) or `memory://`."""
+    # Imported here: the store modules import this one for the event types.
+    from serving.store.memory import MemoryEventLog
+    from serving.store.sqlite import SQLiteEventLog
+
     if url == "memory://":
         return MemoryEventLog()
     scheme, sep, rest = url.partition("://")
-    # Imported here: the SQLite store module imports this one for the event types.
-    from serving.store.sqlite import SQLiteEventLog
 
     if not sep:
         return SQLiteEventLog(url)

@@ -20,19 +20,23 @@ import pandas as pd
 
 from serving.store.eventlog import (
     JOINED_COLUMNS,
+    LOG_LEVELS,
     PREDICTION_COLUMNS,
     EventLogError,
     FeedbackEvent,
     FeedbackResult,
+    LogRecord,
     LogStats,
+    MonitorVerdict,
     PredictionEvent,
     UnknownRequestError,
     copy_shadow,
+    level_number,
     to_frame,
     ts_bounds,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -47,9 +51,29 @@ CREATE INDEX IF NOT EXISTS predictions_arm ON predictions (arm);
 CREATE UNIQUE INDEX IF NOT EXISTS predictions_email_id ON predictions (email_id) WHERE email_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT PRIMARY KEY REFERENCES predictions (request_id), ts TEXT NOT NULL,
-    true_queue TEXT NOT NULL, handling_seconds REAL, agent_id TEXT
+    true_queue TEXT NOT NULL, handling_seconds REAL, agent_id TEXT, source TEXT NOT NULL DEFAULT 'agent'
 );
 """
+# Version 2: where feedback came from (agent, audit, labelling), component logs, monitoring verdicts.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS logs (
+    id INTEGER PRIMARY KEY, ts TEXT NOT NULL, component TEXT NOT NULL, level TEXT NOT NULL,
+    level_no INTEGER NOT NULL, message TEXT NOT NULL, request_id TEXT, email_id TEXT
+);
+CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts);
+CREATE INDEX IF NOT EXISTS logs_request_id ON logs (request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS logs_email_id ON logs (email_id) WHERE email_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS monitor_verdicts (
+    id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, ts TEXT NOT NULL, job TEXT NOT NULL, scope TEXT NOT NULL,
+    "check" TEXT NOT NULL, alarm INTEGER NOT NULL, window_start TEXT NOT NULL, window_end TEXT NOT NULL,
+    score REAL, threshold REAL, report TEXT, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS monitor_verdicts_ts ON monitor_verdicts (ts);
+"""
+_MIGRATE_1_TO_2 = "ALTER TABLE feedback ADD COLUMN source TEXT NOT NULL DEFAULT 'agent'"
+_FEEDBACK_COLS = "request_id, ts, true_queue, handling_seconds, agent_id, source"
+_LOG_COLS = "ts, component, level, message, request_id, email_id"
+_VERDICT_COLS = 'run_id, ts, job, scope, "check", alarm, window_start, window_end, score, threshold, report, detail'
 _P_COLS = ", ".join(PREDICTION_COLUMNS)
 _P_SELECT = ", ".join(f"p.{c}" for c in PREDICTION_COLUMNS)
 # ON CONFLICT rather than INSERT OR IGNORE: OR IGNORE would also silently skip NOT NULL violations.
@@ -171,17 +195,27 @@ class SQLiteEventLog:
 
     def _init_schema(self) -> None:
         with self._write() as conn:
-            for statement in _SCHEMA.split(";"):
+            row = conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+            ).fetchone()
+            version = None
+            if row is not None:
+                found = conn.execute("SELECT version FROM schema_version").fetchone()
+                version = None if found is None else int(found["version"])
+            if version is not None and version > SCHEMA_VERSION:
+                raise EventLogError(
+                    f"event log {self.path} has schema version {version}; this mailroute reads versions up to "
+                    f"{SCHEMA_VERSION} (upgrade mailroute)"
+                )
+            if version == 1:  # an upgrade in place, in the same transaction: nothing is lost
+                conn.execute(_MIGRATE_1_TO_2)
+            for statement in (_SCHEMA + _SCHEMA_V2).split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            row = conn.execute("SELECT version FROM schema_version").fetchone()
-            if row is None:
+            if version is None:
                 conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif row["version"] != SCHEMA_VERSION:
-                raise EventLogError(
-                    f"event log {self.path} has schema version {row['version']}; this mailroute reads "
-                    f"version {SCHEMA_VERSION}"
-                )
+            elif version < SCHEMA_VERSION:
+                conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def record_predictions(self, events: Sequence[PredictionEvent]) -> None:
         params = [_prediction_params(e) for e in events]
@@ -210,13 +244,15 @@ class SQLiteEventLog:
         with self._write() as conn:
             _require_prediction(conn, event.request_id)
             cursor = conn.execute(
-                "INSERT INTO feedback (request_id, ts, true_queue, handling_seconds, agent_id) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-                (event.request_id, event.ts, event.true_queue, event.handling_seconds, event.agent_id),
+                f"INSERT INTO feedback ({_FEEDBACK_COLS}) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (request_id) DO NOTHING",
+                (event.request_id, event.ts, event.true_queue, event.handling_seconds, event.agent_id, event.source),
             )
             if cursor.rowcount == 1:
                 return FeedbackResult(created=True, event=event)
-            row = conn.execute("SELECT * FROM feedback WHERE request_id = ?", (event.request_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {_FEEDBACK_COLS} FROM feedback WHERE request_id = ?", (event.request_id,)
+            ).fetchone()
         return FeedbackResult(created=False, event=FeedbackEvent(**dict(row)))
 
     def stats(self) -> LogStats:
@@ -253,11 +289,72 @@ class SQLiteEventLog:
 
     def joined_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
         sql = (
-            f"SELECT {_P_SELECT}, f.ts AS feedback_ts, f.true_queue, f.handling_seconds, f.agent_id "
+            f"SELECT {_P_SELECT}, f.ts AS feedback_ts, f.true_queue, f.handling_seconds, f.agent_id, "
+            "f.source AS feedback_source "
             "FROM predictions p LEFT JOIN feedback f USING (request_id) "
             "WHERE p.ts >= ? AND p.ts < ? ORDER BY p.ts, p.rowid"
         )
         return to_frame(self._select(sql, since, until), JOINED_COLUMNS)
+
+    def record_logs(self, records: Sequence[LogRecord]) -> None:
+        rows = [(r.ts, r.component, r.level, LOG_LEVELS[r.level], r.message, r.request_id, r.email_id) for r in records]
+        if rows:
+            with self._write() as conn:
+                conn.executemany(
+                    "INSERT INTO logs (ts, component, level, level_no, message, request_id, email_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+
+    def logs(
+        self,
+        *,
+        since: str | None = None,
+        min_level: str = "WARNING",
+        component: str | None = None,
+        request_id: str | None = None,
+        email_id: str | None = None,
+        limit: int = 200,
+    ) -> list[LogRecord]:
+        lo, _ = ts_bounds(since, None)
+        where, params = ["ts >= ?", "level_no >= ?"], [lo, level_number(min_level)]
+        if component is not None:
+            where.append("component = ?")
+            params.append(component)
+        ids = [(col, v) for col, v in (("request_id", request_id), ("email_id", email_id)) if v is not None]
+        if ids:
+            where.append("(" + " OR ".join(f"{col} = ?" for col, _ in ids) + ")")
+            params.extend(v for _, v in ids)
+        sql = f"SELECT {_LOG_COLS} FROM logs WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC LIMIT ?"
+        return [LogRecord(**dict(row)) for row in self._conn().execute(sql, (*params, int(limit)))]
+
+    def record_verdicts(self, verdicts: Sequence[MonitorVerdict]) -> None:
+        rows = [
+            (v.run_id, v.ts, v.job, v.scope, v.check, int(v.alarm), v.window_start, v.window_end, v.score,
+             v.threshold, v.report, v.detail)
+            for v in verdicts
+        ]  # fmt: skip
+        if rows:
+            with self._write() as conn:
+                conn.executemany(f"INSERT INTO monitor_verdicts ({_VERDICT_COLS}) VALUES ({', '.join('?' * 12)})", rows)
+
+    def verdicts(self, *, job: str | None = None, since: str | None = None, limit: int = 1000) -> list[MonitorVerdict]:
+        lo, _ = ts_bounds(since, None)
+        where, params = ["ts >= ?"], [lo]
+        if job is not None:
+            where.append("job = ?")
+            params.append(job)
+        sql = f"SELECT {_VERDICT_COLS} FROM monitor_verdicts WHERE {' AND '.join(where)} ORDER BY ts DESC, id LIMIT ?"
+        out = []
+        for row in self._conn().execute(sql, (*params, int(limit))):
+            d = dict(row)
+            d["alarm"] = bool(d["alarm"])
+            out.append(MonitorVerdict(**d))
+        return out
+
+    @property
+    def sql_url(self) -> str | None:
+        return f"sqlite:///{self.path.absolute()}"
 
     def close(self) -> None:
         """Close every thread's connection; later calls raise EventLogError."""

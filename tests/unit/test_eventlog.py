@@ -19,12 +19,14 @@ from serving.store.eventlog import (
     EventLog,
     EventLogError,
     FeedbackEvent,
-    MemoryEventLog,
+    LogRecord,
+    MonitorVerdict,
     PredictionEvent,
     UnknownRequestError,
     open_event_log,
     user_key,
 )
+from serving.store.memory import MemoryEventLog
 from serving.store.sqlite import SQLiteEventLog
 
 pytestmark = pytest.mark.unit
@@ -349,3 +351,88 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     assert child.exitcode == 0
     assert store.stats().predictions == 2
     store.close()
+
+
+# --- schema 2: feedback source, component logs, monitoring verdicts ---
+
+
+def test_feedback_source_is_stored_and_checked(log: EventLog) -> None:
+    log.record_predictions([event("r1"), event("r2")])
+    log.record_feedback(feedback("r1", source="audit"))
+    log.record_feedback(feedback("r2"))
+    frame = log.joined_frame()
+    assert frame.set_index("request_id")["feedback_source"].to_dict() == {"r1": "audit", "r2": "agent"}
+    assert log.record_feedback(feedback("r1")).event.source == "audit"  # the first record stands
+    with pytest.raises(EventLogError, match="source 'robot'"):
+        feedback("r1", source="robot")
+
+
+def test_logs_filter_by_level_component_and_email(log: EventLog) -> None:
+    log.record_logs(
+        [
+            LogRecord(ts(1), "router", "INFO", "routed", request_id="r1"),
+            LogRecord(ts(2), "arm-linear", "WARNING", "slow batch", request_id="r1", email_id="m1"),
+            LogRecord(ts(3), "event-writer", "ERROR", "disk full"),
+            LogRecord(ts(4), "router", "WARNING", "arm failed", email_id="m1"),
+        ]
+    )
+    assert [r.message for r in log.logs()] == ["arm failed", "disk full", "slow batch"]  # newest first, WARNING+
+    assert [r.message for r in log.logs(min_level="info", request_id="r1")] == ["slow batch", "routed"]
+    assert [r.component for r in log.logs(request_id="r1", email_id="m1")] == ["router", "arm-linear"]
+    assert [r.message for r in log.logs(component="event-writer")] == ["disk full"]
+    assert [r.message for r in log.logs(since=ts(3), limit=1)] == ["arm failed"]
+    with pytest.raises(EventLogError, match="level 'LOUD'"):
+        log.logs(min_level="LOUD")
+
+
+def test_verdicts_round_trip(log: EventLog) -> None:
+    rows = [
+        MonitorVerdict("run1", ts(60), "drift", "all", "text_drift", True, ts(0), ts(50), 0.8, 0.55, "a.html"),
+        MonitorVerdict("run1", ts(60), "drift", "linear", "prediction_drift", False, ts(0), ts(50), 0.01, 0.1),
+        MonitorVerdict("run2", ts(120), "drift", "all", "accuracy", False, ts(60), ts(110), detail="no feedback"),
+    ]
+    log.record_verdicts(rows)
+    assert log.verdicts() == [rows[2], rows[0], rows[1]]
+    assert log.verdicts(since=ts(100)) == [rows[2]]
+    assert log.verdicts(job="kpi") == []
+
+
+def test_sql_url_names_the_file(tmp_path: Path) -> None:
+    store = SQLiteEventLog(tmp_path / "ev.db")
+    assert store.sql_url == f"sqlite:///{(tmp_path / 'ev.db').absolute()}"
+    store.close()
+    assert MemoryEventLog().sql_url is None
+
+
+_SCHEMA_V1 = """
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+INSERT INTO schema_version VALUES (1);
+CREATE TABLE predictions (
+    request_id TEXT PRIMARY KEY, ts TEXT NOT NULL, user_key TEXT NOT NULL, arm TEXT NOT NULL,
+    model_name TEXT NOT NULL, model_version TEXT NOT NULL, queue TEXT NOT NULL, confidence REAL NOT NULL,
+    fallback INTEGER NOT NULL, reason TEXT NOT NULL, latency_ms REAL NOT NULL, experiment TEXT,
+    in_experiment INTEGER NOT NULL, secondary_queue TEXT, email_id TEXT, subject TEXT, body TEXT, shadow TEXT
+);
+CREATE TABLE feedback (
+    request_id TEXT PRIMARY KEY REFERENCES predictions (request_id), ts TEXT NOT NULL,
+    true_queue TEXT NOT NULL, handling_seconds REAL, agent_id TEXT
+);
+INSERT INTO predictions VALUES ('old1', '2026-01-05T09:00:00.000000+00:00', 'u', 'linear', 'linear', '3',
+    'billing', 0.9, 0, 'confident', 4.5, NULL, 0, NULL, NULL, NULL, NULL, NULL);
+INSERT INTO feedback VALUES ('old1', '2026-01-05T09:10:00.000000+00:00', 'shipping', 30.0, 'a1');
+"""
+
+
+def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "ev.db"
+    with sqlite3.connect(path) as raw:
+        raw.executescript(_SCHEMA_V1)
+    store = SQLiteEventLog(path)
+    frame = store.joined_frame()
+    assert frame["request_id"].tolist() == ["old1"] and frame["feedback_source"].tolist() == ["agent"]
+    store.record_logs([LogRecord(ts(1), "router", "ERROR", "after the upgrade")])
+    assert [r.message for r in store.logs()] == ["after the upgrade"]
+    store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+    SQLiteEventLog(path).close()  # opening an upgraded file again changes nothing

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from serving.store.eventlog import EventLogError, MemoryEventLog, PredictionEvent
+from serving.store.eventlog import EventLogError, PredictionEvent
+from serving.store.memory import MemoryEventLog
 from serving.store.sqlite import SQLiteEventLog
 from serving.store.writer import BufferedWriter
 

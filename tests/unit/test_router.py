@@ -14,7 +14,7 @@ from serving.api import ApiError, FeedbackRequest, RouteRequest
 from serving.config import ServingConfig, load_queues
 from serving.metrics import merge, render
 from serving.router import SHADOW, ArmAnswer, RouterCore
-from serving.store.eventlog import MemoryEventLog
+from serving.store.memory import MemoryEventLog
 from serving.store.writer import BufferedWriter
 
 pytestmark = pytest.mark.unit
@@ -168,6 +168,9 @@ def test_feedback(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
         asyncio.run(core.feedback(FeedbackRequest(request_id="nope", true_queue="billing")))
     assert err.value.status == 404
     assert log.joined_frame()["true_queue"].tolist() == ["technical"]
+    audited = route(core)
+    asyncio.run(core.feedback(FeedbackRequest(request_id=audited.request_id, true_queue="billing", source="audit")))
+    assert log.joined_frame()["feedback_source"].tolist() == ["agent", "audit"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,156 @@
+"""The event log in Python lists: for unit tests of other modules and demos; thread-safe, gone with the process."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+import pandas as pd
+
+from serving.store.eventlog import (
+    JOINED_COLUMNS,
+    LOG_LEVELS,
+    PREDICTION_COLUMNS,
+    FeedbackEvent,
+    FeedbackResult,
+    LogRecord,
+    LogStats,
+    MonitorVerdict,
+    PredictionEvent,
+    UnknownRequestError,
+    about,
+    copy_shadow,
+    level_number,
+    to_frame,
+    ts_bounds,
+)
+
+
+class MemoryEventLog:
+    """The event log in a Python list: for tests and demos; thread-safe, gone when the process ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._predictions: dict[str, PredictionEvent] = {}  # insertion-ordered, like SQLite's rowid
+        self._feedback: dict[str, FeedbackEvent] = {}
+        self._logs: list[LogRecord] = []
+        self._verdicts: list[MonitorVerdict] = []
+
+    def record_predictions(self, events: Sequence[PredictionEvent]) -> None:
+        copies = [replace(e, shadow=copy_shadow(e.shadow)) for e in events]
+        with self._lock:
+            for event in copies:
+                if event.email_id is not None and any(e.email_id == event.email_id for e in self._predictions.values()):
+                    continue  # like SQLite's unique email_id index: the first record stands
+                self._predictions.setdefault(event.request_id, event)
+
+    def record_shadow(self, request_id: str, shadow: dict[str, Any]) -> None:
+        copy = copy_shadow(shadow)
+        with self._lock:
+            event = self._predictions.get(request_id)
+            if event is None:
+                raise UnknownRequestError(request_id)
+            if event.shadow is None:
+                self._predictions[request_id] = replace(event, shadow=copy)
+
+    def find_by_email_id(self, email_id: str) -> PredictionEvent | None:
+        with self._lock:
+            found = [e for e in self._predictions.values() if e.email_id == email_id]
+        return min(found, key=lambda e: e.ts) if found else None
+
+    def get_prediction(self, request_id: str) -> PredictionEvent | None:
+        with self._lock:
+            return self._predictions.get(request_id)
+
+    def record_feedback(self, event: FeedbackEvent) -> FeedbackResult:
+        with self._lock:
+            if event.request_id not in self._predictions:
+                raise UnknownRequestError(event.request_id)
+            stored = self._feedback.setdefault(event.request_id, event)
+        return FeedbackResult(created=stored is event, event=stored)
+
+    def stats(self) -> LogStats:
+        with self._lock:
+            preds = list(self._predictions.values())
+            feedback = list(self._feedback.values())
+            correct = sum(f.true_queue == self._predictions[f.request_id].queue for f in feedback)
+        return LogStats(
+            predictions=len(preds),
+            feedback=len(feedback),
+            by_arm=dict(Counter(p.arm for p in preds)),
+            by_queue=dict(Counter(p.queue for p in preds)),
+            by_fallback_reason=dict(Counter(p.reason for p in preds if p.fallback)),
+            feedback_accuracy=correct / len(feedback) if feedback else None,
+        )
+
+    def _rows(self, since: str | None, until: str | None, joined: bool) -> list[dict[str, Any]]:
+        lo, hi = ts_bounds(since, until)
+        with self._lock:
+            preds = sorted((p for p in self._predictions.values() if lo <= p.ts < hi), key=lambda p: p.ts)
+            rows = []
+            for p in preds:
+                row = asdict(p)
+                if joined:
+                    fb = self._feedback.get(p.request_id)
+                    row.update(
+                        feedback_ts=fb.ts if fb else None,
+                        true_queue=fb.true_queue if fb else None,
+                        handling_seconds=fb.handling_seconds if fb else None,
+                        agent_id=fb.agent_id if fb else None,
+                        feedback_source=fb.source if fb else None,
+                    )
+                rows.append(row)
+        return rows
+
+    def predictions_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
+        return to_frame(self._rows(since, until, joined=False), PREDICTION_COLUMNS)
+
+    def joined_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
+        return to_frame(self._rows(since, until, joined=True), JOINED_COLUMNS)
+
+    def record_logs(self, records: Sequence[LogRecord]) -> None:
+        with self._lock:
+            self._logs.extend(records)
+
+    def logs(
+        self,
+        *,
+        since: str | None = None,
+        min_level: str = "WARNING",
+        component: str | None = None,
+        request_id: str | None = None,
+        email_id: str | None = None,
+        limit: int = 200,
+    ) -> list[LogRecord]:
+        lo, _ = ts_bounds(since, None)
+        floor = level_number(min_level)
+        with self._lock:
+            found = [
+                r
+                for r in self._logs
+                if r.ts >= lo
+                and LOG_LEVELS[r.level] >= floor
+                and (component is None or r.component == component)
+                and about(r, request_id, email_id)
+            ]
+        return sorted(found, key=lambda r: r.ts, reverse=True)[:limit]
+
+    def record_verdicts(self, verdicts: Sequence[MonitorVerdict]) -> None:
+        with self._lock:
+            self._verdicts.extend(verdicts)
+
+    def verdicts(self, *, job: str | None = None, since: str | None = None, limit: int = 1000) -> list[MonitorVerdict]:
+        lo, _ = ts_bounds(since, None)
+        with self._lock:
+            found = [v for v in self._verdicts if v.ts >= lo and (job is None or v.job == job)]
+        return sorted(found, key=lambda v: v.ts, reverse=True)[:limit]
+
+    @property
+    def sql_url(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        """Nothing to release; kept for the interface."""
