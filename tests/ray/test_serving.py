@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,83 +13,26 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+from serve_app import QUEUES, TOKEN, register_models, running_app, small_serving_config, two_arm_experiment
 
-from experiments.config import ExperimentConfig
 from serving import launch
-from serving.config import Home, ServingConfig, load_queues
-from serving.mail.text import PREPROCESSING_VERSION, model_text
-from serving.models.registry import ModelRegistry
+from serving.config import Home
 from serving.store.eventlog import open_event_log
-from training.config import LinearConfig
-from training.linear import fit_linear
 from training.synth import generate
-from training.torch_loop import build_model, export_model, load_tokenizer
-from training.transformer_config import TransformerConfig
 
 T = TypeVar("T")
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-REPO = Path(__file__).resolve().parents[2]
-QUEUES = load_queues(REPO / "configs" / "queues.yaml")
-TOKEN = "test-admin-token"
-
-
-def _register_models(home: Home) -> None:
-    registry = ModelRegistry(home.registry)
-    frame = generate(1500, seed=31)
-    texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
-    linear = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
-    common = {"preprocessing_version": PREPROCESSING_VERSION, "data_fingerprint": "test", "metrics": {}, "params": {}}
-    registry.register("linear", linear.save, kind="linear", labels=linear.labels, **common)
-    cfg = TransformerConfig(tiny=True)
-    tokenizer = load_tokenizer(cfg)
-    labels = QUEUES.names
-    model = build_model(cfg, labels, len(tokenizer))
-    registry.register(
-        "transformer",
-        lambda folder: export_model(model, tokenizer, labels, cfg, folder),  # type: ignore[arg-type,return-value]
-        kind="transformer",
-        labels=labels,
-        **common,
-    )
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port: int) -> Iterator[dict[str, Any]]:
     home = Home(tmp_path_factory.mktemp("serve-home"))
-    _register_models(home)
-    assert os.environ["MAILROUTE_ADMIN_TOKEN"] == TOKEN  # set by the session's Ray fixture
-    serving = ServingConfig.model_validate(
-        {
-            "ingress": {"num_replicas": 2, "num_cpus": 0.1},
-            "linear": {"num_cpus": 0.1},
-            "transformer": {"num_cpus": 0.1, "max_batch_size": 8},
-            "model_timeout_s": 1.0,
-            "event_log": {"flush_interval_ms": 20},
-        }
-    )
-    experiment = ExperimentConfig.model_validate(
-        {
-            "name": "t-exp",
-            "salt": "t-salt",
-            "arms": {
-                "linear": {"model": "linear", "weight": 0.5},
-                "transformer": {"model": "transformer", "weight": 0.5},
-            },
-            "holdout_arm": "linear",
-            "shadow": {"model": "linear", "version": "latest", "sample_rate": 1.0},
-        }
-    )
-    running = launch.start(home, QUEUES, serving, experiment, port=serve_port)
-    client = httpx.Client(base_url=running.url, timeout=30)
-    try:
-        yield {"url": running.url, "home": home, "client": client, "proxy": running.proxy, "serving": serving,
-               "experiment": experiment}  # fmt: skip
-    finally:
-        client.close()
-        from ray import serve
-
-        serve.shutdown()
+    register_models(home)
+    serving = small_serving_config()
+    experiment = two_arm_experiment(shadow={"model": "linear", "version": "latest", "sample_rate": 1.0})
+    with running_app(home, serve_port, serving, experiment) as running:
+        yield running
 
 
 def _route(app: dict[str, Any], user: str, headers: dict[str, str] | None = None, **extra: Any) -> httpx.Response:

@@ -1,0 +1,92 @@
+"""Set-up shared by the Ray tests that need the real Serve app: tiny registered models and one running app."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from experiments.config import ExperimentConfig
+from serving import launch
+from serving.config import Home, ServingConfig, load_queues
+from serving.mail.text import PREPROCESSING_VERSION, model_text
+from serving.models.registry import ModelRegistry
+from training.config import LinearConfig
+from training.linear import fit_linear
+from training.synth import generate
+from training.torch_loop import build_model, export_model, load_tokenizer
+from training.transformer_config import TransformerConfig
+
+REPO = Path(__file__).resolve().parents[2]
+QUEUES = load_queues(REPO / "configs" / "queues.yaml")
+TOKEN = "test-admin-token"  # set by the session's Ray fixture (tests/ray/conftest.py)
+
+
+def register_models(home: Home) -> None:
+    """A linear model on 1,500 synthetic emails and a tiny random transformer, each registered as champion."""
+    registry = ModelRegistry(home.registry)
+    frame = generate(1500, seed=31)
+    texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
+    linear = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
+    common = {"preprocessing_version": PREPROCESSING_VERSION, "data_fingerprint": "test", "metrics": {}, "params": {}}
+    registry.register("linear", linear.save, kind="linear", labels=linear.labels, **common)
+    cfg = TransformerConfig(tiny=True)
+    tokenizer = load_tokenizer(cfg)
+    labels = QUEUES.names
+    model = build_model(cfg, labels, len(tokenizer))
+    registry.register(
+        "transformer",
+        lambda folder: export_model(model, tokenizer, labels, cfg, folder),  # type: ignore[arg-type,return-value]
+        kind="transformer",
+        labels=labels,
+        **common,
+    )
+
+
+def small_serving_config(**overrides: Any) -> ServingConfig:
+    """Small replicas and a short flush interval, so tests see their records quickly."""
+    data: dict[str, Any] = {
+        "ingress": {"num_replicas": 2, "num_cpus": 0.1},
+        "linear": {"num_cpus": 0.1},
+        "transformer": {"num_cpus": 0.1, "max_batch_size": 8},
+        "model_timeout_s": 1.0,
+        "event_log": {"flush_interval_ms": 20},
+    }
+    data.update(overrides)
+    return ServingConfig.model_validate(data)
+
+
+def two_arm_experiment(**overrides: Any) -> ExperimentConfig:
+    data: dict[str, Any] = {
+        "name": "t-exp",
+        "salt": "t-salt",
+        "arms": {
+            "linear": {"model": "linear", "weight": 0.5},
+            "transformer": {"model": "transformer", "weight": 0.5},
+        },
+        "holdout_arm": "linear",
+    }
+    data.update(overrides)
+    return ExperimentConfig.model_validate(data)
+
+
+@contextmanager
+def running_app(
+    home: Home, port: int, serving: ServingConfig, experiment: ExperimentConfig
+) -> Iterator[dict[str, Any]]:
+    """Deploy the app on the session's Ray, yield its URL, home and an HTTP client; shut Serve down after."""
+    assert os.environ["MAILROUTE_ADMIN_TOKEN"] == TOKEN
+    running = launch.start(home, QUEUES, serving, experiment, port=port)
+    client = httpx.Client(base_url=running.url, timeout=30)
+    try:
+        yield {"url": running.url, "home": home, "client": client, "proxy": running.proxy, "serving": serving,
+               "experiment": experiment}  # fmt: skip
+    finally:
+        client.close()
+        from ray import serve
+
+        serve.shutdown()
