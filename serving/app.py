@@ -7,11 +7,16 @@ Deployed through Serve's config-deploy path (`serving/launch.py`): `build_app(ar
 configs; the experiment and each arm's model version travel in `user_config`, so a weight change or a new model
 version reaches the running replicas through `reconfigure()` without restarting them. The routing logic itself
 lives in `serving/router.py`, apart from Ray.
+
+Every replica keeps its warnings in the event log's `logs` table (`serving.store.loghandler`: component "router",
+"event-writer", "arm-<name>" or "shadow"), and the router serves the ops dashboard at `/dashboard`
+(`monitoring.dashboard`), which reads them back from the store, so it shows every node's lines.
 """
 
 import asyncio
 import json
 import logging
+import math
 import os
 import secrets
 import threading
@@ -26,6 +31,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from experiments.config import ExperimentConfig
+from monitoring.dashboard.data import DashboardSources
+from monitoring.dashboard.routes import router as dashboard_router
 from serving import control
 from serving.api import ApiError, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
 from serving.batcher import CallBatcher
@@ -33,8 +40,9 @@ from serving.config import Home, QueuesConfig, ServingConfig, parse_config
 from serving.metrics import merge, render
 from serving.models.predictor import check_servable, load_version
 from serving.models.registry import ModelRegistry
-from serving.router import SHADOW, ArmAnswer, RouterCore
-from serving.store.eventlog import open_event_log
+from serving.router import SHADOW, ArmAnswer, ArmRequest, RouterCore
+from serving.store.eventlog import EventLog, open_event_log
+from serving.store.loghandler import StoreLogHandler, install_store_logging, log_ids
 from serving.store.writer import BufferedWriter
 
 log = logging.getLogger(__name__)
@@ -52,10 +60,35 @@ def _one_line(err: Exception) -> str:
     return " ".join(str(err).split())[:500] or type(err).__name__
 
 
+STORE_LOGGERS = ("serving", "ray.serve")  # mailroute's own loggers and Serve's (its replica warnings)
+
+
+def _store_logging(store: str | EventLog, default_component: str) -> StoreLogHandler | None:
+    """This replica's warnings into the event log, named after its deployment ("router", "arm-linear", "shadow")."""
+    try:
+        component = serve.get_replica_context().deployment
+    except Exception:  # outside a replica (a test calling the class directly)
+        component = default_component
+    try:
+        return install_store_logging(
+            open_event_log(store) if isinstance(store, str) else store,
+            "router" if component == "Router" else component,
+            loggers=STORE_LOGGERS,
+            components={"serving.store.writer": "event-writer"},
+        )
+    except Exception as err:  # the logs are for triage; a replica without them still routes
+        log.warning("component logs will not reach the event log: %s", _one_line(err))
+        return None
+
+
+def _store_url(serving: ServingConfig, home: Home) -> str:
+    return serving.event_log.url or f"sqlite:///{home.event_log}"
+
+
 class ModelServer:
     """One arm's model. `user_config` names the registry version, so a new version loads without a restart."""
 
-    def __init__(self, home: str, queues: dict[str, Any], batched: bool) -> None:
+    def __init__(self, home: str, queues: dict[str, Any], batched: bool, log_store: str | None = None) -> None:
         self.registry = ModelRegistry(Home(Path(home)).registry)
         self.queues = parse_config(queues, QueuesConfig, "queues")
         self.batched = batched
@@ -63,6 +96,7 @@ class ModelServer:
         self.predictor: Any = None
         self.meta: Any = None
         self.fault: str | None = None
+        self.log_handler = _store_logging(log_store or f"sqlite:///{Home(Path(home)).event_log}", "arm")
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         ref, threads, quantize = config["ref"], int(config.get("threads", 1)), bool(config.get("quantize", False))
@@ -78,7 +112,10 @@ class ModelServer:
         batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
 
     def set_fault(self, fault: str | None) -> None:
-        """Fault injection for failure drills and tests: 'error' raises, 'hang' never answers in time."""
+        """Fault injection for failure drills and tests: 'error' raises, 'hang' never answers in time, 'nan' answers
+        with NaN probabilities."""
+        if fault not in (None, "error", "hang", "nan"):
+            raise ValueError(f"unknown fault {fault!r}: use error, hang, nan or None")
         self.fault = fault
 
     def ready(self) -> str:
@@ -89,22 +126,49 @@ class ModelServer:
             tuple(self.predictor.labels), tuple(float(p) for p in proba_row), self.meta.name, self.meta.version
         )
 
-    async def predict(self, texts: list[str]) -> list[ArmAnswer]:
-        """Answers for a router's batch of emails (one per email, in order)."""
+    async def predict(self, emails: list[ArmRequest] | list[str]) -> list[ArmAnswer]:
+        """Answers for a router's batch of emails (one per email, in order). A warning about the batch is logged
+        once per email, with its ids, so that a search for any of them finds it."""
+        requests = [e if isinstance(e, ArmRequest) else ArmRequest(e, "") for e in emails]
+        texts = [r.text for r in requests]
+        if self.fault in ("error", "hang"):
+            self._warn_each(requests, f"injected fault '{self.fault}' ({len(requests)} email(s) in the call)")
         if self.fault == "error":
             raise RuntimeError("injected fault")
         if self.fault == "hang":
             await asyncio.sleep(3600)
-        if self.batched:  # merge the batches of all router replicas, up to max_batch_size
-            return list(await asyncio.gather(*(self._predict_batch(text) for text in texts)))
-        return [self._answer(row) for row in self.predictor.predict_proba(texts)]
+        try:
+            if self.batched:  # merge the batches of all router replicas, up to max_batch_size
+                answers = list(await asyncio.gather(*(self._predict_batch(text) for text in texts)))
+            else:
+                answers = [self._answer(row) for row in self.predictor.predict_proba(texts)]
+        except Exception as err:
+            self._warn_each(requests, f"prediction failed: {type(err).__name__}: {_one_line(err)}")
+            raise
+        if self.fault == "nan":
+            answers = [ArmAnswer(a.labels, tuple(math.nan for _ in a.proba), a.model_name, a.model_version)
+                       for a in answers]  # fmt: skip
+        for request, answer in zip(requests, answers, strict=True):
+            if not all(math.isfinite(p) for p in answer.proba):
+                self._warn_each([request], f"{answer.model_name}:{answer.model_version} gave a non-finite probability")
+        return answers
+
+    def _warn_each(self, requests: list[ArmRequest], message: str) -> None:
+        for request in requests:
+            log.warning("%s", message, extra=log_ids(request.request_id or None, request.email_id))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _predict_batch(self, texts: list[str]) -> list[ArmAnswer]:
         return [self._answer(row) for row in self.predictor.predict_proba(texts)]
 
+    def __del__(self) -> None:
+        handler = getattr(self, "log_handler", None)  # absent when __init__ failed
+        if handler is not None:
+            handler.close()
+
 
 api = FastAPI(title="mailroute", description="Routes customer emails to specialist queues.", version="1")
+api.include_router(dashboard_router)  # GET /dashboard, over this replica's event log and live experiment
 
 
 def _refuse(request: Request, status: int, detail: str) -> JSONResponse:
@@ -138,10 +202,12 @@ class Router:
         self.arms = arms
         self.admin_token = os.environ.get(self.serving.admin_token_env) or None
         salt = os.environ.get(self.serving.user_salt_env) or control.user_salt(self.home)
-        event_log = open_event_log(self.serving.event_log.url or f"sqlite:///{self.home.event_log}")
+        store_url = _store_url(self.serving, self.home)
+        event_log = open_event_log(store_url)
+        self.log_handler = _store_logging(event_log, "router")
         writer = BufferedWriter(event_log, flush_interval_ms=self.serving.event_log.flush_interval_ms)
         calls = self.serving.arm_calls
-        self.batcher: CallBatcher[ArmAnswer] = CallBatcher(
+        self.batcher: CallBatcher[ArmAnswer, ArmRequest] = CallBatcher(
             self._call_arm_batch,
             max_batch=calls.max_batch_size,
             max_in_flight=calls.max_in_flight,
@@ -150,6 +216,9 @@ class Router:
         self.core: RouterCore | None = None
         self._event_log, self._writer, self._salt = event_log, writer, salt
         self.config_version = 0
+        api.state.dashboard = DashboardSources(
+            self.home, event_log, store_url, live_experiment=lambda: self.core.experiment if self.core else None
+        )
         # Serve buffers request-path log records (1,000 in throughput mode) with no time limit: flush every second,
         # so that a quiet replica's records reach its log file too.
         threading.Thread(target=_flush_serve_logs_forever, args=(1.0,), name="log-flush", daemon=True).start()
@@ -172,11 +241,11 @@ class Router:
             self.core.set_experiment(experiment)
         self.config_version = config.get("version", 0)
 
-    async def _call_arm(self, arm: str, text: str) -> ArmAnswer:
-        return await self.batcher.call(arm, text)
+    async def _call_arm(self, arm: str, email: ArmRequest) -> ArmAnswer:
+        return await self.batcher.call(arm, email)
 
-    async def _call_arm_batch(self, arm: str, texts: list[str]) -> list[ArmAnswer]:
-        return await self.arms[arm].predict.remote(texts)
+    async def _call_arm_batch(self, arm: str, emails: list[ArmRequest]) -> list[ArmAnswer]:
+        return await self.arms[arm].predict.remote(emails)
 
     def _is_admin(self, request: Request) -> bool:
         if not self.admin_token:
@@ -267,6 +336,8 @@ class Router:
     async def __del__(self) -> None:
         if self.core is not None:
             await self.core.close()
+        if self.log_handler is not None:
+            await asyncio.to_thread(self.log_handler.close)
 
 
 def _deployment_options(spec: Any, name: str, serving: ServingConfig) -> dict[str, Any]:
@@ -293,7 +364,8 @@ def build_app(args: dict[str, Any]) -> serve.Application:
         name = "shadow" if arm == SHADOW else f"arm-{arm}"
         deployment: Any = serve.deployment(ModelServer)
         deployment = deployment.options(**_deployment_options(spec, name, serving_cfg))
-        arms[arm] = deployment.bind(args["home"], args["queues"], kind == "transformer")
+        log_store = _store_url(serving_cfg, Home(Path(args["home"])))
+        arms[arm] = deployment.bind(args["home"], args["queues"], kind == "transformer", log_store)
     router: Any = serve.deployment(Router)
     options = _deployment_options(serving_cfg.ingress, "Router", serving_cfg)
     # The admin token and the user salt reach the router replicas wherever Ray places them.

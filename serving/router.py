@@ -3,12 +3,17 @@ policy with fallbacks, log exactly one prediction event, and record feedback.
 
 The Ray Serve ingress (`serving/app.py`) wraps a `RouterCore` and hands it an `ArmCaller` that awaits the arm
 deployments' handles; unit tests hand it plain coroutines and a memory event log.
+
+The request_id is made before the arm is asked, and travels with the email to the arm (`ArmRequest`), so that
+every warning about an email — an arm's failure or timeout, a fallback, a non-finite probability — names it
+(`extra=log_ids(...)`, kept in the store by `serving.store.loghandler`) and the dashboard's search finds them all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +36,7 @@ from serving.config import QueuesConfig, ServingConfig
 from serving.metrics import RouterMetrics
 from serving.policy import Decision, decide, failed_reason, fallback_chain, triage_decision
 from serving.store.eventlog import EventLog, FeedbackEvent, PredictionEvent, UnknownRequestError, user_key, utc_now
+from serving.store.loghandler import log_ids
 from serving.store.redact import apply_policy
 from serving.store.writer import BufferedWriter
 
@@ -49,7 +55,16 @@ class ArmAnswer:
     model_version: str
 
 
-ArmCaller = Callable[[str, str], Awaitable[ArmAnswer]]  # (arm or SHADOW, model text) -> answer
+@dataclass(frozen=True)
+class ArmRequest:
+    """What a model deployment is sent for one email: the text it reads and the ids its log lines name."""
+
+    text: str
+    request_id: str
+    email_id: str | None = None
+
+
+ArmCaller = Callable[[str, ArmRequest], Awaitable[ArmAnswer]]  # (arm or SHADOW, the email) -> answer
 
 
 class RouterCore:
@@ -96,16 +111,25 @@ class RouterCore:
             return exp.holdout_arm, False
         return assignment.arm, True
 
-    async def _ask(self, chain: Sequence[str], text: str) -> tuple[str | None, ArmAnswer | None, list[tuple[str, str]]]:
+    async def _ask(
+        self, chain: Sequence[str], email: ArmRequest
+    ) -> tuple[str | None, ArmAnswer | None, list[tuple[str, str]]]:
         failures: list[tuple[str, str]] = []
         timeout = self.serving.model_timeout_s
+        ids = log_ids(email.request_id, email.email_id)
         for arm in chain:
             try:
-                return arm, await asyncio.wait_for(self.call_arm(arm, text), timeout), failures
+                answer = await asyncio.wait_for(self.call_arm(arm, email), timeout)
+                if all(math.isfinite(p) for p in answer.proba):
+                    return arm, answer, failures
+                # A NaN would route the email nowhere sensible (and cannot be stored): treat it as the arm failing.
+                log.warning("arm %s answered with a non-finite probability", arm, extra=ids)
+                failures.append((arm, "error"))
             except TimeoutError:
+                log.warning("arm %s gave no answer within %.1f s", arm, timeout, extra=ids)
                 failures.append((arm, "timeout"))
             except Exception as err:  # a broken model must never fail the request: next arm, then triage
-                log.warning("arm %s failed: %s: %s", arm, type(err).__name__, err)
+                log.warning("arm %s failed: %s: %s", arm, type(err).__name__, err, extra=ids)
                 failures.append((arm, "error"))
             self.metrics.arm_errors[(arm, failures[-1][1])] += 1
         return None, None, failures
@@ -119,8 +143,9 @@ class RouterCore:
             if seen is not None:
                 return _response(seen)
         arm, in_experiment = self._assign(req, is_admin)
+        email_ref = ArmRequest(text, uuid.uuid4().hex, req.email_id)
         served_by, answer, failures = await self._ask(
-            fallback_chain(arm, list(self.experiment.arms), self.experiment.fallback_order), text
+            fallback_chain(arm, list(self.experiment.arms), self.experiment.fallback_order), email_ref
         )
         if answer is None:
             decision = triage_decision(self.queues.triage_queue)
@@ -129,9 +154,12 @@ class RouterCore:
             decision = decide(answer.labels, np.asarray(answer.proba), self.serving.policy, self.queues.triage_queue)
             model_name, model_version = answer.model_name, answer.model_version
         reason = failed_reason(failures, served_by) or decision.reason
+        if failures:
+            where = f"answered by arm {served_by}" if served_by else f"sent to {decision.queue}: no arm answered"
+            log.warning("fallback: %s (%s)", where, reason, extra=log_ids(email_ref.request_id, req.email_id))
         latency_ms = (time.perf_counter() - started) * 1000
-        event = self._event(req, email.subject, email.body, arm, in_experiment, decision, reason, bool(failures),
-                            model_name, model_version, latency_ms)  # fmt: skip
+        event = self._event(email_ref.request_id, req, email.subject, email.body, arm, in_experiment, decision,
+                            reason, bool(failures), model_name, model_version, latency_ms)  # fmt: skip
         if req.email_id is None:
             self.writer.submit(event)
         else:
@@ -153,11 +181,12 @@ class RouterCore:
             "latency_ms": round(latency_ms, 1),
         }
         self.route_log.info(" ".join(f"{k}={v}" for k, v in record.items()), extra={"routed": record})
-        self._maybe_shadow(event.request_id, text)
+        self._maybe_shadow(ArmRequest(text, event.request_id, event.email_id))
         return _response(event)
 
     def _event(
         self,
+        request_id: str,
         req: RouteRequest,
         subject: str,
         body: str,
@@ -172,7 +201,7 @@ class RouterCore:
     ) -> PredictionEvent:
         policy = self.serving.event_log.text_policy
         return PredictionEvent(
-            request_id=uuid.uuid4().hex,
+            request_id=request_id,
             ts=utc_now(),
             user_key=user_key(self.user_salt, req.user_id),
             arm=arm,
@@ -191,20 +220,23 @@ class RouterCore:
             body=apply_policy(body, policy),
         )
 
-    def _maybe_shadow(self, request_id: str, text: str) -> None:
+    def _maybe_shadow(self, email: ArmRequest) -> None:
         shadow = self.experiment.shadow
-        if shadow is None or bucket(f"{self.experiment.salt}-shadow", request_id) >= shadow.sample_rate:
+        if shadow is None or bucket(f"{self.experiment.salt}-shadow", email.request_id) >= shadow.sample_rate:
             return
-        task = asyncio.get_running_loop().create_task(self._shadow(request_id, text))
+        task = asyncio.get_running_loop().create_task(self._shadow(email))
         self._shadow_tasks.add(task)  # keep a reference until done, or the task may be collected mid-flight
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow(self, request_id: str, text: str) -> None:
+    async def _shadow(self, email: ArmRequest) -> None:
         started = time.perf_counter()
+        request_id = email.request_id
         try:
-            answer = await asyncio.wait_for(self.call_arm(SHADOW, text), self.serving.model_timeout_s)
+            answer = await asyncio.wait_for(self.call_arm(SHADOW, email), self.serving.model_timeout_s)
         except Exception as err:  # the shadow never affects anyone: log and move on
-            self.writer.submit_shadow(request_id, {"error": f"{type(err).__name__}: {err}"[:200]})
+            why = f"{type(err).__name__}: {err}"[:200]
+            log.warning("shadow failed: %s", why, extra=log_ids(request_id, email.email_id))
+            self.writer.submit_shadow(request_id, {"error": why})
             return
         d = decide(answer.labels, np.asarray(answer.proba), self.serving.policy, self.queues.triage_queue)
         self.writer.submit_shadow(

@@ -211,6 +211,14 @@ class EventLog(Protocol):
     def record_feedback(self, event: FeedbackEvent) -> FeedbackResult:
         """Store feedback once per request_id; raises UnknownRequestError for an unknown request_id."""
 
+    def get_feedback(self, request_id: str) -> FeedbackEvent | None:
+        """The feedback stored for a request_id, if any."""
+
+    def flagged_predictions(
+        self, *, since: str | None = None, reasons: Sequence[str] = ("low_confidence",), limit: int = 100
+    ) -> list[PredictionEvent]:
+        """Predictions answered by a fallback or decided with one of `reasons`, newest first (for triage views)."""
+
     def stats(self) -> LogStats: ...
 
     def predictions_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:

@@ -72,6 +72,19 @@ class MemoryEventLog:
             stored = self._feedback.setdefault(event.request_id, event)
         return FeedbackResult(created=stored is event, event=stored)
 
+    def get_feedback(self, request_id: str) -> FeedbackEvent | None:
+        with self._lock:
+            return self._feedback.get(request_id)
+
+    def flagged_predictions(
+        self, *, since: str | None = None, reasons: Sequence[str] = ("low_confidence",), limit: int = 100
+    ) -> list[PredictionEvent]:
+        lo, _ = ts_bounds(since, None)
+        with self._lock:
+            newest_stored_first = reversed(list(self._predictions.values()))
+            found = [p for p in newest_stored_first if p.ts >= lo and (p.fallback or p.reason in reasons)]
+        return sorted(found, key=lambda p: p.ts, reverse=True)[:limit]  # stable: ties stay newest-stored first
+
     def stats(self) -> LogStats:
         with self._lock:
             preds = list(self._predictions.values())

@@ -255,6 +255,23 @@ class SQLiteEventLog:
             ).fetchone()
         return FeedbackResult(created=False, event=FeedbackEvent(**dict(row)))
 
+    def get_feedback(self, request_id: str) -> FeedbackEvent | None:
+        sql = f"SELECT {_FEEDBACK_COLS} FROM feedback WHERE request_id = ?"
+        row = self._conn().execute(sql, (request_id,)).fetchone()
+        return None if row is None else FeedbackEvent(**dict(row))
+
+    def flagged_predictions(
+        self, *, since: str | None = None, reasons: Sequence[str] = ("low_confidence",), limit: int = 100
+    ) -> list[PredictionEvent]:
+        lo, _ = ts_bounds(since, None)
+        # Newest first along the ts index, stopping at `limit`: no scan of the whole log when flags are common.
+        sql = (
+            f"SELECT {_P_COLS} FROM predictions WHERE ts >= ? AND (fallback = 1 OR reason IN "
+            f"({', '.join('?' * len(reasons)) or 'NULL'})) ORDER BY ts DESC, rowid DESC LIMIT ?"
+        )
+        rows = self._conn().execute(sql, (lo, *reasons, int(limit)))
+        return [PredictionEvent(**_prediction_dict(row)) for row in rows]
+
     def stats(self) -> LogStats:
         conn = self._conn()
 

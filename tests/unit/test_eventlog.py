@@ -397,6 +397,23 @@ def test_verdicts_round_trip(log: EventLog) -> None:
     assert log.verdicts(job="kpi") == []
 
 
+def test_feedback_lookup_and_flagged_predictions(log: EventLog) -> None:
+    log.record_predictions(
+        [
+            event("ok", 1),
+            event("low", 2, queue="triage", reason="low_confidence", confidence=0.3),
+            event("fb", 3, fallback=True, reason="fallback_to_linear:transformer_error"),
+            event("dead", 4, queue="triage", fallback=True, reason="all_arms_failed:transformer_timeout"),
+        ]
+    )
+    log.record_feedback(feedback("low", "shipping", handling_seconds=30.0))
+    assert log.get_feedback("low") == feedback("low", "shipping", handling_seconds=30.0)
+    assert log.get_feedback("ok") is None and log.get_feedback("nope") is None
+    assert [p.request_id for p in log.flagged_predictions()] == ["dead", "fb", "low"]  # newest first
+    assert [p.request_id for p in log.flagged_predictions(limit=2, since=ts(2))] == ["dead", "fb"]
+    assert [p.request_id for p in log.flagged_predictions(reasons=())] == ["dead", "fb"]
+
+
 def test_sql_url_names_the_file(tmp_path: Path) -> None:
     store = SQLiteEventLog(tmp_path / "ev.db")
     assert store.sql_url == f"sqlite:///{(tmp_path / 'ev.db').absolute()}"

@@ -1,0 +1,377 @@
+"""What the dashboard shows, gathered from the files alone: the home folder, the event log and the configs.
+
+Every read is bounded so the page stays fast on a big log: log lines, flagged emails and verdicts are read newest
+first with a LIMIT along an index, the audit log from the tail of its file, and a search is two primary-key lookups
+plus one indexed log query. Nothing here loads the whole log. A part that cannot be read (no event log yet, a
+broken config, a model missing from the registry) becomes a sentence on the page, never an error page.
+
+Where each part comes from:
+- experiment: the running app's live config when served by the app; else `<home>/experiment.json` (the running
+  layout `serving.control` saves) when it is the configured experiment, else `configs/experiments.yaml`; the model
+  versions from the registry; changes from `<home>/audit.jsonl`;
+- experiment report: `experiments.report` (KPIs, intervals, SRM, guardrails, recommendation);
+- drift: the store's monitoring verdict rows, with links to the report files under `<home>/reports`;
+- logs: the store's `logs` table (every component's warnings, kept there by `serving.store.loghandler`), and the
+  predictions table for fallbacks and low-confidence emails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from experiments.config import ExperimentConfig, load_experiments
+from serving.config import ConfigError, Home, config_dir, load_serving
+from serving.control import AUDIT_FILE, STATE_FILE, load_state
+from serving.policy import LOW_CONFIDENCE
+from serving.store.eventlog import (
+    EventLog,
+    EventLogError,
+    FeedbackEvent,
+    LogRecord,
+    MonitorVerdict,
+    PredictionEvent,
+    open_event_log,
+    utc_now,
+)
+
+log = logging.getLogger(__name__)
+
+LOG_LIMIT = 200  # recent warnings and errors shown
+FLAGGED_LIMIT = 50  # fallbacks and low-confidence emails shown
+SEARCH_LOG_LIMIT = 500  # log lines shown for one email
+VERDICT_LIMIT = 500  # verdict rows read (latest per check + history)
+HISTORY_LIMIT = 60  # verdict rows listed in the history table
+AUDIT_LIMIT = 50  # experiment changes shown
+AUDIT_TAIL_BYTES = 256 * 1024  # read at most this much of the end of audit.jsonl
+MAX_QUERY_CHARS = 200
+LOG_LEVEL_CHOICES = ("WARNING", "ERROR", "INFO")
+REPORTS_URL = "/dashboard/reports/"
+
+
+# ---- values the template renders ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ArmView:
+    name: str
+    weight: float
+    share: float  # of all users, from the bucket ranges (weight x coverage unless the layout was pinned)
+    model: str
+    version: str  # as configured: champion, latest or a version id
+    resolved: str | None  # "linear:v3 (champion)", from the registry
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class ExperimentView:
+    name: str
+    source: str  # where the config was read
+    active: bool
+    coverage: float
+    holdout_arm: str
+    fallback_order: list[str] | None
+    shadow: str | None
+    arms: list[ArmView]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    ts: str
+    actor: str
+    summary: str
+    moved_share: float | None
+
+
+@dataclass(frozen=True)
+class VerdictRow:
+    verdict: MonitorVerdict
+    report_url: str | None  # a link under /dashboard/reports/, or None when the file is not there
+
+
+@dataclass(frozen=True)
+class DriftView:
+    latest: list[VerdictRow]  # the newest run's row of every (job, scope, check)
+    history: list[VerdictRow]
+    plot: str | None  # data: URI of a PNG
+    last_run: str | None
+
+
+@dataclass(frozen=True)
+class SearchView:
+    query: str
+    prediction: PredictionEvent | None = None
+    feedback: FeedbackEvent | None = None
+    logs: list[LogRecord] = field(default_factory=list)
+    message: str | None = None  # why nothing (or not everything) was found
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    level: str = "WARNING"
+    component: str | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    generated: str
+    home: str
+    store: str
+    experiment: ExperimentView | None
+    experiment_note: str | None
+    audit: list[AuditEntry]
+    report: Any  # the experiment report, once experiments.report provides one
+    report_note: str | None
+    drift: DriftView
+    logs: list[LogRecord]
+    log_filter: LogFilter
+    components: list[str]
+    flagged: list[PredictionEvent]
+    search: SearchView | None
+    notes: list[str]  # parts that could not be read, in words
+
+
+# ---- sources --------------------------------------------------------------------------------------------------------
+@dataclass
+class DashboardSources:
+    """Where the page reads from. The Serve app hands in its own event log and its live experiment."""
+
+    home: Home
+    event_log: EventLog | None  # None: no event log has been written yet
+    store_label: str
+    config_dir: Path | None = None
+    live_experiment: Callable[[], ExperimentConfig | None] | None = None
+
+    @classmethod
+    def from_files(cls, home: Home, configs: Path | None = None) -> DashboardSources:
+        """For `mailroute dashboard`: no Ray, no server, the files only. A missing SQLite file is not created."""
+        configs = configs or config_dir()
+        url = None
+        try:
+            url = load_serving(configs / "serving.yaml").event_log.url
+        except (ConfigError, OSError) as err:
+            log.warning("dashboard: using the default event log (%s)", err)
+        if url is None or url.startswith("sqlite:") or "://" not in url:
+            path = home.event_log if url is None else Path(url.split("://", 1)[-1].removeprefix("/"))
+            if not path.exists():
+                return cls(home, None, f"{path} (not created yet)", configs)
+            url = f"sqlite:///{path}"
+        return cls(home, open_event_log(url), url, configs)
+
+
+# ---- the page -------------------------------------------------------------------------------------------------------
+def gather(
+    sources: DashboardSources, *, query: str | None = None, level: str | None = None, component: str | None = None
+) -> Page:
+    notes: list[str] = []
+    experiment, experiment_note = _experiment(sources)
+    log_filter = LogFilter(level if level in LOG_LEVEL_CHOICES else "WARNING", component or None)
+    report, report_note = _report(sources)
+    store = sources.event_log
+    logs: list[LogRecord] = []
+    flagged: list[PredictionEvent] = []
+    drift = DriftView([], [], None, None)
+    if store is None:
+        notes.append(f"No event log yet at {sources.store_label}: nothing has been routed.")
+    else:
+        try:
+            logs = store.logs(min_level=log_filter.level, component=log_filter.component, limit=LOG_LIMIT)
+            flagged = store.flagged_predictions(reasons=(LOW_CONFIDENCE,), limit=FLAGGED_LIMIT)
+            drift = _drift(sources.home, store.verdicts(limit=VERDICT_LIMIT))
+        except (EventLogError, OSError) as err:  # a store that went away: say so on the page
+            notes.append(f"Could not read the event log: {err}")
+    return Page(
+        generated=utc_now(),
+        home=str(sources.home.root),
+        store=sources.store_label,
+        experiment=experiment,
+        experiment_note=experiment_note,
+        audit=read_audit(sources.home),
+        report=report,
+        report_note=report_note,
+        drift=drift,
+        logs=logs,
+        log_filter=log_filter,
+        components=_components(experiment),
+        flagged=flagged,
+        search=search(store, query) if query is not None and query.strip() else None,
+        notes=notes,
+    )
+
+
+def search(store: EventLog | None, query: str) -> SearchView:
+    """One email by its request_id or email_id: its prediction, its feedback and every component's lines about it."""
+    q = query.strip()
+    if len(q) > MAX_QUERY_CHARS:
+        return SearchView(q[:MAX_QUERY_CHARS] + "…", message=f"An id is at most {MAX_QUERY_CHARS} characters.")
+    if store is None:
+        return SearchView(q, message="There is no event log yet, so no email can be found.")
+    prediction = store.get_prediction(q) or store.find_by_email_id(q)
+    if prediction is None:
+        # Lines may name an email whose record never arrived (a crash lost the buffer): show them anyway.
+        lines = store.logs(min_level="DEBUG", request_id=q, email_id=q, limit=SEARCH_LOG_LIMIT)
+        found = f" {len(lines)} log line(s) mention it." if lines else ""
+        return SearchView(q, logs=lines, message=f"No email has request_id or email_id '{q}'.{found}")
+    lines = store.logs(
+        min_level="DEBUG", request_id=prediction.request_id, email_id=prediction.email_id, limit=SEARCH_LOG_LIMIT
+    )
+    return SearchView(q, prediction, store.get_feedback(prediction.request_id), lines)
+
+
+def _components(experiment: ExperimentView | None) -> list[str]:
+    arms = [f"arm-{a.name}" for a in experiment.arms] if experiment else []
+    shadow = ["shadow"] if experiment and experiment.shadow else []
+    return ["router", *arms, *shadow, "event-writer", "monitor"]
+
+
+# ---- the experiment -------------------------------------------------------------------------------------------------
+def _experiment(sources: DashboardSources) -> tuple[ExperimentView | None, str | None]:
+    config, source, problem = None, "", None
+    if sources.live_experiment is not None:
+        config, source = sources.live_experiment(), "the running app"
+    if config is None:
+        configs = sources.config_dir or config_dir()
+        try:
+            configured = load_experiments(configs / "experiments.yaml").experiment
+        except (ConfigError, OSError) as err:
+            configured, problem = None, f"experiments.yaml: {err}"
+        state = sources.home.root / STATE_FILE
+        if configured is not None:
+            config = load_state(sources.home, configured)
+            source = str(state) if config is not configured else str(configs / "experiments.yaml")
+        elif state.exists():
+            try:
+                config, source = ExperimentConfig.model_validate_json(state.read_text()), str(state)
+            except ValueError as err:
+                problem = f"{problem}; {state}: {' '.join(str(err).split())[:300]}"
+    if config is None:
+        return None, f"No experiment could be read ({problem or 'no config'})."
+    return _experiment_view(sources.home, config, source), None
+
+
+def _experiment_view(home: Home, config: ExperimentConfig, source: str) -> ExperimentView:
+    from serving.models.registry import ModelRegistry, RegistryError
+
+    registry = ModelRegistry(home.registry)
+    shares: dict[str, float] = {}
+    for r in config.ranges():
+        shares[r.arm] = shares.get(r.arm, 0.0) + (r.end - r.start)
+    arms = []
+    for name, spec in config.arms.items():
+        resolved, problem = None, None
+        try:
+            info = registry.get(f"{spec.model}:{spec.version}", verify=False)
+            resolved = f"{info.meta.name}:{info.meta.version} ({info.stage})"
+        except (RegistryError, OSError) as err:
+            problem = f"not in the registry: {' '.join(str(err).split())[:200]}"
+        arms.append(ArmView(name, spec.weight, shares.get(name, 0.0), spec.model, spec.version, resolved, problem))
+    shadow = config.shadow
+    return ExperimentView(
+        name=config.name,
+        source=source,
+        active=config.active,
+        coverage=config.coverage,
+        holdout_arm=config.holdout_arm,
+        fallback_order=config.fallback_order,
+        shadow=None if shadow is None else f"{shadow.model}:{shadow.version} on {shadow.sample_rate:.0%} of requests",
+        arms=arms,
+    )
+
+
+def read_audit(home: Home, limit: int = AUDIT_LIMIT) -> list[AuditEntry]:
+    """The newest experiment changes, from the tail of `<home>/audit.jsonl` (never the whole file)."""
+    path = home.root / AUDIT_FILE
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, 2)
+            fh.seek(max(0, size - AUDIT_TAIL_BYTES))
+            tail = fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    lines = tail.splitlines()
+    if len(tail) >= AUDIT_TAIL_BYTES:
+        lines = lines[1:]  # the first line was cut by the seek
+    entries = []
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            entries.append(_audit_entry(record))
+        if len(entries) >= limit:
+            break
+    return entries
+
+
+def _audit_entry(record: dict[str, Any]) -> AuditEntry:
+    old, new = record.get("old") or {}, record.get("new") or {}
+    changes = []
+    old_arms, new_arms = old.get("arms") or {}, new.get("arms") or {}
+    for arm in sorted(set(old_arms) | set(new_arms)):
+        a, b = old_arms.get(arm) or {}, new_arms.get(arm) or {}
+        for key in ("weight", "model", "version"):
+            if a.get(key) != b.get(key):
+                changes.append(f"{arm} {key} {a.get(key)} → {b.get(key)}")
+    for key in ("coverage", "active", "holdout_arm", "fallback_order", "shadow"):
+        if old.get(key) != new.get(key):
+            changes.append(f"{key} {old.get(key)} → {new.get(key)}")
+    moved = record.get("moved_share")
+    return AuditEntry(
+        ts=str(record.get("ts", "")),
+        actor=str(record.get("actor", "")),
+        summary="; ".join(changes) or "no field changed",
+        moved_share=float(moved) if isinstance(moved, int | float) else None,
+    )
+
+
+# ---- the experiment report -------------------------------------------------------------------------------------
+def _report(sources: DashboardSources) -> tuple[Any, str | None]:
+    try:
+        import experiments.report  # noqa: F401
+    except ImportError:
+        return None, "No experiment report yet: the experiment analysis is not installed."
+    return None, "No experiment report yet."
+
+
+# ---- drift --------------------------------------------------------------------------------------------------------
+def _drift(home: Home, verdicts: list[MonitorVerdict]) -> DriftView:
+    from monitoring.dashboard.plots import score_history
+
+    rows = [VerdictRow(v, report_url(home, v.report)) for v in verdicts]
+    latest: dict[tuple[str, str, str], VerdictRow] = {}
+    for row in rows:  # newest run first: the first row of a check is its latest
+        v = row.verdict
+        latest.setdefault((v.job, v.scope, v.check), row)
+    ordered = sorted(latest.values(), key=lambda r: (not r.verdict.alarm, r.verdict.scope, r.verdict.check))
+    return DriftView(
+        latest=ordered,
+        history=rows[:HISTORY_LIMIT],
+        plot=score_history(verdicts) if verdicts else None,
+        last_run=verdicts[0].ts if verdicts else None,
+    )
+
+
+def report_url(home: Home, path: str | None) -> str | None:
+    """The dashboard link of a report file, if it lies under `<home>/reports` and exists; else None."""
+    if not path:
+        return None
+    candidate = Path(path)
+    base = home.reports.resolve()
+    for full in [candidate] if candidate.is_absolute() else [home.reports / candidate, home.root / candidate]:
+        resolved = full.resolve()
+        if resolved.is_relative_to(base) and resolved.is_file():
+            return REPORTS_URL + quote(resolved.relative_to(base).as_posix())
+    return None
+
+
+def report_file(home: Home, relative: str) -> Path | None:
+    """The file under `<home>/reports` a dashboard link names; None for anything outside it or missing."""
+    base = home.reports.resolve()
+    if not relative or "\x00" in relative or Path(relative).is_absolute():
+        return None
+    target = (base / relative).resolve()  # resolves `..` and symlinks before the check
+    return target if target.is_relative_to(base) and target.is_file() else None

@@ -1,0 +1,103 @@
+"""The dashboard's HTTP side: a FastAPI router that the Serve app's ingress and the standalone server both include.
+
+    GET /dashboard                    the page (?q= an id to search; ?component=, ?level= filter the log list)
+    GET /dashboard/reports/<path>     a file under <home>/reports (the full Evidently reports); anything else is 404
+
+The router reads its `DashboardSources` from `app.state.dashboard`, which the including app sets. The page is
+rendered by Jinja2 with autoescaping on, so every text that came from an email (subjects, bodies, the log lines
+that quote them) is shown as text. The page carries no script, and its Content-Security-Policy forbids scripts
+besides; a report file is served sandboxed (its own scripts run, in an opaque origin).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from monitoring.dashboard.data import DashboardSources, gather, report_file
+
+PAGE_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'"
+REPORT_CSP = "sandbox allow-scripts allow-popups"
+router = APIRouter()
+
+
+def _when(ts: str | None) -> str:
+    if not ts:
+        return "—"
+    try:
+        return datetime.fromisoformat(ts).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return ts
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1%}"
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+@cache
+def environment() -> Environment:
+    env = Environment(
+        loader=PackageLoader("monitoring.dashboard", "templates"),
+        autoescape=select_autoescape(["html"], default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(when=_when, pct=_pct, num=_num)
+    return env
+
+
+def render_page(sources: DashboardSources, **params: Any) -> str:
+    return environment().get_template("dashboard.html").render(page=gather(sources, **params))
+
+
+def _sources(request: Request) -> DashboardSources:
+    sources = getattr(request.app.state, "dashboard", None)
+    if sources is None:
+        raise HTTPException(503, "the dashboard is not configured on this server yet")
+    return sources
+
+
+# Plain `def`: FastAPI runs these on its thread pool, so the store reads never block an event loop that routes mail.
+@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+def dashboard(
+    request: Request, q: str | None = None, component: str | None = None, level: str | None = None
+) -> HTMLResponse:
+    html = render_page(_sources(request), query=q, component=component, level=level)
+    return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"})
+
+
+@router.get("/dashboard/reports/{path:path}", include_in_schema=False)
+def report(request: Request, path: str) -> FileResponse:
+    target = report_file(_sources(request).home, path)
+    if target is None:
+        raise HTTPException(404, "no such report")
+    return FileResponse(target, headers={"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"})
+
+
+def standalone_app(sources: DashboardSources) -> FastAPI:
+    """The dashboard alone, for `mailroute dashboard`: the same router over the files, no Ray."""
+    app = FastAPI(title="mailroute dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.dashboard = sources
+    app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
+    return app
+
+
+def serve(sources: DashboardSources, host: str = "127.0.0.1", port: int = 8050) -> None:
+    """Run the standalone dashboard until Ctrl-C."""
+    import uvicorn
+
+    uvicorn.run(standalone_app(sources), host=host, port=port, log_level="warning")

@@ -1,0 +1,232 @@
+"""The dashboard over the files alone: empty store, escaping, search by either id, report files and traversal."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from monitoring.dashboard.data import DashboardSources, read_audit, report_file
+from monitoring.dashboard.routes import PAGE_CSP, standalone_app
+from serving.config import Home
+from serving.store.eventlog import FeedbackEvent, LogRecord, MonitorVerdict, PredictionEvent, open_event_log
+
+pytestmark = pytest.mark.unit
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+EVIL = "<script>alert('pwned')</script>"
+
+
+def ts(seconds: float) -> str:
+    return (T0 + timedelta(seconds=seconds)).isoformat()
+
+
+def prediction(request_id: str, at: float, **fields: Any) -> PredictionEvent:
+    values: dict[str, Any] = {
+        "request_id": request_id,
+        "ts": ts(at),
+        "user_key": "k" * 32,
+        "arm": "linear",
+        "model_name": "linear",
+        "model_version": "v1",
+        "queue": "billing",
+        "confidence": 0.9,
+        "fallback": False,
+        "reason": "confident",
+        "latency_ms": 3.0,
+        "experiment": "linear-vs-minilm",
+        "in_experiment": True,
+        "subject": "Invoice",
+        "body": "please send the invoice",
+    }
+    values.update(fields)
+    return PredictionEvent(**values)
+
+
+def client(home: Home) -> TestClient:
+    return TestClient(standalone_app(DashboardSources.from_files(home, CONFIGS)))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Home:
+    return Home(tmp_path / "home")
+
+
+@pytest.fixture
+def filled(home: Home) -> Home:
+    """A store with a routed email, a hostile one in triage, a fallback with log lines from two components."""
+    log = open_event_log(f"sqlite:///{home.event_log}")
+    log.record_predictions(
+        [
+            prediction("req-ok", 1, email_id="mail-ok"),
+            prediction(
+                "req-evil",
+                2,
+                email_id="mail-evil",
+                subject=EVIL,
+                queue="triage",
+                reason="low_confidence",
+                confidence=0.31,
+                secondary_queue="billing",
+            ),
+            prediction(
+                "req-fb",
+                3,
+                email_id="mail-fb",
+                arm="transformer",
+                fallback=True,
+                reason="fallback_to_linear:transformer_error",
+            ),
+        ]
+    )
+    log.record_feedback(FeedbackEvent("req-fb", ts(60), "shipping", handling_seconds=42.0, agent_id="agent-7"))
+    log.record_logs(
+        [
+            LogRecord(ts(3), "arm-transformer", "WARNING", "injected fault 'error'", "req-fb", "mail-fb"),
+            LogRecord(ts(3.1), "router", "WARNING", "arm transformer failed: RuntimeError", "req-fb", "mail-fb"),
+            LogRecord(ts(3.2), "router", "WARNING", "fallback: answered by arm linear", "req-fb", "mail-fb"),
+            LogRecord(ts(4), "event-writer", "ERROR", f"cannot write {EVIL}"),
+            LogRecord(ts(5), "router", "INFO", "an info line about nobody"),
+        ]
+    )
+    log.close()
+    return home
+
+
+def test_an_empty_home_says_so_in_words(home: Home) -> None:
+    response = client(home).get("/dashboard")
+    assert response.status_code == 200
+    page = response.text
+    assert "No event log yet" in page and "nothing has been routed" in page
+    assert "No drift run yet." in page
+    assert "No experiment report yet" in page
+    assert "No warning or error has been logged" in page
+    assert "No email was answered by a fallback" in page
+    assert "linear-vs-minilm" in page and "not in the registry" in page  # the configured experiment, no models yet
+    assert not home.event_log.exists()  # reading the page created nothing
+    missing = client(home).get("/dashboard", params={"q": "req-1"}).text
+    assert "no email can be found" in missing
+
+
+def test_page_lists_every_components_warnings_and_the_flagged_emails(filled: Home) -> None:
+    response = client(filled).get("/dashboard")
+    assert response.headers["content-security-policy"] == PAGE_CSP
+    page = response.text
+    for component in ("arm-transformer", "router", "event-writer"):
+        assert f'<td class="component">{component}</td>' in page
+    assert "an info line about nobody" not in page  # WARNING and above by default
+    assert "fallback_to_linear:transformer_error" in page and "low_confidence" in page
+    only_router = client(filled).get("/dashboard", params={"component": "router", "level": "INFO"}).text
+    assert "an info line about nobody" in only_router and "injected fault" not in only_router
+
+
+def test_text_from_emails_is_escaped(filled: Home) -> None:
+    for params in ({}, {"q": "req-evil"}):
+        page = client(filled).get("/dashboard", params=params).text
+        assert "<script>" not in page
+        assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in page
+    hostile_query = client(filled).get("/dashboard", params={"q": '"><img src=x onerror=alert(1)>'}).text
+    assert "<img src=x" not in hostile_query and "&lt;img src=x onerror=alert(1)&gt;" in hostile_query
+
+
+@pytest.mark.parametrize("query", ["req-fb", "mail-fb", "  req-fb  "])
+def test_search_by_either_id_shows_record_feedback_and_every_components_lines(filled: Home, query: str) -> None:
+    page = client(filled).get("/dashboard", params={"q": query}).text
+    found = page.split('<section id="search">')[1].split("</section>")[0]
+    assert "req-fb" in found and "mail-fb" in found and "fallback_to_linear:transformer_error" in found
+    assert "shipping" in found and "misrouted to billing" in found and "agent-7" in found  # the feedback
+    lines = found.split('id="search-logs"')[1]
+    assert lines.count('<td class="component">router</td>') == 2
+    assert lines.count('<td class="component">arm-transformer</td>') == 1
+    assert "cannot write" not in lines  # a line about no email is not about this one
+
+
+def test_a_bad_search_id_says_so(filled: Home) -> None:
+    page = client(filled).get("/dashboard", params={"q": "no-such-id"}).text
+    assert "No email has request_id or email_id &#39;no-such-id&#39;." in page
+    assert "No log line names this email." in page
+    too_long = client(filled).get("/dashboard", params={"q": "x" * 500}).text
+    assert "An id is at most 200 characters." in too_long
+
+
+def test_latest_verdict_per_check_links_its_report(filled: Home) -> None:
+    reports = filled.reports / "monitoring"
+    reports.mkdir(parents=True)
+    (reports / "drift-run2.html").write_text("<html><body>evidently</body></html>")
+    log = open_event_log(f"sqlite:///{filled.event_log}")
+    log.record_verdicts(
+        [
+            MonitorVerdict("run1", ts(100), "drift", "all", "text_drift", False, ts(0), ts(90), 0.2, 0.5),
+            MonitorVerdict(
+                "run2",
+                ts(200),
+                "drift",
+                "all",
+                "text_drift",
+                True,
+                ts(100),
+                ts(190),
+                0.8,
+                0.5,
+                str(reports / "drift-run2.html"),
+            ),
+            MonitorVerdict("run2", ts(200), "drift", "all", "accuracy", False, ts(100), ts(190), detail="no feedback"),
+        ]
+    )
+    log.close()
+    page = client(filled).get("/dashboard").text
+    latest = page.split('id="verdicts"')[1].split("</table>")[0]
+    assert latest.count("<tr>") == 3  # header + the two checks' latest rows, not run1's older row
+    assert '<td class="alarm">drift</td>' in latest and "no feedback" in latest
+    assert 'href="/dashboard/reports/monitoring/drift-run2.html"' in latest
+    assert 'id="drift-plot"' in page and "data:image/png;base64," in page
+    report = client(filled).get("/dashboard/reports/monitoring/drift-run2.html")
+    assert report.status_code == 200 and "evidently" in report.text
+    assert report.headers["content-security-policy"].startswith("sandbox")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../events.db",
+        "..%2Fevents.db",
+        "monitoring/../../events.db",
+        "%2e%2e/%2e%2e/etc/passwd",
+        "/etc/passwd",
+        "%2Fetc%2Fpasswd",
+        "outside-link",
+        "monitoring",
+        "nothing.html",
+    ],
+)
+def test_report_files_outside_the_reports_folder_are_refused(filled: Home, path: str) -> None:
+    (filled.reports / "monitoring").mkdir(parents=True)
+    (filled.reports / "outside-link").symlink_to(filled.event_log)
+    response = client(filled).get(f"/dashboard/reports/{path}")
+    assert response.status_code == 404
+    assert report_file(filled, path.replace("%2F", "/").replace("%2e", ".")) is None
+
+
+def test_running_experiment_and_audit_log(home: Home) -> None:
+    home.root.mkdir(parents=True)
+    base = {"arms": {"linear": {"weight": 0.5, "version": "champion"}, "transformer": {"weight": 0.5}}}
+    changed = {"arms": {"linear": {"weight": 0.8, "version": "champion"}, "transformer": {"weight": 0.2}}}
+    with (home.root / "audit.jsonl").open("w") as fh:
+        fh.write(json.dumps({"ts": ts(0), "actor": "ops<b>", "old": base, "new": changed, "moved_share": 0.3}) + "\n")
+        fh.write("not json\n")
+        fh.write(json.dumps({"ts": ts(9), "actor": "ops", "old": changed, "new": {**changed, "coverage": 0.5}}) + "\n")
+    entries = read_audit(home)
+    assert [e.summary for e in entries] == [
+        "coverage None → 0.5",
+        "linear weight 0.5 → 0.8; transformer weight 0.5 → 0.2",
+    ]
+    assert entries[1].moved_share == 0.3
+    page = client(home).get("/dashboard").text
+    audit = page.split('id="audit"')[1].split("</table>")[0]
+    assert "ops&lt;b&gt;" in audit and "30.0%" in audit
+    arms = page.split('id="arms"')[1].split("</table>")[0]
+    assert "linear:champion" in arms and "50.0%" in arms
