@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from experiments.analysis_config import AnalysisConfig
 from experiments.assign import HASH_VERSION, ArmRange, arm_ranges, shares, validate_ranges
 from serving.config import StrictModel, config_dir, load_config
 
@@ -71,6 +72,10 @@ class ExperimentConfig(StrictModel):
     holdout_arm: str = Field(
         description="Arm that serves users outside the experiment (the holdout, or everyone while inactive)."
     )
+    control: str | None = Field(
+        None,
+        description="Arm the others are compared with in the experiment report; unset means holdout_arm.",
+    )
     fallback_order: list[str] | None = Field(
         None,
         description="Arms to try, in order (skipping the one that failed), when the assigned arm fails; none "
@@ -120,6 +125,13 @@ class ExperimentConfig(StrictModel):
         _check_known([arm], info)
         return arm
 
+    @field_validator("control")
+    @classmethod
+    def _control_exists(cls, arm: str | None, info: ValidationInfo) -> str | None:
+        if arm is not None:
+            _check_known([arm], info)
+        return arm
+
     @field_validator("fallback_order")
     @classmethod
     def _fallbacks_exist(cls, order: list[str] | None, info: ValidationInfo) -> list[str] | None:
@@ -159,6 +171,11 @@ class ExperimentConfig(StrictModel):
         return layout
 
     @property
+    def control_arm(self) -> str:
+        """The arm challengers are compared with: `control`, else `holdout_arm`."""
+        return self.control or self.holdout_arm
+
+    @property
     def weights(self) -> dict[str, float]:
         """Arm weights normalised to sum to exactly 1 (the config allows ±1e-6, the assignment ±1e-9)."""
         total = sum(a.weight for a in self.arms.values())
@@ -180,6 +197,9 @@ class ExperimentsFile(StrictModel):
     """`configs/experiments.yaml`: one running experiment for now; a list can join it later."""
 
     experiment: ExperimentConfig = Field(description="The experiment the router runs.")
+    analysis: AnalysisConfig = Field(
+        default_factory=AnalysisConfig, description="How the experiment report judges the experiment."
+    )
 
 
 def load_experiments(path: str | Path | None = None) -> ExperimentsFile:

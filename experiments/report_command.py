@@ -1,0 +1,74 @@
+"""`mailroute experiment report`: load the configs and the running experiment, build the report, write it out.
+
+The Typer command in `experiments/cli.py` is a thin wrapper around `report_command`, which tests call directly.
+A bad `--since`/`--until` raises `ReportInputError` (one line; the CLI exits 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+
+from experiments.config import load_experiments
+from experiments.days import ReportInputError, parse_time
+from experiments.render import counts_csv, render_html, render_text
+from experiments.report import ExperimentReport, build_report
+from serving.config import Home, load_queues, load_serving
+
+
+def event_log_sql_url(home: Home) -> str:
+    """The SQLAlchemy URL of the event log that `serving.yaml` names (default `<home>/events.db`)."""
+    url = load_serving().event_log.url or f"sqlite:///{home.event_log}"
+    if url == "memory://":
+        raise ReportInputError("the event log is in memory (memory://): there is no file for a report to read")
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(f"no event log at {url.removeprefix('sqlite:///')}: nothing was routed yet")
+    return url
+
+
+def report_command(
+    home: Home,
+    *,
+    since: str | None = None,
+    until: str | None = None,
+    as_json: bool = False,
+    html: Path | None = None,
+    csv: Path | None = None,
+    now: datetime | None = None,
+    out: TextIO | None = None,
+) -> ExperimentReport:
+    """Build the report of the running experiment over `[since, until)` and print it (text, or JSON with
+    `as_json`); `html` and `csv` also write the HTML page and the daily counts per queue."""
+    from serving.control import AUDIT_FILE, load_state
+
+    out = out or sys.stdout
+    now = now or datetime.now(UTC)
+    experiments = load_experiments()
+    analysis = experiments.analysis
+    experiment = load_state(home, experiments.experiment)  # runtime weight changes live in <home>/experiment.json
+    start = None if since is None else parse_time(since, analysis.zone, now, "--since")
+    end = None if until is None else parse_time(until, analysis.zone, now, "--until")
+    if start is not None and end is not None and end <= start:
+        raise ReportInputError(f"--until ({until}) must be after --since ({since})")
+    if start is not None and start >= now:
+        raise ReportInputError(f"--since ({since}) is in the future")
+    report = build_report(
+        event_log_sql_url(home),
+        experiment=experiment,
+        analysis=analysis,
+        queues=load_queues(),
+        since=start,
+        until=end,
+        as_of=now,
+        audit_log=home.root / AUDIT_FILE,
+    )
+    if html is not None:
+        html.parent.mkdir(parents=True, exist_ok=True)
+        html.write_text(render_html(report), encoding="utf-8")
+    if csv is not None:
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        csv.write_text(counts_csv(report), encoding="utf-8")
+    out.write(report.to_json() + "\n" if as_json else render_text(report))
+    return report
