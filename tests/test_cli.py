@@ -96,6 +96,62 @@ def test_bad_arguments_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], 
     assert one_line_error(err).startswith("mailroute")
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["no-such-command"], "mailroute: no such command 'no-such-command'"),
+        (["models", "frobnicate"], "mailroute models: no such command 'frobnicate'"),
+        (["train", "linear"], "mailroute train linear: missing option '--data'"),
+        (["models", "show"], "mailroute models show: missing argument"),
+        (["data", "synth", "--n", "many", "--out", "x.jsonl"], "mailroute data synth: invalid value for '--n'"),
+        (["train", "linear", "--data", "x.csv", "--holdout", "half"], "mailroute train linear: invalid value"),
+        (["experiment", "set-weights", "linear"], "mailroute experiment set-weights: invalid value"),
+        (["models", "list", "--home", "x"], "mailroute models list: no such option: --home"),  # global ones go first
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_command(
+    capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    code, out, err = run(capsys, *args)
+    assert code == 2 and out == ""
+    assert one_line_error(err).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "group", [[], ["data"], ["train"], ["train", "transformer"], ["models"], ["experiment"], ["log"], ["monitor"]]
+)
+def test_help_of_every_group_exits_0(capsys: pytest.CaptureFixture[str], group: list[str]) -> None:
+    code, out, err = run(capsys, *group, "--help")
+    assert code == 0 and err == ""
+    assert out.startswith(f"Usage: {' '.join(['mailroute', *group])} ")
+    if not group:
+        for command in ("data", "train", "evaluate", "models", "serve", "experiment", "replay", "log", "monitor"):
+            assert f"\n  {command} " in out
+
+
+def test_ctrl_c_exits_130_with_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("training.pipeline.train_linear", interrupted)
+    code, _, err = run(capsys, "train", "linear", "--data", "x.csv")
+    assert code == 130
+    assert one_line_error(err) == "mailroute: interrupted"
+
+
+def test_help_and_registry_commands_import_no_heavy_module(tmp_path: Path) -> None:
+    """`mailroute --help` and `mailroute models list` stay fast: torch, Ray and pandas load only in the commands
+    that use them."""
+    script = (
+        "import sys; from serving.cli import main; "
+        f"main(['--help']); main(['--home', {str(tmp_path)!r}, 'models', 'list']); "
+        "print(sorted({'torch', 'ray', 'pandas', 'sklearn', 'transformers', 'evidently'} & set(sys.modules)))"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_bad_config_exits_2_naming_file_and_key(
     capsys: pytest.CaptureFixture[str], corpus: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from training.data import DataError, LoadedData, read_dataset
 from training.evaluate import EvalResult, evaluate_probabilities, write_report
 from training.guard import Baselines, majority, training_warnings
 from training.linear import fit_linear
+from training.progress import TrainProgress
 from training.split import fingerprint, stratified_split
 
 if TYPE_CHECKING:
@@ -149,11 +151,13 @@ def train_transformer_job(
     name: str = "transformer",
     parent: str | None = None,
     timeout_s: float | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    show_ray_logs: bool = True,
 ) -> TrainOutcome:
     """Fine-tune the transformer with Ray Train on the training split, score the test split, register a version.
 
     The run folder is named after the data fingerprint, so running the same command again after an interruption
-    resumes from the last epoch's checkpoint.
+    resumes from the last epoch's checkpoint. `on_progress` and `show_ray_logs` are `train_transformer`'s.
     """
     import shutil
 
@@ -180,6 +184,8 @@ def train_transformer_job(
         run_dir=run_dir,
         label_names=sorted(set(labels)),
         timeout_s=timeout_s,
+        on_progress=on_progress,
+        show_ray_logs=show_ray_logs,
     )
     predictor = TransformerPredictor.load(result.export_dir, threads=max(1, cfg.transformer.threads_per_worker))
     check = _check_and_blend(predictor, result.export_dir, texts, labels, train_idx, cfg)

@@ -6,6 +6,7 @@ validation macro-F1 (confusion matrices summed over the workers), a checkpoint (
 scheduler, `TrainState`) and early-stopping bookkeeping; Ray keeps the best checkpoints by macro-F1 and the
 latest one, and a second call on the same `run_dir` resumes from the latest. The best checkpoint is exported
 to `run_dir/model`, the folder `serving.models.transformer` loads.
+Rank 0 also keeps a progress file in `run_dir` that the driver polls for the caller's display (`training.progress`).
 
 The same code runs on one machine (a local cluster is started when none is running) and on a Ray cluster
 (`RAY_ADDRESS`); there `run_dir` must be on storage that every node sees.
@@ -24,12 +25,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from training import torch_loop
+from training.progress import PROGRESS_FILE, EpochScore, ProgressWatcher, ProgressWriter, TrainProgress
 from training.transformer_config import TransformerConfig
 
 logger = logging.getLogger(__name__)
@@ -65,10 +67,16 @@ def train_transformer(
     run_dir: Path,
     label_names: list[str] | None = None,
     resume: bool = True,
-    progress: bool = True,
     timeout_s: float | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    show_ray_logs: bool = True,
 ) -> TransformerRunResult:
-    """Fine-tune on (texts, labels), checkpointing into `run_dir`, and export the best epoch's model."""
+    """Fine-tune on (texts, labels), checkpointing into `run_dir`, and export the best epoch's model.
+
+    `on_progress` is called, from a thread of this process, with each new snapshot of the run (`training.progress`).
+    With `show_ray_logs` off, a cluster this call starts or joins keeps its processes' output and its driver-side
+    warnings out of this process's stderr; they stay in Ray's log files (`/tmp/ray/session_*/logs`).
+    """
     started = time.perf_counter()
     names = _check_inputs(texts, labels, cfg, label_names)
     train_idx, val_idx = torch_loop.split_train_val(labels, cfg.val_fraction, cfg.seed)
@@ -83,10 +91,14 @@ def train_transformer(
     ids = [label_id[label] for label in labels]
     # Tags this call's epochs in the history, which also holds the epochs of the calls it resumes.
     call_id = uuid.uuid4().hex
-    started_cluster = _connect_ray(cfg)
+    started_cluster = _connect_ray(cfg, show_ray_logs)
     try:
-        trainer = _build_trainer(texts, ids, names, train_idx, val_idx, cfg, run_dir, progress, timeout_s, call_id)
-        result = _fit(trainer, timeout_s)
+        trainer = _build_trainer(texts, ids, names, train_idx, val_idx, cfg, run_dir, timeout_s, call_id)
+        if on_progress is None:
+            result = _fit(trainer, timeout_s)
+        else:
+            with ProgressWatcher(run_dir / PROGRESS_FILE, call_id, on_progress):
+                result = _fit(trainer, timeout_s)
         return _export(result, names, cfg, run_dir, len(train_idx), len(val_idx), started, call_id)
     finally:
         if started_cluster:
@@ -151,7 +163,7 @@ def _prepare_run_dir(run_dir: Path, names: list[str], fingerprint: str, resume: 
     meta_path.write_text(json.dumps({"label_names": names, "data_fingerprint": fingerprint}), encoding="utf-8")
 
 
-def _connect_ray(cfg: TransformerConfig) -> bool:
+def _connect_ray(cfg: TransformerConfig, show_ray_logs: bool) -> bool:
     """Join the cluster at RAY_ADDRESS or a `ray start` cluster on this machine, else start a private local
     one; True when this call started it (and so must shut it down).
 
@@ -163,9 +175,12 @@ def _connect_ray(cfg: TransformerConfig) -> bool:
     if ray.is_initialized():
         return False
     runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}}
+    # log_to_driver: the workers' and Train controller's output (Ray's own warnings among it); logging_level: the
+    # driver's `ray` loggers, which ray.init resets.
+    output: dict[str, Any] = {} if show_ray_logs else {"log_to_driver": False, "logging_level": logging.ERROR}
     if os.environ.get("RAY_ADDRESS"):
         try:
-            ray.init(address="auto", runtime_env=runtime_env)
+            ray.init(address="auto", runtime_env=runtime_env, **output)
         except ConnectionError as err:
             raise TransformerTrainingError(
                 f"cannot reach the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
@@ -181,13 +196,14 @@ def _connect_ray(cfg: TransformerConfig) -> bool:
             object_store_memory=256 * 2**20,
             include_dashboard=False,
             runtime_env=runtime_env,
+            **output,
         )
         return True
     except ValueError as err:
         # ray.init found a cluster started with `ray start` here, which refuses sizing arguments: join it.
         if "existing cluster" not in str(err):
             raise
-    ray.init(runtime_env=runtime_env)
+    ray.init(runtime_env=runtime_env, **output)
     return False
 
 
@@ -199,7 +215,6 @@ def _build_trainer(
     val_idx: list[int],
     cfg: TransformerConfig,
     run_dir: Path,
-    progress: bool,
     timeout_s: float | None,
     call_id: str,
 ) -> Any:
@@ -229,7 +244,7 @@ def _build_trainer(
         "per_worker_batch": per_worker_batch,
         "steps_per_epoch": max(1, math.ceil(rows_per_worker / per_worker_batch)),
         "class_weights": None if weights is None else weights.tolist(),
-        "progress": progress,
+        "progress_file": str(run_dir / PROGRESS_FILE),
         "deadline": None if timeout_s is None else time.time() + timeout_s,
         "call_id": call_id,
     }
@@ -364,8 +379,8 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     names: list[str] = loop_config["label_names"]
     deadline: float | None = loop_config["deadline"]
-    if loop_config["progress"] and rank == 0:
-        _show_progress_here()
+    if rank == 0:
+        _log_progress_here()
 
     tokenizer = torch_loop.load_tokenizer(cfg)
     model = torch_loop.build_model(cfg, names, len(tokenizer))
@@ -378,6 +393,9 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state = torch_loop.load_checkpoint(Path(directory), model, optimizer, scheduler)
         if rank == 0:
             logger.info("resuming after epoch %d (best macro-F1 %.4f)", state.epoch, state.best_score)
+    steps_per_epoch: int = loop_config["steps_per_epoch"]
+    first = TrainProgress(loop_config["call_id"], cfg.epochs, state.epoch + 1, steps_per_epoch, state.epoch + 1, 0)
+    writer = ProgressWriter(Path(loop_config["progress_file"]), first) if rank == 0 else None
     ddp_model = prepare_model(model)  # DistributedDataParallel over gloo; a no-op wrapper for one worker
     weights = loop_config["class_weights"]
     loss_fn = torch.nn.CrossEntropyLoss(
@@ -397,12 +415,15 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
 
         def on_step(info: torch_loop.StepInfo, epoch: int = epoch) -> None:
-            if rank == 0 and loop_config["progress"] and info.step % cfg.log_every_steps == 0:
+            if writer is None:
+                return
+            writer.step(epoch, info.step)
+            if info.step % cfg.log_every_steps == 0:
                 logger.info(
                     "epoch %d step %d/%d loss %.4f %.1f samples/s",
                     epoch,
                     info.step,
-                    loop_config["steps_per_epoch"],
+                    steps_per_epoch,
                     info.loss,
                     info.samples_per_s * world,
                 )
@@ -430,7 +451,16 @@ def _train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "call_id": loop_config["call_id"],
         }
         state = state.after_epoch(record, scores["macro_f1"])
-        if rank == 0 and loop_config["progress"]:
+        if writer is not None:
+            writer.epoch_done(
+                EpochScore(
+                    epoch,
+                    record["train_loss"],
+                    record["val_macro_f1"],
+                    record["val_accuracy"],
+                    record["train_samples_per_s"],
+                )
+            )
             logger.info(
                 "epoch %d done: loss %.4f val macro-F1 %.4f accuracy %.4f (%.1f samples/s)",
                 epoch,
@@ -468,6 +498,6 @@ def every_nth(items: Iterator[Any], offset: int, step: int) -> Iterator[Any]:
             yield item
 
 
-def _show_progress_here() -> None:
-    """Let rank 0's progress lines through; Ray Train forwards worker log records to the driver's console."""
+def _log_progress_here() -> None:
+    """Let rank 0's progress lines into its worker log (and the driver's stderr when Ray forwards worker output)."""
     logger.setLevel(logging.INFO)

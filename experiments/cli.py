@@ -1,0 +1,82 @@
+"""The `mailroute experiment` group: read and change the experiment a running server serves.
+
+The whole group lives here, next to the experiment's config and assignment, so that commands about the experiment
+(`report` and later ones) join `show`, `set-weights` and `stop` in one module whatever they read: these three talk
+to the server's admin API through `serving.client` (imported in their bodies), a report reads the event log.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from serving.commands import DEFAULT_URL, JsonOption, UrlOption
+
+if TYPE_CHECKING:
+    from serving.client import MailrouteClient
+
+app = typer.Typer(help="read or change the running experiment")
+NameOption = Annotated[str | None, typer.Option(help="experiment name (default: the running one)", show_default=False)]
+
+
+def _admin_client(url: str) -> MailrouteClient:
+    """A client with the admin token from the environment variable that serving.yaml names."""
+    import os
+
+    from serving.client import MailrouteClient
+    from serving.config import load_serving
+
+    return MailrouteClient(url, admin_token=os.environ.get(load_serving().admin_token_env), retries=1)
+
+
+@app.command("show", help="show the running experiment")
+def show(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> None:
+    from serving.cli import print_json
+
+    with _admin_client(url) as client:
+        data = client.experiment()
+    if as_json:
+        print_json(data)
+        return
+    exp = data["experiment"]
+    print(f"experiment {exp['name']} ({'active' if exp['active'] else 'stopped'}), coverage {exp['coverage']}")
+    for arm, spec in exp["arms"].items():
+        print(f"  {arm:<14} {spec['model']}:{spec['version']:<10} weight {spec['weight']}")
+    print("  ranges: " + ", ".join(f"{r['arm']} [{r['start']:.4f}, {r['end']:.4f})" for r in data["ranges"]))
+
+
+def _parse_weights(items: list[str]) -> list[str]:
+    for item in items:
+        arm, sep, value = item.partition("=")
+        try:
+            float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not arm:
+            raise typer.BadParameter(f"expected ARM=WEIGHT, got '{item}'")
+    return items
+
+
+@app.command("set-weights", help="change arm weights (admin token from env)")
+def set_weights(
+    weights: Annotated[
+        list[str],
+        typer.Argument(metavar="ARM=WEIGHT", help="weights sum to 1", callback=_parse_weights, show_default=False),
+    ],
+    url: UrlOption = DEFAULT_URL,
+    name: NameOption = None,
+) -> None:
+    arms = {arm: float(value) for arm, _, value in (item.partition("=") for item in weights)}
+    with _admin_client(url) as client:
+        name = name or client.experiment()["experiment"]["name"]
+        result = client.change_experiment(name, {"arms": arms})
+    print(f"experiment {name}: weights {arms}; {result['moved_share']:.2%} of users changed arm")
+
+
+@app.command("stop", help="stop the experiment: everyone gets the holdout arm")
+def stop(url: UrlOption = DEFAULT_URL, name: NameOption = None) -> None:
+    with _admin_client(url) as client:
+        name = name or client.experiment()["experiment"]["name"]
+        client.change_experiment(name, {"active": False})
+    print(f"experiment {name} stopped: every user is served by the holdout arm")

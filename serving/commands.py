@@ -1,0 +1,205 @@
+"""Serving's commands: `mailroute serve`, `models list|show|promote|rollback`, `replay` and `log stats`.
+
+The registry commands read the registry folder directly (no server needed); `serve` starts Ray Serve and blocks;
+`replay` plays a labelled file against a running server. Each command imports what it needs in its body, so
+`mailroute models list` pays for neither Ray nor torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+
+from serving.cli import options, print_json
+
+if TYPE_CHECKING:
+    from serving.models.registry import ModelRegistry
+
+app = typer.Typer()
+models_app = typer.Typer(help="the model registry")
+log_app = typer.Typer(help="the event log")
+app.add_typer(models_app, name="models")
+app.add_typer(log_app, name="log")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+UrlOption = Annotated[str, typer.Option(help="the running service")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+# ---- registry ------------------------------------------------------------------------------------------------
+def _registry(ctx: typer.Context) -> ModelRegistry:
+    from serving.models.registry import ModelRegistry
+
+    return ModelRegistry(options(ctx).resolve_home().registry)
+
+
+@models_app.command("list", help="list registered versions")
+def models_list(
+    ctx: typer.Context,
+    name: Annotated[str | None, typer.Option(help="only this model's versions", show_default=False)] = None,
+    as_json: JsonOption = False,
+) -> None:
+    from serving.models.registry import VersionInfo
+
+    rows = []
+    for item in _registry(ctx).versions(name):
+        if isinstance(item, VersionInfo):
+            m = item.meta
+            rows.append(
+                {
+                    "model": f"{m.name}:{m.version}",
+                    "kind": m.kind,
+                    "stage": item.stage,
+                    "created": m.created,
+                    "labels": len(m.labels),
+                    "accuracy": m.metrics.get("accuracy"),
+                    "macro_f1": m.metrics.get("macro_f1"),
+                }
+            )
+        else:
+            rows.append({"model": f"{item[0]}:{item[1]}", "stage": "corrupt", "error": item[2]})
+    if as_json:
+        print_json(rows)
+    elif not rows:
+        print("no models registered yet (train one: mailroute train linear --data PATH)")
+    else:
+        for row in rows:
+            if row["stage"] == "corrupt":
+                print(f"{row['model']:<24} CORRUPT  {row['error']}")
+            else:
+                print(
+                    f"{row['model']:<24} {row['kind']:<12} {row['stage']:<10} {row['created']}  "
+                    f"labels {row['labels']:<3} accuracy {row['accuracy']}  macro-F1 {row['macro_f1']}"
+                )
+
+
+@models_app.command("show", help="show one version")
+def models_show(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="name, name:champion, name:canary, name:latest or name:vN")],
+    as_json: JsonOption = False,
+) -> None:
+    info = _registry(ctx).get(model, verify=True)
+    data = {**info.meta.to_json(), "stage": info.stage, "path": str(info.path)}
+    if as_json:
+        print_json(data)
+        return
+    data.pop("files")
+    warnings = data.pop("warnings")
+    for key, value in data.items():
+        print(f"{key}: {value}")
+    for warning in warnings:
+        print(f"WARNING: {warning}")
+
+
+@models_app.command("promote", help="make a version champion (or canary)")
+def models_promote(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Argument(help="name:vN, name:latest, ...")],
+    stage: Annotated[Literal["champion", "canary"], typer.Option()] = "champion",
+) -> None:
+    info = _registry(ctx).promote(model, stage)
+    print(f"{info.meta.name}:{info.meta.version} is now {info.stage}")
+
+
+@models_app.command("rollback", help="restore the previous champion")
+def models_rollback(ctx: typer.Context, name: Annotated[str, typer.Argument(help="model name")]) -> None:
+    info = _registry(ctx).rollback(name)
+    print(f"{info.meta.name}:{info.meta.version} is champion again")
+
+
+# ---- serving -------------------------------------------------------------------------------------------------
+@app.command("serve", help="serve the A/B experiment over HTTP (local Ray, or $RAY_ADDRESS)")
+def serve(
+    ctx: typer.Context,
+    port: Annotated[
+        int | None, typer.Option(help="HTTP port (default: serving.yaml's, 8000)", show_default=False)
+    ] = None,
+    exit_after_start: Annotated[bool, typer.Option("--exit-after-start", hidden=True)] = False,
+) -> None:
+    import signal
+    import time
+
+    from experiments.config import load_experiments
+    from serving import launch
+    from serving.config import load_queues, load_serving
+
+    queues, serving = load_queues(), load_serving()
+    experiment = load_experiments().experiment
+
+    running = launch.start(options(ctx).resolve_home(), queues, serving, experiment, port=port)
+
+    def terminate(signum: int, frame: object) -> None:  # SIGTERM stops as cleanly as Ctrl-C: no orphan proxy
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)  # after ray.init, which installs a handler of its own
+    print(f"mailroute serving at {running.url} ({running.proxy} proxy); Ctrl-C stops", flush=True)
+    if exit_after_start:
+        launch.stop(running.started_ray)
+        return
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping (flushing the event log)...", file=sys.stderr)
+        launch.stop(running.started_ray)
+
+
+@app.command(
+    "replay", help="send a labelled file's emails (and labels as feedback) to a server, as a mail gateway would"
+)
+def replay(
+    data: Annotated[Path, typer.Option(help="CSV, JSONL, mbox or .eml folder")],
+    label_col: Annotated[str, typer.Option(help="column holding the true queue")] = "label",
+    url: UrlOption = DEFAULT_URL,
+    n: Annotated[int, typer.Option("--n", help="at most this many emails (0: all)")] = 0,
+    feedback: Annotated[
+        bool, typer.Option("--feedback", help="send each label back as agent feedback, as a helpdesk would")
+    ] = False,
+) -> None:
+    from serving.client import MailrouteClient
+    from training.data import read_dataset
+
+    loaded = read_dataset(data, label_col=label_col, require_labels=feedback)
+    frame = loaded.frame.head(n) if n else loaded.frame
+    routed = correct = triaged = 0
+    with MailrouteClient(url, retries=3) as client:
+        for row in frame.itertuples():
+            user = str(row.user_id or f"replay-{row.Index}")
+            answer = client.route(user, subject=str(row.subject), body=str(row.body), email_id=str(row.email_id))
+            routed += 1
+            triaged += answer["queue"] == "triage"
+            correct += answer["queue"] == row.label
+            if feedback:
+                client.feedback(answer["request_id"], str(row.label), handling_seconds=30.0, agent_id="replay")
+    auto = routed - triaged
+    print(f"routed {routed} emails: {auto} auto-routed ({correct} to the right queue), {triaged} to triage"
+          + (f"; sent {routed} feedback records" if feedback else ""))  # fmt: skip
+
+
+@log_app.command("stats", help="count logged emails by arm, queue and fallback reason")
+def log_stats(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    from serving.config import load_serving
+    from serving.store.eventlog import open_event_log
+
+    home = options(ctx).resolve_home()
+    url = load_serving().event_log.url or f"sqlite:///{home.event_log}"
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(f"no event log at {url.removeprefix('sqlite:///')}: nothing was routed yet")
+    stats = open_event_log(url).stats()
+    data: dict[str, Any] = {"predictions": stats.predictions, "feedback": stats.feedback, "by_arm": stats.by_arm,
+            "by_queue": stats.by_queue, "by_fallback_reason": stats.by_fallback_reason,
+            "feedback_accuracy": stats.feedback_accuracy}  # fmt: skip
+    if as_json:
+        print_json(data)
+        return
+    print(f"{stats.predictions} routed emails, {stats.feedback} with feedback")
+    for key in ("by_arm", "by_queue", "by_fallback_reason"):
+        print(
+            f"  {key.removeprefix('by_')}: " + (", ".join(f"{k} {v}" for k, v in sorted(data[key].items())) or "none")
+        )
+    if stats.feedback_accuracy is not None:
+        print(f"  accuracy on feedback: {stats.feedback_accuracy:.4f}")
