@@ -83,6 +83,7 @@ def build_app() -> typer.Typer:
     modules can import this one's shared pieces."""
     from experiments.cli import app as experiment_app
     from monitoring.cli import app as monitor_app
+    from monitoring.dashboard.cli import dashboard
     from serving.commands import app as serving_app
     from training.cli import app as training_app
 
@@ -97,9 +98,8 @@ def build_app() -> typer.Typer:
     app.add_typer(serving_app)  # serve, models, replay, log
     app.add_typer(experiment_app, name="experiment")
     app.add_typer(monitor_app, name="monitor")
-    # Top-level commands that belong to no group are added here from their package, as `dashboard` will be:
-    #     from <package>.cli import dashboard
-    #     app.command("dashboard")(dashboard)
+    # Top-level commands that belong to no group are added here from their package.
+    app.command("dashboard")(dashboard)  # the ops page from the files alone (monitoring/dashboard)
     return app
 
 
@@ -108,6 +108,7 @@ def _usage_message(err: typer.TyperException) -> str:
     ctx = getattr(err, "ctx", None)
     where = ctx.command_path if ctx is not None else "mailroute"
     message = " ".join(err.format_message().split()).rstrip(".")
+    message = message.replace("Value error, ", "").replace("Input should be a valid", "expected a valid")
     return f"{where}: {message[:1].lower()}{message[1:]}"
 
 
