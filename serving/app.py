@@ -217,7 +217,11 @@ class Router:
         self._event_log, self._writer, self._salt = event_log, writer, salt
         self.config_version = 0
         api.state.dashboard = DashboardSources(
-            self.home, event_log, store_url, live_experiment=lambda: self.core.experiment if self.core else None
+            self.home,
+            event_log,
+            store_url,
+            live_experiment=lambda: self.core.experiment if self.core else None,
+            queues=self.queues,
         )
         # Serve buffers request-path log records (1,000 in throughput mode) with no time limit: flush every second,
         # so that a quiet replica's records reach its log file too.

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from typing import Any
 from urllib.parse import quote
 
 from experiments.config import ExperimentConfig, load_experiments
-from serving.config import ConfigError, Home, config_dir, load_serving
+from serving.config import ConfigError, Home, QueuesConfig, config_dir, load_queues, load_serving
 from serving.control import AUDIT_FILE, STATE_FILE, load_state
 from serving.policy import LOW_CONFIDENCE
 from serving.store.eventlog import (
@@ -52,6 +54,7 @@ AUDIT_TAIL_BYTES = 256 * 1024  # read at most this much of the end of audit.json
 MAX_QUERY_CHARS = 200
 LOG_LEVEL_CHOICES = ("WARNING", "ERROR", "INFO")
 REPORTS_URL = "/dashboard/reports/"
+REPORT_TTL_S = 60.0  # the experiment report aggregates the whole window in SQL: build it at most once a minute
 
 
 # ---- values the template renders ----------------------------------------------------------------------------------
@@ -110,6 +113,13 @@ class SearchView:
 
 
 @dataclass(frozen=True)
+class ReportView:
+    report: Any  # experiments.report.ExperimentReport
+    trends: str | None  # data: URI of the daily trend plots
+    built: str  # when it was built (it is cached for REPORT_TTL_S)
+
+
+@dataclass(frozen=True)
 class LogFilter:
     level: str = "WARNING"
     component: str | None = None
@@ -123,7 +133,7 @@ class Page:
     experiment: ExperimentView | None
     experiment_note: str | None
     audit: list[AuditEntry]
-    report: Any  # the experiment report, once experiments.report provides one
+    report: ReportView | None
     report_note: str | None
     drift: DriftView
     logs: list[LogRecord]
@@ -144,6 +154,10 @@ class DashboardSources:
     store_label: str
     config_dir: Path | None = None
     live_experiment: Callable[[], ExperimentConfig | None] | None = None
+    queues: QueuesConfig | None = None
+    report_ttl_s: float = REPORT_TTL_S
+    _report_cache: dict[str, tuple[float, ReportView]] = field(default_factory=dict, repr=False)
+    _report_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_files(cls, home: Home, configs: Path | None = None) -> DashboardSources:
@@ -167,9 +181,10 @@ def gather(
     sources: DashboardSources, *, query: str | None = None, level: str | None = None, component: str | None = None
 ) -> Page:
     notes: list[str] = []
-    experiment, experiment_note = _experiment(sources)
+    config, experiment_source, experiment_note = _experiment_config(sources)
+    experiment = None if config is None else _experiment_view(sources.home, config, experiment_source)
     log_filter = LogFilter(level if level in LOG_LEVEL_CHOICES else "WARNING", component or None)
-    report, report_note = _report(sources)
+    report, report_note = _report(sources, config)
     store = sources.event_log
     logs: list[LogRecord] = []
     flagged: list[PredictionEvent] = []
@@ -228,12 +243,17 @@ def _components(experiment: ExperimentView | None) -> list[str]:
 
 
 # ---- the experiment -------------------------------------------------------------------------------------------------
-def _experiment(sources: DashboardSources) -> tuple[ExperimentView | None, str | None]:
+def _configs(sources: DashboardSources) -> Path:
+    return sources.config_dir or config_dir()
+
+
+def _experiment_config(sources: DashboardSources) -> tuple[ExperimentConfig | None, str, str | None]:
+    """The running experiment, where it was read, and why none could be read."""
     config, source, problem = None, "", None
     if sources.live_experiment is not None:
         config, source = sources.live_experiment(), "the running app"
     if config is None:
-        configs = sources.config_dir or config_dir()
+        configs = _configs(sources)
         try:
             configured = load_experiments(configs / "experiments.yaml").experiment
         except (ConfigError, OSError) as err:
@@ -248,8 +268,8 @@ def _experiment(sources: DashboardSources) -> tuple[ExperimentView | None, str |
             except ValueError as err:
                 problem = f"{problem}; {state}: {' '.join(str(err).split())[:300]}"
     if config is None:
-        return None, f"No experiment could be read ({problem or 'no config'})."
-    return _experiment_view(sources.home, config, source), None
+        return None, "", f"No experiment could be read ({problem or 'no config'})."
+    return config, source, None
 
 
 def _experiment_view(home: Home, config: ExperimentConfig, source: str) -> ExperimentView:
@@ -329,12 +349,54 @@ def _audit_entry(record: dict[str, Any]) -> AuditEntry:
 
 
 # ---- the experiment report -------------------------------------------------------------------------------------
-def _report(sources: DashboardSources) -> tuple[Any, str | None]:
+def _report(sources: DashboardSources, experiment: ExperimentConfig | None) -> tuple[ReportView | None, str | None]:
+    """`experiments.report.build_report` over the whole log, cached for `report_ttl_s`; else a sentence saying why."""
     try:
-        import experiments.report  # noqa: F401
+        from experiments.report import build_report
     except ImportError:
         return None, "No experiment report yet: the experiment analysis is not installed."
-    return None, "No experiment report yet."
+    store = sources.event_log
+    if store is None:
+        return None, "No experiment report yet: nothing has been routed."
+    url = store.sql_url
+    if url is None:
+        return None, "No experiment report for an event log without SQL (the memory store)."
+    if experiment is None:
+        return None, "No experiment report: no experiment could be read."
+    key = experiment.model_dump_json()
+    with sources._report_lock:  # one build at a time; the others wait for it and read the cache
+        cached = sources._report_cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < sources.report_ttl_s:
+            return cached[1], None
+        try:
+            analysis = _analysis(sources)
+            queues = sources.queues or load_queues(_configs(sources) / "queues.yaml")
+            report = build_report(
+                url,
+                experiment=experiment,
+                analysis=analysis,
+                queues=queues,
+                audit_log=sources.home.root / AUDIT_FILE,
+            )
+        except Exception as err:  # the rest of the page must render whatever the analysis does
+            log.warning("dashboard: the experiment report failed: %s: %s", type(err).__name__, err)
+            return None, f"The experiment report could not be built: {' '.join(str(err).split())[:300]}"
+        from monitoring.dashboard.plots import daily_trends
+
+        view = ReportView(report, daily_trends(report), utc_now())
+        sources._report_cache.clear()
+        sources._report_cache[key] = (time.monotonic(), view)
+        return view, None
+
+
+def _analysis(sources: DashboardSources) -> Any:
+    from experiments.analysis_config import AnalysisConfig
+
+    try:
+        file = load_experiments(_configs(sources) / "experiments.yaml")
+    except (ConfigError, OSError):
+        return AnalysisConfig()
+    return getattr(file, "analysis", None) or AnalysisConfig()
 
 
 # ---- drift --------------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import io
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from serving.store.eventlog import MonitorVerdict
 
@@ -49,4 +50,47 @@ def score_history(verdicts: Sequence[MonitorVerdict]) -> str | None:
     locator = AutoDateLocator()
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+    return png_data_uri(figure)
+
+
+TRENDS = (
+    ("net_saving", "net saving (agent min / email)"),
+    ("accuracy", "routing accuracy"),
+    ("auto_route_coverage", "auto-route coverage"),
+    ("fallback_rate", "fallback rate"),
+)
+
+
+def daily_trends(report: Any) -> str | None:
+    """Per-arm KPIs by day from an experiment report's `daily` groups, each with its interval as a band."""
+    from matplotlib.figure import Figure
+
+    daily = list(getattr(report, "daily", ()) or ())
+    if not daily:
+        return None
+    days = sorted({g.key for g in daily})
+    arms = sorted({g.arm for g in daily})
+    figure = Figure(figsize=(12, 2.6))
+    for i, (name, title) in enumerate(TRENDS):
+        axes = figure.add_subplot(1, len(TRENDS), i + 1)
+        for arm in arms:
+            points = []
+            for g in daily:
+                value = g.values.get(name) if g.arm == arm else None
+                if value is not None and value.estimate is not None:
+                    points.append((days.index(g.key), value.estimate, value.lo, value.hi))
+            if not points:
+                continue
+            points.sort()
+            x = [p[0] for p in points]
+            axes.plot(x, [p[1] for p in points], marker="o", markersize=3, label=arm)
+            bands = [(p[0], p[2], p[3]) for p in points if p[2] is not None and p[3] is not None]
+            if bands:
+                axes.fill_between([b[0] for b in bands], [b[1] for b in bands], [b[2] for b in bands], alpha=0.15)
+        axes.set_title(title, fontsize=9)
+        axes.set_xticks(range(len(days)), [d[5:] for d in days], fontsize=7, rotation=45 if len(days) > 7 else 0)
+        axes.tick_params(axis="y", labelsize=7)
+        axes.grid(alpha=0.3)
+    figure.axes[0].legend(fontsize=7)
+    figure.tight_layout()
     return png_data_uri(figure)

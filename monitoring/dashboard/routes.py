@@ -20,6 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from monitoring.dashboard.data import DashboardSources, gather, report_file
+from serving.store.eventlog import MonitorVerdict
 
 PAGE_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'"
 REPORT_CSP = "sandbox allow-scripts allow-popups"
@@ -43,6 +44,18 @@ def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
+def _verdict(v: MonitorVerdict) -> str:
+    if v.alarm:
+        return "drift"
+    # A check the job could not run (no reference, too few rows) is not a clean bill of health.
+    skipped = (v.detail or "").startswith("skipped") or (v.score is None and v.threshold is None and v.detail)
+    return "skipped" if skipped else "no drift"
+
+
+def _verdict_class(v: MonitorVerdict) -> str:
+    return {"drift": "alarm", "no drift": "ok"}.get(_verdict(v), "empty")
+
+
 @cache
 def environment() -> Environment:
     env = Environment(
@@ -51,7 +64,7 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(when=_when, pct=_pct, num=_num)
+    env.filters.update(when=_when, pct=_pct, num=_num, verdict=_verdict, verdict_class=_verdict_class)
     return env
 
 

@@ -7,6 +7,7 @@ The set-up installs Debian's `chromium` and `chromium-driver` when they are miss
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -104,7 +105,19 @@ def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port:
         finally:
             _set_fault("transformer", None)
         assert running["faulty"]["reason"] == "fallback_to_linear:transformer_error"
+        running["monitoring"] = _monitoring_run(home, running["serving"])
         yield running
+
+
+def _monitoring_run(home: Home, serving: Any) -> bool:
+    """A real monitoring run over the traffic (its verdict rows are what the page shows); False until it exists."""
+    try:
+        from monitoring.config import MonitoringConfig
+        from monitoring.job import run_monitoring
+    except ImportError:
+        return False
+    run_monitoring(home, MonitoringConfig(), serving, arms=("linear", "transformer"))
+    return True
 
 
 def _components_about(app: dict[str, Any], request_id: str, timeout_s: float = 20.0) -> set[str]:
@@ -141,11 +154,21 @@ def test_dashboard_in_chromium(app: dict[str, Any], browser: Any) -> None:
     assert "router" in logs and "arm-transformer" in logs and "injected fault" in logs
     flagged = browser.find_element(By.ID, "flagged-emails").text
     assert "fallback_to_linear:transformer_error" in flagged
-    # Parts that other work provides: until they have landed, the page says so in words.
+    # The experiment report and the drift verdicts come from other packages: until they exist, the page says so.
     report = browser.find_element(By.ID, "report").text
+    if importlib.util.find_spec("experiments.report") is None:
+        assert "No experiment report yet" in report
+    else:
+        kpis = browser.find_element(By.ID, "kpis").text
+        assert "linear (control)" in kpis and "transformer" in kpis and "routing accuracy" in kpis
+        assert "Recommendation:" in browser.find_element(By.ID, "recommendation").text
+        assert browser.find_elements(By.ID, "srm") and browser.find_elements(By.ID, "guardrails")
     drift = browser.find_element(By.ID, "drift").text
-    assert "No experiment report yet" in report or "linear" in report
-    assert "No drift run yet" in drift or "drift" in drift
+    if not app["monitoring"]:
+        assert "No drift run yet" in drift
+    else:
+        verdicts = browser.find_element(By.ID, "verdicts").text
+        assert "all" in verdicts and ("no drift" in verdicts or "drift" in verdicts)
 
     # Search: paste the request id into the box, as ops would.
     box = browser.find_element(By.ID, "q")

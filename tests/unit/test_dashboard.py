@@ -181,7 +181,8 @@ def test_latest_verdict_per_check_links_its_report(filled: Home) -> None:
     page = client(filled).get("/dashboard").text
     latest = page.split('id="verdicts"')[1].split("</table>")[0]
     assert latest.count("<tr>") == 3  # header + the two checks' latest rows, not run1's older row
-    assert '<td class="alarm">drift</td>' in latest and "no feedback" in latest
+    assert '<td class="alarm">drift</td>' in latest
+    assert '<td class="empty">skipped</td>' in latest and "no feedback" in latest  # not shown as "no drift"
     assert 'href="/dashboard/reports/monitoring/drift-run2.html"' in latest
     assert 'id="drift-plot"' in page and "data:image/png;base64," in page
     report = client(filled).get("/dashboard/reports/monitoring/drift-run2.html")
@@ -230,3 +231,47 @@ def test_running_experiment_and_audit_log(home: Home) -> None:
     assert "ops&lt;b&gt;" in audit and "30.0%" in audit
     arms = page.split('id="arms"')[1].split("</table>")[0]
     assert "linear:champion" in arms and "50.0%" in arms
+
+
+def test_the_experiment_report_shows_each_arms_kpis_and_the_recommendation(filled: Home) -> None:
+    pytest.importorskip("experiments.report", reason="the experiment report has not landed")
+    page = client(filled).get("/dashboard").text
+    report = page.split('<section id="report">')[1].split("</section>")[0]
+    # The transformer's only email was answered by a fallback: a broken guardrail, whatever it saves.
+    assert 'id="recommendation"' in report and "roll back transformer" in report
+    assert "fallback rate 100.00% above the 2.00% limit" in report
+    kpis = report.split('id="kpis"')[1].split("</table>")[0]
+    assert "<th>linear (control)</th>" in kpis and "<th>transformer</th>" in kpis
+    assert "routing accuracy" in kpis and "net saving" in kpis
+    assert 'id="srm"' in report and 'id="guardrails"' in report
+    totals = report.split('id="daily-totals"')[1].split("</table>")[0]
+    assert totals.count("<th>") == 1 and "2026-03-02" in totals  # days with mail only
+
+
+def test_mailroute_dashboard_serves_the_page_from_the_files(filled: Home) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-c", "from serving.cli import main; raise SystemExit(main())"]
+    args = ["--home", str(filled.root), "--config-dir", str(CONFIGS), "dashboard", "--port", str(port)]
+    server = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/dashboard", params={"q": "mail-fb"}, timeout=5)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout and server.stdout.read()
+                time.sleep(0.2)
+        assert page.status_code == 200 and "req-fb" in page.text and "arm-transformer" in page.text
+    finally:
+        server.terminate()
+        server.wait(10)
