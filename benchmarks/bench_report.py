@@ -72,7 +72,7 @@ def generate(path: Path, n: int, users: int = 50_000, seed: int = 7) -> float:
         fallback = rng.random(m) < 0.004
         all_failed = fallback & (rng.random(m) < 0.1)
         queue = np.where(triage | all_failed, "triage", names[routed])
-        other = np.where(rng.random(m) < 0.1, names[true_q], None)
+        other = np.where(rng.random(m) < 0.1, names[true_q].astype(object), np.full(m, None, dtype=object))
         secondary = np.where(triage, names[routed].astype(object), other)
         reason = np.where(
             all_failed,

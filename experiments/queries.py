@@ -7,10 +7,11 @@ per group.
 
 Portable SQL (SQLite today, PostgreSQL in a later issue): timestamps are ISO 8601 UTC text compared as text;
 a row's local day is a balanced tree of CASE expressions over the days' UTC starts computed in Python (a join
-against a list of days made SQLite walk the ts index row by row); latency percentiles come from a histogram with
-three significant digits (GROUP BY bucket; within 1% of the exact nearest-rank value, and histograms of days and
-versions merge exactly into the arm's). The dialect-specific bits are `_flag` (booleans are 0/1 integers in
-SQLite), `_floor` and `_tune` (SQLite pragmas).
+against a list of days made SQLite walk the ts index row by row). The per-email rows are summed once per
+(arm, model version, day, user) into a temporary table that every breakdown groups further. Latency percentiles
+come from a histogram with three significant digits (GROUP BY bucket): the exact nearest-rank value rounded down
+to 3 significant digits, so within 1% below it; histograms of days and versions merge exactly into the arm's.
+The dialect-specific bits are `_flag` (booleans are 0/1 integers in SQLite), `_floor` and `_tune` (pragmas).
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ def moments(
 
 # Latency histogram: three significant digits, so a percentile is within 1% of the exact one. In the decade
 # [10^d, 10^(d+1)) ms (d = -2..4) the bucket is floor(v / 10^(d-2)), 100..999, stored as (d+3)*1000 + bucket;
-# below 0.01 ms is bucket 0, from 100 s on bucket 8000.
+# below 0.01 ms is bucket 0 (reported as 0), from 100 s on bucket 8000 (reported as 100,000 ms).
 _DECADES = range(-2, 5)
 
 
@@ -260,8 +261,9 @@ def latency_histogram(conn: Connection, scope: Scope) -> list[tuple[str, str, st
     v = p.c.latency_ms
     whens = [(v < 0.01, sa.literal(0))]
     for d in _DECADES:
-        width = 10.0 ** (d - 2)
-        whens.append((v < 10.0 ** (d + 1), (d + 3) * 1000 + _floor(conn, v / width)))
+        # Integer multipliers and divisors, so a value on a bucket edge (10.0 ms) lands in its own bucket.
+        scaled = v * 10 ** (2 - d) if d < 2 else v / 10 ** (d - 2)
+        whens.append((v < 10.0 ** (d + 1), (d + 3) * 1000 + _floor(conn, scaled)))
     bucket = sa.case(*whens, else_=sa.literal(8000)).label("bucket")
     keys = [p.c.arm, p.c.model_name, p.c.model_version, day_of(p.c.ts, scope.days).label("day")]
     q = (
@@ -277,21 +279,21 @@ def latency_histogram(conn: Connection, scope: Scope) -> list[tuple[str, str, st
     return [(r[0], r[1], r[2], r[3], int(r[4]), int(r[5])) for r in conn.execute(q)]
 
 
-def bucket_upper_ms(bucket: int) -> float:
-    """The upper edge of a histogram bucket, in ms (what a percentile falling in it reports)."""
+def bucket_floor_ms(bucket: int) -> float:
+    """The lower edge of a histogram bucket, in ms: a value rounded down to three significant digits."""
     if bucket == 0:
-        return 0.01
+        return 0.0
     if bucket >= 8000:
-        return float("inf")
+        return 100_000.0
     d, j = bucket // 1000 - 3, bucket % 1000
-    return (j + 1) * 10.0 ** (d - 2)
+    return j / 10 ** (2 - d) if d < 2 else float(j * 10 ** (d - 2))
 
 
 def percentiles(
     hist: Sequence[tuple[str, str, str, str, int, int]], key: Any
 ) -> dict[tuple[Any, ...], dict[int, float]]:
-    """Nearest-rank percentiles (PERCENTILES) per group, `key(row)` naming a row's group: the upper edge of the
-    bucket holding rank ceil(p·n/100)."""
+    """Nearest-rank percentiles (PERCENTILES) per group, `key(row)` naming a row's group: the lower edge of the
+    bucket holding rank ceil(p·n/100), i.e. the exact value rounded down to three significant digits."""
     groups: dict[tuple[Any, ...], dict[int, int]] = {}
     for row in hist:
         g = groups.setdefault(key(row), {})
@@ -302,7 +304,7 @@ def percentiles(
         cum = np.cumsum([counts[b] for b in buckets])
         n = int(cum[-1])
         ranks = {p: -(-p * n // 100) for p in PERCENTILES}  # ceil(p·n/100) in integers
-        out[name] = {p: bucket_upper_ms(int(buckets[np.searchsorted(cum, r)])) for p, r in ranks.items()}
+        out[name] = {p: bucket_floor_ms(int(buckets[np.searchsorted(cum, r)])) for p, r in ranks.items()}
     return out
 
 
