@@ -7,6 +7,7 @@ to the server's admin API through `serving.client` (imported in their bodies), a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -80,3 +81,25 @@ def stop(url: UrlOption = DEFAULT_URL, name: NameOption = None) -> None:
         name = name or client.experiment()["experiment"]["name"]
         client.change_experiment(name, {"active": False})
     print(f"experiment {name} stopped: every user is served by the holdout arm")
+
+
+@app.command("report", help="KPIs, intervals, SRM, guardrails and a recommendation, from the event log")
+def report(
+    ctx: typer.Context,
+    since: Annotated[
+        str | None,
+        typer.Option(help="window start: ISO 8601, a local date (2026-01-31), or a span back (24h, 7d)"),
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="window end (exclusive), same forms; default now")] = None,
+    as_json: JsonOption = False,
+    html: Annotated[Path | None, typer.Option(help="also write a self-contained HTML page here")] = None,
+    csv: Annotated[Path | None, typer.Option(help="also write the daily counts per queue as CSV here")] = None,
+) -> None:
+    from experiments.days import ReportInputError
+    from experiments.report_command import report_command
+    from serving.cli import options
+
+    try:
+        report_command(options(ctx).resolve_home(), since=since, until=until, as_json=as_json, html=html, csv=csv)
+    except ReportInputError as err:
+        raise typer.BadParameter(str(err)) from None

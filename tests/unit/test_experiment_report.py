@@ -379,3 +379,15 @@ def test_analysis_config_is_strict_and_the_runtime_change_path_still_validates()
     assert changed.control == "linear" and changed.weights == pytest.approx({"linear": 0.8, "transformer": 0.2})
     assert experiment(control=None).control_arm == "linear"  # unset: the holdout arm
     assert all(f.description for f in AnalysisConfig.model_fields.values())
+
+
+def test_cli_bad_since_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: Any, capsys: Any) -> None:
+    from serving.cli import main
+
+    monkeypatch.setenv("MAILROUTE_CONFIG_DIR", str(ROOT / "configs"))
+    SQLiteEventLog(tmp_path / "events.db").record_predictions([pred("2026-03-01T10:00:00+00:00", "u", "linear", "x")])
+    assert main(["--home", str(tmp_path), "experiment", "report", "--since", "last tuesday"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--since 'last tuesday' is not a time" in err
+    assert main(["--home", str(tmp_path), "experiment", "report", "--since", "2026-03-01", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["experiment"] == "linear-vs-minilm"
