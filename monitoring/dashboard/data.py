@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 LOG_LIMIT = 200  # recent warnings and errors shown
 FLAGGED_LIMIT = 50  # fallbacks and low-confidence emails shown
+FLAGGED_DAYS = 7  # ... from this many days back: bounds the index scan when flagged emails are rare
 SEARCH_LOG_LIMIT = 500  # log lines shown for one email
 VERDICT_LIMIT = 500  # verdict rows read (latest per check + history)
 HISTORY_LIMIT = 60  # verdict rows listed in the history table
@@ -194,7 +196,8 @@ def gather(
     else:
         try:
             logs = store.logs(min_level=log_filter.level, component=log_filter.component, limit=LOG_LIMIT)
-            flagged = store.flagged_predictions(reasons=(LOW_CONFIDENCE,), limit=FLAGGED_LIMIT)
+            since = (datetime.now(UTC) - timedelta(days=FLAGGED_DAYS)).isoformat()
+            flagged = store.flagged_predictions(since=since, reasons=(LOW_CONFIDENCE,), limit=FLAGGED_LIMIT)
             drift = _drift(sources.home, store.verdicts(limit=VERDICT_LIMIT))
         except (EventLogError, OSError) as err:  # a store that went away: say so on the page
             notes.append(f"Could not read the event log: {err}")
