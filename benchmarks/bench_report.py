@@ -143,7 +143,7 @@ def main() -> None:
         print(f"generated {args.n:,} predictions in {gen_s:.1f} s")
     queues_path = ROOT / "configs" / "queues.yaml"
     analysis = AnalysisConfig.model_validate({"time_zone": "Europe/Berlin"})
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), time.process_time()
     report = build_report(
         f"sqlite:///{args.db}",
         experiment=EXPERIMENT,
@@ -153,8 +153,12 @@ def main() -> None:
         until=START + timedelta(days=DAYS),
         as_of=START + timedelta(days=DAYS + 3),
     )
-    report_s = time.perf_counter() - started
-    print(f"report (SQL aggregation, intervals, SRM, differences): {report_s:.1f} s")
+    report_s, report_cpu_s = time.perf_counter() - started, time.process_time() - cpu0
+    load = os.getloadavg()[0]
+    print(
+        f"report (SQL aggregation, intervals, SRM, differences): {report_s:.1f} s wall, {report_cpu_s:.1f} s CPU "
+        f"(load average {load:.1f} on {os.cpu_count()} cores)"
+    )
     print(f"  {report.recommendation.sentence}")
     naive_s = None if args.no_naive else naive(args.db, queues_path)
     if naive_s is not None:
@@ -165,6 +169,8 @@ def main() -> None:
         "feedback_share": _feedback_share(args.db),
         "generate_s": None if gen_s is None else round(gen_s, 2),
         "report_s": round(report_s, 2),
+        "report_cpu_s": round(report_cpu_s, 2),
+        "load_average_1min": round(load, 2),
         "naive_pandas_s": None if naive_s is None else round(naive_s, 2),
         "ratio_naive_over_report": None if naive_s is None else round(naive_s / report_s, 2),
         "days": len(report.days),
