@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from experiments.config import ExperimentConfig
 from serving import control
 from serving.app import APP_NAME
-from serving.config import Home, QueuesConfig, ServingConfig
+from serving.config import Home, QueuesConfig, ServingConfig, config_dir
 
 log = logging.getLogger(__name__)
 BASE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}
@@ -132,6 +132,9 @@ def start(
     """Start Ray (if needed) and Serve, deploy the app, and wait until it runs."""
     from ray import serve
 
+    from monitoring.schedule import monitoring_config
+
+    monitoring_config(config_dir())  # a malformed monitoring.yaml is a ConfigError before anything starts
     port = port or serving.port
     env = ray_env(serving, port)
     proxy = "haproxy" if "RAY_SERVE_ENABLE_HA_PROXY" in env else "default"
@@ -154,9 +157,22 @@ def start(
         started = _start_ray(num_cpus, env)
         serve.start(http_options={"host": serving.host, "port": port})
     deploy(home, queues, serving, experiment)
+    _start_jobs(home, serving)
     url = f"http://{'127.0.0.1' if serving.host in ('0.0.0.0', '::') else serving.host}:{port}"
     log.info("mailroute serving at %s (%s proxy)", url, proxy)
     return Running(url=url, proxy=proxy, started_ray=started)
+
+
+def _start_jobs(home: Home, serving: ServingConfig) -> None:
+    """The scheduled monitoring jobs beside the app (monitoring.schedule): a num_cpus=0 actor off the request path.
+    A failure to start them only warns: the app serves without them."""
+    from monitoring.schedule import start_scheduler
+
+    try:
+        start_scheduler(home, config_dir(), serving, APP_NAME)
+    except Exception as err:
+        log.warning("scheduled monitoring jobs did not start (%s: %s); the app serves without them",
+                    type(err).__name__, err)  # fmt: skip
 
 
 def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment: ExperimentConfig) -> None:
@@ -178,7 +194,10 @@ def stop(started_ray: bool = True) -> None:
     import ray
     from ray import serve
 
+    from monitoring.schedule import stop_scheduler
+
     try:
+        stop_scheduler()
         serve.shutdown()
     finally:
         if started_ray:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.special import softmax
 
+from monitoring.reference import training_reference, with_reference
 from serving.config import Home, load_serving
 from serving.mail.text import PREPROCESSING_VERSION
 from serving.models.linear import LinearTextClassifier
@@ -118,14 +119,14 @@ def train_linear(
         calib_labels=_pick(split.calib, labels),
     )
     threshold = load_serving().policy.confidence_threshold
-    test = evaluate_probabilities(
-        model.labels, _pick(split.test, labels), model.predict_proba(_pick(split.test, texts)), threshold
-    )
+    test_proba = model.predict_proba(_pick(split.test, texts))
+    test = evaluate_probabilities(model.labels, _pick(split.test, labels), test_proba, threshold)
     seconds = time.perf_counter() - started
     registry = ModelRegistry(home.registry)
+    reference = training_reference(data.frame, split.test, test_proba, model.labels)  # for drift monitoring
     meta = registry.register(
         name,
-        model.save,
+        with_reference(model.save, reference),
         kind="linear",
         labels=model.labels,
         preprocessing_version=PREPROCESSING_VERSION,
@@ -203,9 +204,10 @@ def train_transformer_job(
     def copy_export(folder: Path) -> None:
         shutil.copytree(result.export_dir, folder, dirs_exist_ok=True)
 
+    reference = training_reference(data.frame, split.test, proba, predictor.labels)  # for drift monitoring
     meta = ModelRegistry(home.registry).register(
         name,
-        copy_export,
+        with_reference(copy_export, reference),
         kind="transformer",
         labels=predictor.labels,
         preprocessing_version=PREPROCESSING_VERSION,

@@ -1,0 +1,217 @@
+"""`configs/monitoring.yaml`: windows, each drift check's method and threshold, the family-wise alpha, retention,
+alerts and schedules, as one strict pydantic model.
+
+Every check names its method. A p-value method (`ks`, `chisquare`, `text_content_drift_p`, ...) takes no threshold
+of its own: the run splits `family_alpha` over all the p-value tests it runs (Bonferroni), so the chance that a
+run with no drift raises any alarm stays at or under `family_alpha` however many arms there are. A score method
+(`wasserstein`, `jensenshannon`, `abs_text_content_drift`, ...) compares an effect size with a pinned threshold and
+must name it; such a test has no false-alarm probability the run could control, so it takes no share of alpha and
+the docs (docs/monitoring.md) say so.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from serving.config import StrictModel, config_dir, load_config
+
+# Evidently's stat tests by what their score is. p-value tests alarm when p < threshold, score tests when the
+# distance or AUC is above it. `text_content_drift_p` is ours (monitoring.stats): Evidently's domain classifier
+# with its ROC AUC turned into a p-value.
+P_VALUE_METHODS = {
+    "text": ("text_content_drift_p", "perc_text_content_drift"),
+    "numerical": ("ks", "mannw", "anderson", "cramer_von_mises", "t_test", "es"),
+    "categorical": ("chisquare", "z", "g_test", "fisher_exact", "TVD"),
+}
+SCORE_METHODS = {
+    "text": ("abs_text_content_drift",),
+    "numerical": ("wasserstein", "psi", "kl_div", "hellinger", "jensenshannon", "ed"),
+    "categorical": ("jensenshannon", "psi", "kl_div", "hellinger"),
+}
+DESCRIPTORS = ("length", "word_count", "oov_share", "non_letter_share")
+TEXT_COLUMNS = ("subject", "body")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `30m`, `24h`, `7d`, `2w` as a timedelta; anything else is a ValueError meant for a person."""
+    match = _DURATION.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"'{text}' is not a duration; use a positive number and a unit: 30m, 24h, 7d")
+    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+
+
+class CheckSpec(StrictModel):
+    """One drift check: the Evidently stat test it runs and, for a score test, the threshold it alarms above."""
+
+    method: str = Field(description="Evidently stat test name (see P_VALUE_METHODS / SCORE_METHODS).")
+    threshold: float | None = Field(
+        None, gt=0, description="Score tests only: alarm above this score. p-value tests take theirs from family_alpha."
+    )
+
+
+def _check_method(spec: CheckSpec, kind: str, where: str) -> CheckSpec:
+    if spec.method in P_VALUE_METHODS[kind]:
+        if spec.threshold is not None:
+            raise ValueError(
+                f"{where}: '{spec.method}' is a p-value test; its threshold comes from family_alpha (Bonferroni), "
+                "remove 'threshold'"
+            )
+    elif spec.method in SCORE_METHODS[kind]:
+        if spec.threshold is None:
+            raise ValueError(f"{where}: '{spec.method}' is a score test and needs a pinned 'threshold'")
+    else:
+        known = ", ".join((*P_VALUE_METHODS[kind], *SCORE_METHODS[kind]))
+        raise ValueError(f"{where}: unknown method '{spec.method}' for a {kind} check; use one of {known}")
+    return spec
+
+
+def _pvalue(method: str) -> CheckSpec:
+    return CheckSpec(method=method)
+
+
+class TextChecks(StrictModel):
+    """Text-content drift per stored text column (Evidently's domain classifier between reference and window)."""
+
+    subject: CheckSpec = Field(default_factory=lambda: _pvalue("text_content_drift_p"), description="Subject line.")
+    body: CheckSpec = Field(default_factory=lambda: _pvalue("text_content_drift_p"), description="Body text.")
+
+
+class DescriptorChecks(StrictModel):
+    """Drift of the model-free descriptors of subject + body (monitoring.descriptors)."""
+
+    length: CheckSpec = Field(default_factory=lambda: _pvalue("ks"), description="Characters.")
+    word_count: CheckSpec = Field(default_factory=lambda: _pvalue("ks"), description="Words.")
+    oov_share: CheckSpec = Field(
+        default_factory=lambda: _pvalue("ks"), description="Share of words outside the training vocabulary."
+    )
+    non_letter_share: CheckSpec = Field(
+        default_factory=lambda: _pvalue("ks"), description="Share of non-space characters that are not letters."
+    )
+
+
+class QualityCheck(StrictModel):
+    """Routing accuracy from feedback against the version's accuracy on its held-out reference sample."""
+
+    tolerance: float = Field(
+        0.05, ge=0, lt=1, description="Alarm only when accuracy is significantly below reference accuracy minus this."
+    )
+    min_feedback: int = Field(30, ge=1, description="Fewer feedback records than this in a scope: check skipped.")
+    sources: tuple[Literal["agent", "audit", "labelling"], ...] = Field(
+        ("agent", "audit", "labelling"),
+        min_length=1,
+        description="Feedback sources counted. Agents mostly send corrections, which biases accuracy low; "
+        "where they do, set [audit].",
+    )
+
+
+class Checks(StrictModel):
+    text: TextChecks = Field(default_factory=TextChecks, description="Text-content drift per column.")
+    descriptors: DescriptorChecks = Field(default_factory=DescriptorChecks, description="Descriptor drift.")
+    prediction: CheckSpec = Field(
+        default_factory=lambda: _pvalue("chisquare"),
+        description="Predicted queue mix vs the version's predictions on its reference sample.",
+    )
+    confidence: CheckSpec = Field(
+        default_factory=lambda: _pvalue("ks"),
+        description="Top-class probability vs the version's on its held-out reference sample (stored at training).",
+    )
+    quality: QualityCheck = Field(default_factory=QualityCheck, description="Accuracy from feedback.")
+
+    @model_validator(mode="after")
+    def _methods(self) -> Checks:
+        for column in TEXT_COLUMNS:
+            _check_method(getattr(self.text, column), "text", f"checks.text.{column}")
+        for name in DESCRIPTORS:
+            _check_method(getattr(self.descriptors, name), "numerical", f"checks.descriptors.{name}")
+        _check_method(self.prediction, "categorical", "checks.prediction")
+        _check_method(self.confidence, "numerical", "checks.confidence")
+        return self
+
+
+class ReferenceSpec(StrictModel):
+    sample_size: int = Field(
+        2000, ge=50, description="Held-out rows of the training data stored with each version as its reference."
+    )
+    seed: int = Field(0, description="Seed of the reference sample.")
+
+
+class RetentionSpec(StrictModel):
+    """How many reports of each kind are kept under <home>/reports/monitoring (older ones are deleted)."""
+
+    drift: int = Field(48, ge=1, description="Drift reports (one per scope per run).")
+    quality: int = Field(48, ge=1, description="Classification-quality reports (one per scope per run).")
+    runs: int = Field(200, ge=1, description="Run summaries (runs/*.json).")
+    workspace: int = Field(500, ge=1, description="Snapshots per project in the Evidently workspace.")
+
+
+class AlertSpec(StrictModel):
+    """Where alarms are posted: a JSON POST per alarming run. No URL: no alerts."""
+
+    webhook_url: str | None = Field(None, description="URL to POST alarms to.")
+    webhook_url_env: str | None = Field(
+        "MAILROUTE_ALERT_WEBHOOK", description="Env var holding the URL (wins over webhook_url when set)."
+    )
+    timeout_s: float = Field(5.0, gt=0, description="Per-attempt timeout.")
+    attempts: int = Field(3, ge=1, le=10, description="Attempts before giving up (exponential back-off).")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"webhook_url '{value}' must start with http:// or https://")
+        return value
+
+
+class ScheduleSpec(StrictModel):
+    """Jobs that run by themselves while `mailroute serve` runs (and under `mailroute monitor schedule`)."""
+
+    enabled: bool = Field(True, description="Start the scheduler actor with the Serve app.")
+    monitor_every: str = Field("1h", description="Interval between monitoring runs, e.g. 15m, 1h.")
+    kpi_report_every: str = Field("1h", description="Interval between KPI reports (once experiments.report exists).")
+    first_run_after: str = Field("5m", description="Delay before the first runs after start.")
+
+    @field_validator("monitor_every", "kpi_report_every", "first_run_after")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class MonitoringConfig(StrictModel):
+    """`configs/monitoring.yaml`."""
+
+    window: str = Field("24h", description="Default window of the event log a run reads, ending now.")
+    min_rows: int = Field(50, ge=5, description="A scope with fewer emails in the window gets its checks skipped.")
+    max_rows: int = Field(
+        50_000, ge=100, description="A scope with more emails is checked on a random sample of this many."
+    )
+    family_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Chance that a run with no drift raises any p-value alarm (Bonferroni)."
+    )
+    checks: Checks = Field(default_factory=Checks, description="Each check's method and threshold.")
+    reference: ReferenceSpec = Field(default_factory=ReferenceSpec, description="Reference sample stored at training.")
+    retention: RetentionSpec = Field(default_factory=RetentionSpec, description="Reports kept per kind.")
+    alerts: AlertSpec = Field(default_factory=AlertSpec, description="Webhook for alarms.")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="Scheduled jobs.")
+    html: bool = Field(True, description="Write an HTML report beside each JSON one (about 4 MB each, no CDN).")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def window_delta(self) -> timedelta:
+        return parse_duration(self.window)
+
+
+def load_monitoring(path: str | Path | None = None) -> MonitoringConfig:
+    return load_config(path or config_dir() / "monitoring.yaml", MonitoringConfig)

@@ -1,0 +1,245 @@
+"""Jobs that run by themselves: the monitoring run (and, once it lands, the KPI report) on the intervals of
+`configs/monitoring.yaml`.
+
+Three ways to run the same job function (`run_monitor_job`):
+
+- beside `mailroute serve`: `serving.launch.start()` starts `SchedulerActor`, a small Ray actor owned by the serving
+  driver with `num_cpus=0` (it never takes a CPU reservation the replicas need) that also lowers its own OS priority,
+  so on a busy machine the routing path wins. Its loop runs each due job in a worker thread; a job that raises is
+  logged (process log and a `LogRecord` of component "monitor" in the store) and runs again on the next tick; the
+  actor leaves by itself when the Serve app is gone, and `launch.stop()` ends it;
+- `mailroute monitor schedule --every 1h`: the same loop in the foreground, without a server or Ray;
+- on a cluster, from any scheduler you already have: `ray job submit -- mailroute monitor run` (exit code 3 on drift).
+
+monitoring.yaml is read again at every tick, so a changed interval or threshold applies without a restart, and a
+file broken while the server runs fails that tick (logged) instead of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monitoring.config import MonitoringConfig, load_monitoring, parse_duration
+from serving.config import Home, ServingConfig
+
+log = logging.getLogger(__name__)
+
+ACTOR_NAME = "mailroute-scheduler"
+APP_CHECK_EVERY_S = 10.0
+RETRY_AFTER_S = 60.0  # after a failed tick whose job intervals are not known yet
+
+
+def monitoring_config(config_dir: Path) -> MonitoringConfig:
+    """monitoring.yaml of `config_dir`, or the defaults where there is none (a malformed one is a ConfigError)."""
+    path = Path(config_dir) / "monitoring.yaml"
+    return load_monitoring(path) if path.exists() else MonitoringConfig()
+
+
+def run_monitor_job(home: Home, config_dir: Path, serving: ServingConfig) -> dict[str, Any]:
+    """One monitoring run with the config as it is now; returns the run's summary (RunResult.to_json())."""
+    from monitoring.job import configured_arms, run_monitoring
+
+    result = run_monitoring(home, monitoring_config(config_dir), serving, arms=configured_arms(config_dir))
+    return result.to_json()
+
+
+def run_kpi_report_job(home: Home, config_dir: Path, serving: ServingConfig) -> dict[str, Any] | None:
+    """THE KPI REPORT PLUGS IN HERE. When `experiments.report.build_report` is committed, call it with the event
+    log's SQL URL and the experiment/analysis/queues configs of `config_dir`, write its JSON/HTML under
+    `<home>/reports/experiments/`, post its guardrail and SRM alarms with `monitoring.alerts.post_alarms`, and
+    add "kpi_report" to `jobs()` below. Until then it is not scheduled."""
+    return None
+
+
+JobFunc = Callable[[Home, Path, ServingConfig], "dict[str, Any] | None"]
+
+
+def jobs(cfg: MonitoringConfig, monitor_every_s: float | None = None) -> dict[str, tuple[JobFunc, float]]:
+    """The scheduled jobs and their intervals in seconds (`monitor_every_s` overrides the config's)."""
+    every = monitor_every_s or parse_duration(cfg.schedule.monitor_every).total_seconds()
+    return {"monitor": (run_monitor_job, every)}
+
+
+@dataclass
+class Ticker:
+    """When each job is due next. Pure bookkeeping: the loops below call `due` and `done`."""
+
+    first_after_s: float
+    start: float
+    next_due: dict[str, float] = field(default_factory=dict)
+    intervals: dict[str, float] = field(default_factory=dict)  # the last interval seen per job
+
+    def due(self, intervals: dict[str, float], now: float) -> list[str]:
+        for name, interval in intervals.items():
+            self.next_due.setdefault(name, self.start + self.first_after_s)
+            self.intervals[name] = interval
+        return [name for name in intervals if self.next_due[name] <= now]
+
+    def done(self, name: str, interval_s: float, now: float) -> None:
+        """A run of `name` ended at `now` (ok or failed): the next is one interval later, never in a burst."""
+        self.next_due[name] = now + interval_s
+
+    def postpone_all(self, now: float, default_s: float) -> None:
+        """Nothing could run this tick (a broken config): try again one interval later."""
+        for name in self.intervals or {"monitor": default_s}:
+            self.done(name, self.intervals.get(name, default_s), now)
+
+    def sleep_s(self, now: float, cap: float) -> float:
+        if not self.next_due:
+            return min(cap, max(0.0, self.start + self.first_after_s - now))
+        return max(0.0, min(cap, min(self.next_due.values()) - now))
+
+
+@dataclass
+class JobState:
+    runs: int = 0
+    failures: int = 0
+    last_ok: str | None = None  # run_id or "ok"
+    last_error: str | None = None
+
+
+def run_due(
+    home: Home,
+    config_dir: Path,
+    serving: ServingConfig,
+    ticker: Ticker,
+    states: dict[str, JobState],
+    now: float,
+    monitor_every_s: float | None = None,
+) -> None:
+    """Run every due job once; failures are logged and recorded, never raised."""
+    from monitoring.job import report_failure
+
+    try:
+        cfg = monitoring_config(config_dir)
+    except Exception as err:  # a broken monitoring.yaml fails this tick; the next one reads it again
+        report_failure(home, serving, err, job="scheduler")
+        ticker.postpone_all(now, RETRY_AFTER_S)
+        return
+    for name, (func, interval) in jobs(cfg, monitor_every_s).items():
+        if name not in ticker.due({name: interval}, now):
+            continue
+        state = states.setdefault(name, JobState())
+        try:
+            out = func(home, config_dir, serving)
+            state.last_ok = str((out or {}).get("run_id", "ok"))
+            state.last_error = None
+        except Exception as err:
+            state.failures += 1
+            state.last_error = f"{type(err).__name__}: {err}"
+            report_failure(home, serving, err, job=name)
+        state.runs += 1
+        ticker.done(name, interval, time.monotonic())
+
+
+def run_forever(
+    home: Home,
+    config_dir: Path,
+    serving: ServingConfig,
+    *,
+    every: str | None = None,
+    stop: threading.Event | None = None,
+    on_run: Callable[[dict[str, JobState]], None] | None = None,
+) -> dict[str, JobState]:
+    """`mailroute monitor schedule`: run the jobs in this process until `stop` is set (Ctrl-C for the CLI).
+    `every` overrides the monitoring interval of the config; the first run is at once."""
+    stop = stop or threading.Event()
+    ticker = Ticker(first_after_s=0.0, start=time.monotonic())
+    states: dict[str, JobState] = {}
+    override = parse_duration(every).total_seconds() if every else None
+    while not stop.is_set():
+        before = sum(state.runs for state in states.values())
+        run_due(home, config_dir, serving, ticker, states, time.monotonic(), override)
+        if on_run is not None and sum(state.runs for state in states.values()) != before:
+            on_run(states)
+        stop.wait(ticker.sleep_s(time.monotonic(), 30.0))
+    return states
+
+
+class SchedulerActor:
+    """The Ray actor beside the Serve app (wrapped with `ray.remote` in `start_scheduler`)."""
+
+    def __init__(self, home: str, config_dir: str, serving: dict[str, Any], app_name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.nice(10)  # off the routing path: replicas on the same cores get the CPU first
+        self.home, self.config_dir = Home(Path(home)), Path(config_dir)
+        self.serving = ServingConfig.model_validate(serving)
+        self.app_name = app_name
+        self.states: dict[str, JobState] = {}
+        self.ticker: Ticker | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> bool:
+        cfg = monitoring_config(self.config_dir)
+        first = parse_duration(cfg.schedule.first_run_after).total_seconds()
+        self.ticker = Ticker(first_after_s=first, start=time.monotonic())
+        self.task = asyncio.get_running_loop().create_task(self._loop())
+        return True
+
+    async def _loop(self) -> None:
+        assert self.ticker is not None
+        checked = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - checked >= APP_CHECK_EVERY_S:
+                checked = now
+                if not await asyncio.to_thread(self._app_running):
+                    log.info("the Serve app %s is gone: the scheduler stops", self.app_name)
+                    import ray
+
+                    ray.actor.exit_actor()
+            try:
+                await asyncio.to_thread(
+                    run_due, self.home, self.config_dir, self.serving, self.ticker, self.states, time.monotonic()
+                )
+            except Exception:  # run_due records job failures itself; this is a bug in the loop: keep ticking
+                log.exception("scheduler tick failed")
+                self.ticker.postpone_all(time.monotonic(), RETRY_AFTER_S)
+            await asyncio.sleep(max(0.2, self.ticker.sleep_s(time.monotonic(), APP_CHECK_EVERY_S)))
+
+    def _app_running(self) -> bool:
+        from ray import serve
+
+        try:
+            return self.app_name in serve.status().applications
+        except Exception:  # Serve shut down
+            return False
+
+    async def status(self) -> dict[str, Any]:
+        return {name: vars(state).copy() for name, state in self.states.items()}
+
+
+def start_scheduler(home: Home, config_dir: Path, serving: ServingConfig, app_name: str) -> Any | None:
+    """Start (or restart) the scheduler actor on the running Ray, unless monitoring.yaml switches it off.
+    A malformed monitoring.yaml is a ConfigError here, before anything is started."""
+    import ray
+
+    cfg = monitoring_config(config_dir)
+    stop_scheduler()
+    if not cfg.schedule.enabled:
+        log.info("scheduled jobs are off (monitoring.yaml schedule.enabled: false)")
+        return None
+    actor_cls = ray.remote(num_cpus=0, max_restarts=0)(SchedulerActor)
+    handle: Any = actor_cls.options(name=ACTOR_NAME).remote(
+        str(home.root), str(Path(config_dir).absolute()), serving.model_dump(mode="json"), app_name
+    )
+    ray.get(handle.start.remote(), timeout=60)
+    log.info("scheduled jobs started: monitoring every %s", cfg.schedule.monitor_every)
+    return handle
+
+
+def stop_scheduler() -> None:
+    """End the scheduler actor of this Ray namespace, if one runs."""
+    import ray
+
+    with contextlib.suppress(ValueError):  # ValueError: none running
+        ray.kill(ray.get_actor(ACTOR_NAME))
