@@ -206,6 +206,31 @@ def user_sums(conn: Connection, cells: sa.Table) -> dict[str, tuple[list[str], n
     return {arm: (keys, np.asarray(vals, dtype=float)) for arm, (keys, vals) in out.items()}
 
 
+def first_arms(conn: Connection, scope: Scope) -> list[tuple[str, str, str]]:
+    """(user_key, first ts, arm of that first email) per user of the experiment in the window: the SRM check counts
+    each user once, in the arm that first served them (one row per user, like `user_sums`)."""
+    p = P.alias("p")
+    in_window = sa.and_(
+        p.c.ts >= scope.days[0].lo,
+        p.c.ts < scope.days[-1].hi,
+        p.c.experiment == scope.experiment,
+        _flag(p.c.in_experiment),
+    )
+    first = sa.select(p.c.user_key, sa.func.min(p.c.ts).label("ts")).where(in_window).group_by(p.c.user_key)
+    f = first.subquery("first_seen")
+    q2 = P.alias("q")
+    rows = conn.execute(
+        sa.select(q2.c.user_key, q2.c.ts, q2.c.arm)
+        .select_from(q2.join(f, sa.and_(q2.c.user_key == f.c.user_key, q2.c.ts == f.c.ts)))
+        .where(q2.c.experiment == scope.experiment, _flag(q2.c.in_experiment))
+        .order_by(q2.c.user_key, q2.c.arm)
+    )
+    seen: dict[str, tuple[str, str, str]] = {}
+    for user, ts, arm in rows:
+        seen.setdefault(user, (user, ts, arm))  # two first emails in one microsecond: the first arm by name
+    return list(seen.values())
+
+
 def _pairs(queues: QueuesConfig, names: Sequence[str] | None) -> list[tuple[int, int]]:
     """Column pairs (i <= j) whose cross-products the KPIs `names` (None: all) need."""
     index = {c: i for i, c in enumerate(COLUMNS)}

@@ -26,7 +26,7 @@ from experiments.days import Day, local_days, log_ts
 from experiments.kpi import COLUMNS, kpis
 from experiments.recommend import Guardrail, Recommendation, guardrails, overall, recommend
 from experiments.stats import Difference, Interval, Moments, SrmResult, kpi_difference, kpi_interval, srm_test
-from experiments.weights_history import read_changes, time_weighted_shares
+from experiments.weights_history import expected_shares, read_changes, segments
 from serving.config import QueuesConfig
 
 # The KPIs of the breakdowns by day and by model version (the arm rows carry every KPI).
@@ -215,6 +215,7 @@ def build_report(
                 per_user = queries.user_sums(conn, cells)
                 by_version = queries.moments(conn, cells, ("arm", "model_name", "model_version"), queues, BREAKDOWN)
                 by_day = queries.moments(conn, cells, ("arm", "day"), queues, BREAKDOWN)
+                first_seen = queries.first_arms(conn, scope)
                 hist, count_rows, outside = light.result()
     finally:
         engine.dispose()
@@ -265,15 +266,20 @@ def build_report(
             )
         )
 
-    # SRM: distinct users per configured arm against the time-weighted weights.
+    # SRM: each user once, in the arm that first served them, against the weights in force when they first wrote.
     srm = None
     if arm_groups:
         changes, audit_notes = read_changes(audit_log, exp.name) if audit_log else ([], [])
         notes.extend(audit_notes)
-        shares, change_notes = time_weighted_shares(changes, exp.weights, since, until)
+        pieces, change_notes = segments(changes, exp.weights, since, until)
         notes.extend(change_notes)
+        configured = [(ts, arm) for _user, ts, arm in first_seen if arm in exp.arms]
+        shares = expected_shares(pieces, [datetime.fromisoformat(ts) for ts, _ in configured])
         expected = {a: shares.get(a, 0.0) for a in exp.arms}
-        srm = srm_test({a: (groups[a].users if a in groups else 0) for a in exp.arms}, expected, cfg.srm_alpha)
+        observed = {a: 0 for a in exp.arms}
+        for _ts, arm in configured:
+            observed[arm] += 1
+        srm = srm_test(observed, expected, cfg.srm_alpha)
 
     control = exp.control_arm
     kp = kpis(queues)

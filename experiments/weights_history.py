@@ -1,17 +1,19 @@
 """The arm weights in force over the report's window, from the audit log of runtime changes (`<home>/audit.jsonl`).
 
 Each audit record (`serving.control.audit`) holds the experiment before (`old`) and after (`new`) a change. Over a
-window `[since, until)` the weights are piecewise constant; the SRM check expects each arm's share of users to be
-the time-weighted mean of its weights:
+window `[since, until)` the weights are piecewise constant. The SRM check counts each user once, in the arm that
+first served them in the window, so a user is expected in an arm with the weights in force when they first wrote:
 
-    expected(arm) = Σ_segments weight_in_segment(arm) × segment_hours / window_hours
+    expected(arm) = Σ_segments (users first seen in the segment) × weight_in_segment(arm) / users
 
-e.g. 50/50 for the first 12 h of a 24 h window, then 80/20: linear 0.5·0.5 + 0.8·0.5 = 0.65, transformer 0.35.
-Weighting by time assumes traffic is spread evenly over the window; a change at a quiet hour skews it a little.
+e.g. 50/50 until noon, then 80/20, with 1,000 users first seen before noon and 600 after: linear
+(1000·0.5 + 600·0.8) / 1600 = 0.6125. A user moved by the change appears in both arms' logs; counting users by
+their first arm (and weighting by their arrival, not by the hours) is what keeps that from raising a false alarm.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 from collections.abc import Mapping
@@ -61,10 +63,17 @@ def read_changes(path: Path, experiment: str) -> tuple[list[WeightChange], list[
     return changes, notes
 
 
-def time_weighted_shares(
+@dataclass(frozen=True)
+class Segment:
+    lo: datetime
+    hi: datetime
+    weights: dict[str, float]
+
+
+def segments(
     changes: list[WeightChange], current: Mapping[str, float], since: datetime, until: datetime
-) -> tuple[dict[str, float], list[str]]:
-    """Expected share of users per arm over `[since, until)`, and a note per change inside the window."""
+) -> tuple[list[Segment], list[str]]:
+    """The weights in force over `[since, until)`, piece by piece, and a note per change inside the window."""
     inside = [c for c in changes if since < c.ts < until]
     before = [c for c in changes if c.ts <= since]
     if inside:
@@ -76,15 +85,24 @@ def time_weighted_shares(
         first = after[0].old if after else dict(current)
     bounds = [since, *[c.ts for c in inside], until]
     weights = [first, *[c.new for c in inside]]
-    total = (until - since).total_seconds()
     arms = sorted({a for w in weights for a in w} | set(current))
-    shares = dict.fromkeys(arms, 0.0)
-    for (lo, hi), w in zip(pairwise(bounds), weights, strict=True):
-        for arm in arms:
-            shares[arm] += w.get(arm, 0.0) * (hi - lo).total_seconds() / total
     notes = [
         f"weights changed at {c.ts.isoformat(timespec='seconds')}: "
         + ", ".join(f"{a} {c.old.get(a, 0):.2f}->{c.new.get(a, 0):.2f}" for a in arms)
         for c in inside
     ]
-    return shares, notes
+    return [Segment(lo, hi, w) for (lo, hi), w in zip(pairwise(bounds), weights, strict=True)], notes
+
+
+def expected_shares(pieces: list[Segment], first_seen: list[datetime]) -> dict[str, float]:
+    """Expected share of users per arm (module docstring): each user weighted by the segment of their first email."""
+    arms = sorted({a for s in pieces for a in s.weights})
+    shares = dict.fromkeys(arms, 0.0)
+    if not first_seen:
+        return {a: pieces[-1].weights.get(a, 0.0) for a in arms} if pieces else shares
+    starts = [s.lo for s in pieces[1:]]
+    for ts in first_seen:
+        piece = pieces[bisect.bisect_right(starts, ts)]
+        for arm in arms:
+            shares[arm] += piece.weights.get(arm, 0.0) / len(first_seen)
+    return shares

@@ -21,7 +21,7 @@ from experiments.days import ReportInputError, local_days, parse_time
 from experiments.render import counts_csv, plot_daily, render_html, render_text
 from experiments.report import ExperimentReport, build_report
 from experiments.stats import srm_test
-from experiments.weights_history import read_changes, time_weighted_shares
+from experiments.weights_history import expected_shares, read_changes, segments
 from serving.api import RouteRequest
 from serving.config import ConfigError, Home, ServingConfig, load_queues, parse_config
 from serving.router import ArmAnswer, RouterCore
@@ -265,7 +265,7 @@ def _audit(path: Path, ts: datetime, old: dict[str, float], new: dict[str, float
         fh.write(json.dumps(rec) + "\n")
 
 
-def test_srm_expectation_is_weighted_by_time_across_a_weight_change(tmp_path: Path) -> None:
+def test_srm_expectation_follows_the_weights_in_force_when_users_arrived(tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     since = datetime(2026, 3, 1, tzinfo=UTC)
     _audit(audit, since - timedelta(days=3), {"linear": 0.5, "transformer": 0.5}, {"linear": 0.5, "transformer": 0.5})
@@ -274,14 +274,17 @@ def test_srm_expectation_is_weighted_by_time_across_a_weight_change(tmp_path: Pa
     changes, notes = read_changes(audit, "exp")
     assert len(changes) == 2 and len(notes) == 1 and notes[0].startswith("audit log line 3 skipped (JSONDecodeError")
     current = {"linear": 0.8, "transformer": 0.2}
-    shares, words = time_weighted_shares(changes, current, since, since + timedelta(hours=24))
-    assert shares == pytest.approx({"linear": 0.65, "transformer": 0.35})  # 0.5 x 12 h + 0.8 x 12 h over 24 h
+    pieces, words = segments(changes, current, since, since + timedelta(hours=24))
+    assert [p.weights for p in pieces] == [{"linear": 0.5, "transformer": 0.5}, current]
     assert "weights changed" in words[0]
-    # 6,500 / 3,500 users passes against the time-weighted plan and alarms against today's weights alone.
-    observed = {"linear": 6500, "transformer": 3500}
+    # 1,000 users first seen before noon, 600 after: (1000 x 0.5 + 600 x 0.8) / 1600 = 0.6125 for linear.
+    arrivals = [since + timedelta(hours=1)] * 1000 + [since + timedelta(hours=13)] * 600
+    shares = expected_shares(pieces, arrivals)
+    assert shares == pytest.approx({"linear": 0.6125, "transformer": 0.3875})
+    observed = {"linear": 980, "transformer": 620}
     assert not srm_test(observed, shares, 0.001).alarm
     assert srm_test(observed, current, 0.001).alarm
-    # Through the report: users split 65/35 over a window with that change.
+    # Through the report: 400 users, one email each every 3 minutes (240 before noon, 160 after), split 65/35.
     log = SQLiteEventLog(tmp_path / "events.db")
     events = []
     for i in range(400):
@@ -291,9 +294,38 @@ def test_srm_expectation_is_weighted_by_time_across_a_weight_change(tmp_path: Pa
     exp80 = experiment(arms={"linear": {"model": "linear", "weight": 0.8},
                              "transformer": {"model": "transformer", "weight": 0.2}})  # fmt: skip
     r = report(log, exp80, since=since, until=since + timedelta(hours=24), audit_log=audit)
-    assert r.srm is not None and r.srm.expected_share == pytest.approx(shares) and not r.srm.alarm
+    assert r.srm is not None and not r.srm.alarm
+    assert r.srm.expected_share == pytest.approx({"linear": 0.62, "transformer": 0.38})  # (240 x .5 + 160 x .8) / 400
     r_static = report(log, exp80, since=since, until=since + timedelta(hours=24))
     assert r_static.srm is not None and r_static.srm.alarm  # 260/140 against 80/20: p < 0.001
+
+
+def test_srm_counts_returning_users_once_across_a_weight_change(tmp_path: Path) -> None:
+    """Users who write before and after a 50/50 -> 80/20 change, assigned by the real sticky assignment: the users
+    moved by the change are in both arms' logs, yet the split is exactly as planned: no alarm."""
+    from experiments.assign import choose_arm
+
+    audit = tmp_path / "audit.jsonl"
+    since = datetime(2026, 3, 1, tzinfo=UTC)
+    change = since + timedelta(hours=12)
+    _audit(audit, change, {"linear": 0.5, "transformer": 0.5}, {"linear": 0.8, "transformer": 0.2})
+    before = experiment()
+    arms80 = {"linear": {"model": "linear", "weight": 0.8}, "transformer": {"model": "transformer", "weight": 0.2}}
+    after = experiment(arms=arms80).pinned(before.ranges())
+    events = []
+    for i in range(3000):
+        user = f"user-{i}"
+        for hour in (1 + i % 11, 13 + i % 11):  # one email in each half of the window
+            ranges = before.ranges() if hour < 12 else after.ranges()
+            arm = choose_arm(before.salt, user, ranges).arm
+            assert arm is not None
+            events.append(pred((since + timedelta(hours=hour)).isoformat(), user, arm, "billing"))
+    log = SQLiteEventLog(tmp_path / "events.db")
+    log.record_predictions(events)
+    r = report(log, after, since=since, until=since + timedelta(hours=24), audit_log=audit)
+    assert r.srm is not None and not r.srm.alarm, r.srm.note
+    assert sum(r.srm.observed.values()) == 3000  # each user once
+    assert r.srm.expected_share == pytest.approx({"linear": 0.5, "transformer": 0.5})  # every user first came at 50/50
 
 
 def test_empty_log_gives_a_report_in_words(tmp_path: Path) -> None:
