@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "mailroute-scheduler"
 APP_CHECK_EVERY_S = 10.0
 RETRY_AFTER_S = 60.0  # after a failed tick whose job intervals are not known yet
+_HANDLES: dict[str, Any] = {}  # the scheduler actor's handle, held by the serving driver
 
 
 def monitoring_config(config_dir: Path) -> MonitoringConfig:
@@ -193,10 +194,8 @@ class SchedulerActor:
             if now - checked >= APP_CHECK_EVERY_S:
                 checked = now
                 if not await asyncio.to_thread(self._app_running):
-                    log.info("the Serve app %s is gone: the scheduler stops", self.app_name)
-                    import ray
-
-                    ray.actor.exit_actor()
+                    log.warning("the Serve app %s is gone: the scheduled jobs stop", self.app_name)
+                    return
             try:
                 await asyncio.to_thread(
                     run_due, self.home, self.config_dir, self.serving, self.ticker, self.states, time.monotonic()
@@ -233,6 +232,8 @@ def start_scheduler(home: Home, config_dir: Path, serving: ServingConfig, app_na
         str(home.root), str(Path(config_dir).absolute()), serving.model_dump(mode="json"), app_name
     )
     ray.get(handle.start.remote(), timeout=60)
+    # Ray ends an actor (named or not) once no handle to it is left: the driver keeps this one while it serves.
+    _HANDLES[ACTOR_NAME] = handle
     log.info("scheduled jobs started: monitoring every %s", cfg.schedule.monitor_every)
     return handle
 
@@ -241,5 +242,6 @@ def stop_scheduler() -> None:
     """End the scheduler actor of this Ray namespace, if one runs."""
     import ray
 
+    _HANDLES.pop(ACTOR_NAME, None)
     with contextlib.suppress(ValueError):  # ValueError: none running
         ray.kill(ray.get_actor(ACTOR_NAME))
