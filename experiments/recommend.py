@@ -3,8 +3,12 @@
 Rules, for each challenger against the control, in this order (the first that applies decides):
 
 1. no emails from the challenger in the window: **keep running**;
-2. a guardrail broken (the rate's whole interval above its limit; p95 latency above its limit over at least
-   `min_verdicts` emails): **roll back**, whatever it saves;
+2. a guardrail broken: **roll back**, whatever it saves. A guardrail is judged only once the arm has `min_verdicts`
+   emails from at least 2 users ("no data" before: one unlucky email must not roll an arm back). A rate is broken
+   when its whole interval lies above the limit and the challenger is worse than the control (the difference's
+   interval above 0); p95 latency when it is above the limit and the control's is not. Above the limit in the
+   control too, it is **shared** — an outage or overload of both arms, not the challenger's doing — and the rule
+   is **keep running** and fix it: neither arm's figures are what they will be;
 3. SRM alarm: **keep running** and fix the assignment: no difference can be trusted while the split is off;
 4. fewer than `min_verdicts` judged emails in either arm: **keep running**;
 5. the always-valid interval of the primary metric's difference (challenger − control) wholly above 0:
@@ -38,7 +42,7 @@ class Guardrail:
     name: str  # p95_latency_ms, triage_rate, fallback_rate, error_rate
     value: float | None
     threshold: float
-    status: str  # ok | at risk | broken | no data
+    status: str  # ok | at risk | broken | shared (above the limit in the control too) | no data
     text: str
 
 
@@ -59,39 +63,64 @@ def _pct(v: float) -> str:
 
 
 def guardrails(
-    arm: str, values: Mapping[str, Interval], p95: float | None, emails: int, cfg: AnalysisConfig
+    arm: str,
+    values: Mapping[str, Interval],
+    p95: float | None,
+    emails: int,
+    users: int,
+    cfg: AnalysisConfig,
+    *,
+    control: tuple[Sequence[Guardrail], Mapping[str, Difference]] | None = None,
 ) -> list[Guardrail]:
-    """The four guardrails of one arm."""
+    """The four guardrails of one arm (rules in the module docstring). `control`: the control arm's own guardrails
+    and this arm's differences from it on the rates, for a challenger; None for the control itself."""
     g = cfg.guardrails
+    limits = {"p95_latency_ms": g.max_p95_latency_ms, **{key: getattr(g, f) for key, _, f in RATE_GUARDRAILS}}
+    labels = {"p95_latency_ms": "p95 latency", **{key: label for key, label, _ in RATE_GUARDRAILS}}
+    if emails < cfg.min_verdicts or users < 2:
+        why = f"too few emails to judge ({emails} from {users} users; {cfg.min_verdicts} from 2 users needed)"
+        return [Guardrail(arm, k, None, limit, "no data", f"{arm} {labels[k]}: {why}") for k, limit in limits.items()]
+    theirs = {r.name: r for r in (control[0] if control else ())}
+    diffs = control[1] if control else {}
+
+    def control_over(key: str) -> bool:
+        other = theirs.get(key)
+        return other is not None and other.status in ("broken", "at risk", "shared")
+
     out = []
-    limit = g.max_p95_latency_ms
+    limit = limits["p95_latency_ms"]
     if p95 is None:
         out.append(Guardrail(arm, "p95_latency_ms", None, limit, "no data", f"{arm}: no latency measured"))
     else:
         over = p95 > limit
-        status = ("broken" if emails >= cfg.min_verdicts else "at risk") if over else "ok"
+        status = ("shared" if control_over("p95_latency_ms") else "broken") if over else "ok"
         text = f"{arm} p95 latency {p95:.1f} ms {'above' if over else 'within'} the {limit:g} ms limit"
-        out.append(Guardrail(arm, "p95_latency_ms", p95, limit, status, text))
-    for key, label, field in RATE_GUARDRAILS:
-        limit = getattr(g, field)
+        out.append(Guardrail(arm, "p95_latency_ms", p95, limit, status, _shared(text, status, control)))
+    for key, label, _ in RATE_GUARDRAILS:
+        limit = limits[key]
         iv = values.get(key, Interval(None))
         if not iv.known or iv.estimate is None:
             out.append(Guardrail(arm, key, None, limit, "no data", f"{arm}: no {label} (no emails)"))
             continue
-        lo = iv.lo if iv.lo is not None else iv.estimate
-        status = "broken" if lo > limit else "at risk" if iv.estimate > limit else "ok"
-        word = {"broken": "above", "at risk": "possibly above", "ok": "within"}[status]
-        out.append(
-            Guardrail(
-                arm,
-                key,
-                iv.estimate,
-                limit,
-                status,
-                f"{arm} {label} {_pct(iv.estimate)} {word} the {_pct(limit)} limit",
-            )
-        )
+        above = iv.lo is not None and iv.lo > limit
+        if not above:
+            status = "at risk" if iv.estimate > limit else "ok"
+        elif control is None:
+            status = "broken"
+        else:
+            worse = diffs.get(key)
+            worse_than_control = worse is not None and worse.fixed.lo is not None and worse.fixed.lo > 0
+            status = "broken" if worse_than_control or not control_over(key) else "shared"
+        word = {"broken": "above", "shared": "above", "at risk": "possibly above", "ok": "within"}[status]
+        text = f"{arm} {label} {_pct(iv.estimate)} {word} the {_pct(limit)} limit"
+        out.append(Guardrail(arm, key, iv.estimate, limit, status, _shared(text, status, control)))
     return out
+
+
+def _shared(text: str, status: str, control: tuple[Sequence[Guardrail], Mapping[str, Difference]] | None) -> str:
+    if status != "shared" or control is None or not control[0]:
+        return text
+    return f"{text}, as is the control {control[0][0].arm}'s (both arms)"
 
 
 def describe_difference(diff: Difference, challenger: str, control: str, unit: str) -> str:
@@ -129,12 +158,17 @@ def recommend(
         return Recommendation(KEEP, challenger, (f"{challenger} has no emails in this window",))
     mine = [g for g in rails if g.arm == challenger]
     broken = [g.text for g in mine if g.status == "broken"]
+    shared = [g.text for g in mine if g.status == "shared"]
     at_risk = [g.text for g in mine if g.status == "at risk"]
     rails_text = "no guardrail broken" if not broken and not at_risk else "; ".join(broken + at_risk)
     srm_text = srm.note if srm.alarm else ("SRM check passed" if srm.p_value is not None else srm.note)
     diff_text = describe_difference(primary, challenger, control, primary_unit)
     if broken:
         return Recommendation(ROLLBACK, challenger, (*broken, diff_text, srm_text))
+    if shared:
+        return Recommendation(
+            KEEP, challenger, (*shared, "fix what both arms share before deciding", diff_text, srm_text)
+        )
     if srm.alarm:
         return Recommendation(
             KEEP, challenger, (srm_text + ": fix the assignment before trusting any difference", diff_text, rails_text)

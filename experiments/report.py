@@ -24,7 +24,7 @@ from experiments.analysis_config import AnalysisConfig
 from experiments.config import ExperimentConfig
 from experiments.days import Day, local_days, log_ts
 from experiments.kpi import COLUMNS, kpis
-from experiments.recommend import Guardrail, Recommendation, guardrails, overall, recommend
+from experiments.recommend import RATE_GUARDRAILS, Guardrail, Recommendation, guardrails, overall, recommend
 from experiments.stats import Difference, Interval, Moments, SrmResult, kpi_difference, kpi_interval, srm_test
 from experiments.weights_history import expected_shares, read_changes, segments
 from serving.config import QueuesConfig
@@ -34,6 +34,9 @@ BREAKDOWN = (
     "auto_route_coverage", "triage_rate", "fallback_rate", "error_rate", "accuracy", "feedback_coverage",
     "minutes_saved", "net_saving", "net_saving_money",
 )  # fmt: skip
+
+
+RATE_KEYS = tuple(key for key, _, _ in RATE_GUARDRAILS)
 
 
 @dataclass(frozen=True)
@@ -284,8 +287,23 @@ def build_report(
     control = exp.control_arm
     kp = kpis(queues)
     comparisons, rails, recs = [], [], []
+    control_rails: list[Guardrail] = []
+    if control in groups:
+        c = groups[control]
+        control_rails = guardrails(control, c.values, c.latency_ms["p95"], c.emails, c.users, cfg)
     for g in arm_groups:
-        rails.extend(guardrails(g.arm, g.values, g.latency_ms["p95"], g.emails, cfg))
+        if g.arm == control:
+            rails.extend(control_rails)
+            continue
+        rate_diffs = {}
+        if control in per_user and g.arm in per_user:
+            xa, xb = _align(per_user[control], per_user[g.arm])
+            rate_diffs = {
+                key: kpi_difference(kp[key], COLUMNS, xa, xb, cfg.alpha, cfg.sequential_planned_users)
+                for key in RATE_KEYS
+            }
+        against = (control_rails, rate_diffs) if control in groups else None
+        rails.extend(guardrails(g.arm, g.values, g.latency_ms["p95"], g.emails, g.users, cfg, control=against))
     for arm in exp.arms:
         if arm == control:
             continue

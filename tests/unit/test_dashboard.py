@@ -238,9 +238,9 @@ def test_the_experiment_report_shows_each_arms_kpis_and_the_recommendation(fille
     pytest.importorskip("experiments.report", reason="the experiment report has not landed")
     page = client(filled).get("/dashboard").text
     report = page.split('<section id="report">')[1].split("</section>")[0]
-    # The transformer's only email was answered by a fallback: a broken guardrail, whatever it saves.
-    assert 'id="recommendation"' in report and "roll back transformer" in report
-    assert "fallback rate 100.00% above the 2.00% limit" in report
+    # The transformer's only email was answered by a fallback: too few emails to judge a guardrail on.
+    assert 'id="recommendation"' in report and "keep running" in report and "roll back" not in report
+    assert "transformer fallback rate: too few emails to judge" in report
     kpis = report.split('id="kpis"')[1].split("</table>")[0]
     assert "<th>linear (control)</th>" in kpis and "<th>transformer</th>" in kpis
     assert "routing accuracy" in kpis and "net saving" in kpis
