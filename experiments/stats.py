@@ -14,8 +14,9 @@ thousands of simulated experiments in the tests. For a ratio r = ΣY/ΣN it is t
     Var(r) = G/(G − 1) · Σ_u (Y_u − r N_u)² / (ΣN)²
 
 which equals statsmodels' cluster-robust variance of a mean (OLS on a constant, `cov_type="cluster"`) times
-G/(G − 1); a test pins the two together. Intervals are estimate ± z_{1−α/2} · se (normal: G is in the hundreds
-or more whenever a recommendation is made).
+G/(G − 1); a test pins the two together. Intervals are estimate ± z_{1−α/2} · se (normal, which needs many
+users: the report recommends nothing on fewer than `min_verdicts` judged emails per arm). A share's interval
+is clipped to [0, 1]; when every user is alike (se = 0) no interval is given, rather than one of width 0.
 
 **Difference.** challenger − control is f_B(x̄_B) − f_A(x̄_A) with each user's sums for both arms side by side
 (zeros in an arm the user never saw), so users moved between arms by a weight change are one cluster too.
@@ -135,8 +136,13 @@ def kpi_interval(kpi: Kpi, m: Moments, alpha: float) -> Interval:
     if m.users < 2:
         return Interval(value)
     se = math.sqrt(max(float(g @ m.covariance_of_mean() @ g), 0.0))
+    if se == 0.0:  # every user alike (all correct, say): an interval of width 0 would claim certainty
+        return Interval(value, 0.0)
     z = z_value(alpha)
-    return Interval(value, se, value - z * se, value + z * se)
+    lo, hi = value - z * se, value + z * se
+    if kpi.unit == "share":  # a share lies in [0, 1]: clipping keeps the coverage and drops impossible values
+        lo, hi = max(lo, 0.0), min(hi, 1.0)
+    return Interval(value, se, lo, hi)
 
 
 @dataclass(frozen=True)

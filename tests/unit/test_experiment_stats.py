@@ -175,3 +175,15 @@ def test_interval_of_a_group_without_data_is_unknown_not_nan() -> None:
     no_verdict = Moments.from_users(COLUMNS, _users(np.zeros(3), np.zeros(3)))
     iv = kpi_interval(ACCURACY, no_verdict, 0.05)
     assert iv.estimate is None and iv.lo is None
+
+
+def test_a_share_interval_stays_inside_0_and_1_and_no_variation_claims_no_interval() -> None:
+    rng = np.random.default_rng(3)
+    judged = rng.integers(1, 4, size=40).astype(float)
+    correct = judged.copy()
+    correct[0] -= 1  # one misroute among ~80 emails: the normal interval pokes above 100%
+    iv = kpi_interval(ACCURACY, Moments.from_users(COLUMNS, _users(correct, judged)), 0.05)
+    assert iv.lo is not None and iv.hi is not None and iv.estimate is not None
+    assert 0.0 <= iv.lo < iv.estimate < iv.hi <= 1.0
+    perfect = kpi_interval(ACCURACY, Moments.from_users(COLUMNS, _users(judged, judged)), 0.05)
+    assert perfect.estimate == 1.0 and perfect.lo is None and perfect.hi is None  # not "100% [100%, 100%]"
