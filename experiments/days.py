@@ -34,7 +34,10 @@ def parse_time(text: str, zone: ZoneInfo, now: datetime, what: str = "time") -> 
     raw = text.strip()
     rel = _RELATIVE.match(raw)
     if rel:
-        return (now - int(rel.group(1)) * _UNITS[rel.group(2)]).astimezone(UTC)
+        try:
+            return (now - int(rel.group(1)) * _UNITS[rel.group(2)]).astimezone(UTC)
+        except OverflowError:
+            raise ReportInputError(f"{what} '{text}' reaches back before the year 1") from None
     try:
         parsed = datetime.fromisoformat(raw)
     except ValueError:

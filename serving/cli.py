@@ -108,7 +108,9 @@ def _usage_message(err: typer.TyperException) -> str:
     ctx = getattr(err, "ctx", None)
     where = ctx.command_path if ctx is not None else "mailroute"
     message = " ".join(err.format_message().split()).rstrip(".")
-    message = message.replace("Value error, ", "").replace("Input should be a valid", "expected a valid")
+    for pydantic, plain in (("Value error, ", ""), ("Input should be a valid", "expected a valid"),
+                            ("Input should be", "expected")):  # fmt: skip
+        message = message.replace(pydantic, plain)
     return f"{where}: {message[:1].lower()}{message[1:]}"
 
 

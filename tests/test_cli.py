@@ -107,6 +107,8 @@ def test_bad_arguments_exit_2_with_one_line(capsys: pytest.CaptureFixture[str], 
         (["train", "linear", "--data", "x.csv", "--holdout", "half"], "mailroute train linear: invalid value"),
         (["experiment", "set-weights", "linear"], "mailroute experiment set-weights: invalid value"),
         (["models", "list", "--home", "x"], "mailroute models list: no such option: --home"),  # global ones go first
+        (["data", "synth", "--n", "-5", "--out", "x.jsonl"], "mailroute data synth: invalid value for '--n'"),
+        (["data", "synth", "--drift", "7", "--out", "x.jsonl"], "mailroute data synth: invalid value for '--drift'"),
     ],
 )
 def test_usage_errors_are_one_line_naming_the_command(

@@ -46,10 +46,10 @@ HoldoutOption = Annotated[
 @data_app.command("synth", help="write a synthetic support-email corpus")
 def data_synth(
     out: Annotated[Path, typer.Option(help=".jsonl or .csv path")],
-    n: Annotated[int, typer.Option("--n", help="number of emails")] = 20_000,
+    n: Annotated[int, typer.Option("--n", min=1, help="number of emails")] = 20_000,
     seed: Annotated[int, typer.Option()] = 1,
-    drift: Annotated[float, typer.Option(help="0..1: how far the mail has drifted")] = 0.0,
-    label_noise: Annotated[float, typer.Option(help="share of wrongly labelled emails")] = 0.02,
+    drift: Annotated[float, typer.Option(min=0.0, max=1.0, help="0..1: how far the mail has drifted")] = 0.0,
+    label_noise: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of wrongly labelled emails")] = 0.02,
     long: Annotated[
         bool,
         typer.Option(

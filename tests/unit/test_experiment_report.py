@@ -421,5 +421,8 @@ def test_cli_bad_since_is_one_line_and_exit_2(tmp_path: Path, monkeypatch: Any, 
     assert main(["--home", str(tmp_path), "experiment", "report", "--since", "last tuesday"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--since 'last tuesday' is not a time" in err
+    assert main(["--home", str(tmp_path), "experiment", "report", "--since", "99999999d"]) == 2  # an overflow
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "reaches back before the year 1" in err
     assert main(["--home", str(tmp_path), "experiment", "report", "--since", "2026-03-01", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["experiment"] == "linear-vs-minilm"
