@@ -195,8 +195,9 @@ def gather(
         notes.append(f"No event log yet at {sources.store_label}: nothing has been routed.")
     else:
         try:
-            logs = store.logs(min_level=log_filter.level, component=log_filter.component, limit=LOG_LIMIT)
             since = (datetime.now(UTC) - timedelta(days=FLAGGED_DAYS)).isoformat()
+            # Bounded in time like the flagged emails, so a filter that matches little never scans the whole table.
+            logs = store.logs(since=since, min_level=log_filter.level, component=log_filter.component, limit=LOG_LIMIT)
             flagged = store.flagged_predictions(since=since, reasons=(LOW_CONFIDENCE,), limit=FLAGGED_LIMIT)
             drift = _drift(sources.home, store.verdicts(limit=VERDICT_LIMIT))
         except (EventLogError, OSError) as err:  # a store that went away: say so on the page

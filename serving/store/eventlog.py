@@ -242,6 +242,9 @@ class EventLog(Protocol):
     ) -> list[LogRecord]:
         """Log records at or above `min_level`, newest first; with request_id/email_id, those about that email."""
 
+    def prune_logs(self, before: str) -> int:
+        """Delete component log records older than `before` (their retention); returns how many went."""
+
     def record_verdicts(self, verdicts: Sequence[MonitorVerdict]) -> None:
         """Append the verdict rows of a monitoring run."""
 

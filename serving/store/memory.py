@@ -151,6 +151,13 @@ class MemoryEventLog:
             ]
         return sorted(found, key=lambda r: r.ts, reverse=True)[:limit]
 
+    def prune_logs(self, before: str) -> int:
+        cut, _ = ts_bounds(before, None)
+        with self._lock:
+            kept = [r for r in self._logs if r.ts >= cut]
+            gone, self._logs = len(self._logs) - len(kept), kept
+        return gone
+
     def record_verdicts(self, verdicts: Sequence[MonitorVerdict]) -> None:
         with self._lock:
             self._verdicts.extend(verdicts)

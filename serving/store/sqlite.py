@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS logs (
     level_no INTEGER NOT NULL, message TEXT NOT NULL, request_id TEXT, email_id TEXT
 );
 CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts);
+CREATE INDEX IF NOT EXISTS logs_component_ts ON logs (component, ts);
+CREATE INDEX IF NOT EXISTS logs_level_ts ON logs (level_no, ts);
 CREATE INDEX IF NOT EXISTS logs_request_id ON logs (request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS logs_email_id ON logs (email_id) WHERE email_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS monitor_verdicts (
@@ -344,6 +346,11 @@ class SQLiteEventLog:
             params.extend(v for _, v in ids)
         sql = f"SELECT {_LOG_COLS} FROM logs WHERE {' AND '.join(where)} ORDER BY ts DESC, id DESC LIMIT ?"
         return [LogRecord(**dict(row)) for row in self._conn().execute(sql, (*params, int(limit)))]
+
+    def prune_logs(self, before: str) -> int:
+        cut, _ = ts_bounds(before, None)
+        with self._write() as conn:
+            return int(conn.execute("DELETE FROM logs WHERE ts < ?", (cut,)).rowcount)
 
     def record_verdicts(self, verdicts: Sequence[MonitorVerdict]) -> None:
         rows = [

@@ -383,6 +383,8 @@ def test_logs_filter_by_level_component_and_email(log: EventLog) -> None:
     assert [r.message for r in log.logs(since=ts(3), limit=1)] == ["arm failed"]
     with pytest.raises(EventLogError, match="level 'LOUD'"):
         log.logs(min_level="LOUD")
+    assert log.prune_logs(ts(3)) == 2  # retention: the two oldest go
+    assert [r.message for r in log.logs(min_level="INFO")] == ["arm failed", "disk full"]
 
 
 def test_verdicts_round_trip(log: EventLog) -> None:
