@@ -148,6 +148,7 @@ class RetentionSpec(StrictModel):
     drift: int = Field(48, ge=1, description="Drift reports (one per scope per run).")
     quality: int = Field(48, ge=1, description="Classification-quality reports (one per scope per run).")
     runs: int = Field(200, ge=1, description="Run summaries (runs/*.json).")
+    kpi: int = Field(48, ge=1, description="Scheduled KPI reports (reports/experiments/, JSON + HTML).")
     workspace: int = Field(500, ge=1, description="Snapshots per project in the Evidently workspace.")
 
 

@@ -54,11 +54,12 @@ def run_monitor_job(home: Home, config_dir: Path, serving: ServingConfig) -> dic
 
 
 def run_kpi_report_job(home: Home, config_dir: Path, serving: ServingConfig) -> dict[str, Any] | None:
-    """THE KPI REPORT PLUGS IN HERE. When `experiments.report.build_report` is committed, call it with the event
-    log's SQL URL and the experiment/analysis/queues configs of `config_dir`, write its JSON/HTML under
-    `<home>/reports/experiments/`, post its guardrail and SRM alarms with `monitoring.alerts.post_alarms`, and
-    add "kpi_report" to `jobs()` below. Until then it is not scheduled."""
-    return None
+    """The KPI report of the running experiment (experiments.report) over its whole life so far: written under
+    `<home>/reports/experiments/`, its SRM and guardrail results recorded as verdict rows (job "kpi"), and a broken
+    guardrail or an SRM alarm posted to the webhook."""
+    from monitoring.kpi_job import run_kpi_report
+
+    return run_kpi_report(home, config_dir, serving, monitoring_config(config_dir))
 
 
 JobFunc = Callable[[Home, Path, ServingConfig], "dict[str, Any] | None"]
@@ -67,7 +68,8 @@ JobFunc = Callable[[Home, Path, ServingConfig], "dict[str, Any] | None"]
 def jobs(cfg: MonitoringConfig, monitor_every_s: float | None = None) -> dict[str, tuple[JobFunc, float]]:
     """The scheduled jobs and their intervals in seconds (`monitor_every_s` overrides the config's)."""
     every = monitor_every_s or parse_duration(cfg.schedule.monitor_every).total_seconds()
-    return {"monitor": (run_monitor_job, every)}
+    kpi_every = parse_duration(cfg.schedule.kpi_report_every).total_seconds()
+    return {"monitor": (run_monitor_job, every), "kpi_report": (run_kpi_report_job, kpi_every)}
 
 
 @dataclass

@@ -44,13 +44,18 @@ def route_frame(
     triage_queue: str = "triage",
     feedback_share: float = 0.3,
     seed: int = 0,
+    experiment: str | None = None,
+    users: int = 5000,
 ) -> tuple[list[PredictionEvent], list[FeedbackEvent]]:
     """Prediction and feedback events for the emails of `frame` (training.synth.generate's columns), with the
-    arms taking turns at random and timestamps spread evenly over [start, start + span)."""
+    arms taking turns at random and timestamps spread evenly over [start, start + span). With `experiment`, the
+    emails count as that experiment's, from `users` senders (each user's arm is drawn once, as assignment is sticky)."""
     rng = np.random.default_rng(seed)
     emails = [from_fields(str(s), str(b)) for s, b in zip(frame["subject"], frame["body"], strict=True)]
     texts = [model_text(e.subject, e.body) or e.subject or "(empty)" for e in emails]
-    which = rng.integers(0, len(arms), size=len(emails))
+    user_ids = rng.integers(0, users, size=len(emails))
+    user_arm = rng.integers(0, len(arms), size=users)
+    which = user_arm[user_ids]
     gets_feedback = rng.random(len(emails)) < feedback_share
     proba: dict[int, np.ndarray] = {}
     for k, arm in enumerate(arms):
@@ -70,7 +75,7 @@ def route_frame(
             PredictionEvent(
                 request_id=request_id,
                 ts=ts,
-                user_key=f"u{rng.integers(0, 10**9):09d}",
+                user_key=f"u{user_ids[i]:09d}",
                 arm=arm.name,
                 model_name=arm.model_name,
                 model_version=arm.model_version,
@@ -79,6 +84,8 @@ def route_frame(
                 fallback=False,
                 reason=decision.reason,
                 latency_ms=1.0,
+                experiment=experiment,
+                in_experiment=experiment is not None,
                 secondary_queue=decision.secondary_queue,
                 subject=apply_policy(email.subject, text_policy),
                 body=apply_policy(email.body, text_policy),
