@@ -32,7 +32,7 @@ from ray.serve.handle import DeploymentHandle
 
 from experiments.config import ExperimentConfig
 from monitoring.dashboard.data import DashboardSources
-from monitoring.dashboard.routes import router as dashboard_router
+from monitoring.dashboard.routes import install as install_dashboard
 from serving import control
 from serving.api import ApiError, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
 from serving.batcher import CallBatcher
@@ -168,7 +168,7 @@ class ModelServer:
 
 
 api = FastAPI(title="mailroute", description="Routes customer emails to specialist queues.", version="1")
-api.include_router(dashboard_router)  # GET /dashboard, over this replica's event log and live experiment
+install_dashboard(api)  # GET /dashboard, over this replica's event log and live experiment
 
 
 def _refuse(request: Request, status: int, detail: str) -> JSONResponse:
@@ -222,6 +222,7 @@ class Router:
             store_url,
             live_experiment=lambda: self.core.experiment if self.core else None,
             queues=self.queues,
+            admin_token=self.admin_token,
         )
         # Serve buffers request-path log records (1,000 in throughput mode) with no time limit: flush every second,
         # so that a quiet replica's records reach its log file too.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import Any
 from urllib.parse import quote
 
 from experiments.config import ExperimentConfig, load_experiments
-from serving.config import ConfigError, Home, QueuesConfig, config_dir, load_queues, load_serving
+from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, config_dir, load_queues, load_serving
 from serving.control import AUDIT_FILE, STATE_FILE, load_state
 from serving.policy import LOW_CONFIDENCE
 from serving.store.eventlog import (
@@ -158,24 +159,37 @@ class DashboardSources:
     live_experiment: Callable[[], ExperimentConfig | None] | None = None
     queues: QueuesConfig | None = None
     report_ttl_s: float = REPORT_TTL_S
+    admin_token: str | None = None  # when set, every dashboard path needs it (monitoring.dashboard.routes)
     _report_cache: dict[str, tuple[float, ReportView]] = field(default_factory=dict, repr=False)
     _report_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if "://" in self.store_label:  # a PostgreSQL URL may carry a password: never show it
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
+
+            try:
+                self.store_label = make_url(self.store_label).render_as_string(hide_password=True)
+            except ArgumentError:
+                self.store_label = self.store_label.split("://", 1)[0] + "://..."
 
     @classmethod
     def from_files(cls, home: Home, configs: Path | None = None) -> DashboardSources:
         """For `mailroute dashboard`: no Ray, no server, the files only. A missing SQLite file is not created."""
         configs = configs or config_dir()
-        url = None
+        url, token_env = None, ServingConfig().admin_token_env
         try:
-            url = load_serving(configs / "serving.yaml").event_log.url
+            serving = load_serving(configs / "serving.yaml")
+            url, token_env = serving.event_log.url, serving.admin_token_env
         except (ConfigError, OSError) as err:
             log.warning("dashboard: using the default event log (%s)", err)
+        token = os.environ.get(token_env) or None
         if url is None or url.startswith("sqlite:") or "://" not in url:
             path = home.event_log if url is None else Path(url.split("://", 1)[-1].removeprefix("/"))
             if not path.exists():
-                return cls(home, None, f"{path} (not created yet)", configs)
+                return cls(home, None, f"{path} (not created yet)", configs, admin_token=token)
             url = f"sqlite:///{path}"
-        return cls(home, open_event_log(url), url, configs)
+        return cls(home, open_event_log(url), url, configs, admin_token=token)
 
 
 # ---- the page -------------------------------------------------------------------------------------------------------

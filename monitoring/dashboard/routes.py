@@ -2,6 +2,12 @@
 
     GET /dashboard                    the page (?q= an id to search; ?component=, ?level= filter the log list)
     GET /dashboard/reports/<path>     a file under <home>/reports (the full Evidently reports); anything else is 404
+    POST /dashboard/login             the admin token from the login form; sets the session cookie
+
+Access: the page shows emails' text (as redacted by the text policy) and the audit log, so when an admin token is
+configured (`admin_token_env` in serving.yaml) every dashboard path needs it: an `Authorization: Bearer <token>`
+header, or the login form, which sets an HttpOnly, SameSite=Strict cookie holding an HMAC of the token (never the
+token itself). Without a configured token (a laptop on loopback) the page is open, and says so.
 
 The router reads its `DashboardSources` from `app.state.dashboard`, which the including app sets. The page is
 rendered by Jinja2 with autoescaping on, so every text that came from an email (subjects, bodies, the log lines
@@ -11,12 +17,16 @@ besides; a report file is served sandboxed (its own scripts run, in an opaque or
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from datetime import datetime
 from functools import cache
 from typing import Any
+from urllib.parse import parse_qs
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from monitoring.dashboard.data import DashboardSources, gather, report_file
@@ -24,7 +34,44 @@ from serving.store.eventlog import MonitorVerdict
 
 PAGE_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'"
 REPORT_CSP = "sandbox allow-scripts allow-popups"
+COOKIE = "mailroute_dashboard"
+LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>mailroute dashboard: sign in</title></head>
+<body><h1>mailroute dashboard</h1><p>{message}</p>
+<form method="post" action="/dashboard/login"><label>admin token <input type="password" name="token"
+autocomplete="current-password" autofocus></label> <button type="submit">sign in</button></form></body></html>"""
 router = APIRouter()
+
+
+def session_value(token: str) -> str:
+    """What the session cookie holds: an HMAC of the admin token, so the cookie never carries the token."""
+    return hmac.new(token.encode(), b"mailroute-dashboard-session", hashlib.sha256).hexdigest()
+
+
+def _authorized(request: Request, token: str) -> bool:
+    given = request.headers.get("authorization", "")
+    if given.startswith("Bearer ") and secrets.compare_digest(given.removeprefix("Bearer ").strip(), token):
+        return True
+    return secrets.compare_digest(request.cookies.get(COOKIE, ""), session_value(token))
+
+
+class _SignIn(Exception):
+    """Raised by the access check; answered with the login form (401)."""
+
+
+def _require_access(request: Request) -> None:
+    token = _sources(request).admin_token
+    if token and not _authorized(request, token):
+        raise _SignIn
+
+
+def install(app: FastAPI) -> None:
+    """Include the dashboard's routes in `app` (which sets `app.state.dashboard`), with its login answer."""
+    app.include_router(router)
+
+    @app.exception_handler(_SignIn)
+    async def _sign_in(request: Request, exc: _SignIn) -> HTMLResponse:
+        page = LOGIN_PAGE.format(message="The dashboard shows customers' emails: sign in with the admin token.")
+        return HTMLResponse(page, status_code=401, headers={"Content-Security-Policy": PAGE_CSP})
 
 
 def _when(ts: str | None) -> str:
@@ -79,8 +126,21 @@ def _sources(request: Request) -> DashboardSources:
     return sources
 
 
+@router.post("/dashboard/login", include_in_schema=False)
+async def login(request: Request) -> Response:
+    token = _sources(request).admin_token
+    given = parse_qs((await request.body())[:4096].decode("utf-8", "replace")).get("token", [""])[0]
+    if token and not secrets.compare_digest(given, token):
+        page = LOGIN_PAGE.format(message="That is not the admin token.")
+        return HTMLResponse(page, status_code=401, headers={"Content-Security-Policy": PAGE_CSP})
+    response = RedirectResponse("/dashboard", status_code=303)
+    if token:
+        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/dashboard")
+    return response
+
+
 # Plain `def`: FastAPI runs these on its thread pool, so the store reads never block an event loop that routes mail.
-@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False, dependencies=[Depends(_require_access)])
 def dashboard(
     request: Request, q: str | None = None, component: str | None = None, level: str | None = None
 ) -> HTMLResponse:
@@ -88,7 +148,7 @@ def dashboard(
     return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"})
 
 
-@router.get("/dashboard/reports/{path:path}", include_in_schema=False)
+@router.get("/dashboard/reports/{path:path}", include_in_schema=False, dependencies=[Depends(_require_access)])
 def report(request: Request, path: str) -> FileResponse:
     target = report_file(_sources(request).home, path)
     if target is None:
@@ -100,7 +160,7 @@ def standalone_app(sources: DashboardSources) -> FastAPI:
     """The dashboard alone, for `mailroute dashboard`: the same router over the files, no Ray."""
     app = FastAPI(title="mailroute dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.dashboard = sources
-    app.include_router(router)
+    install(app)
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:

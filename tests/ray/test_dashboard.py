@@ -147,7 +147,14 @@ def test_dashboard_in_chromium(app: dict[str, Any], browser: Any) -> None:
     from selenium.webdriver.support.wait import WebDriverWait
 
     _components_about(app, app["faulty"]["request_id"])
+    # The app has an admin token: the page shows the sign-in form first, and nothing from an email.
     browser.get(f"{app['url']}/dashboard")
+    token_box = WebDriverWait(browser, 20).until(expected_conditions.presence_of_element_located((By.NAME, "token")))
+    page = browser.page_source
+    assert "sign in with the admin token" in page and "Invoice" not in page, page[:300]
+    token_box.send_keys(TOKEN)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(browser, 20).until(expected_conditions.presence_of_element_located((By.ID, "arms")))
     arms = browser.find_element(By.ID, "arms").text
     assert "linear" in arms and "transformer" in arms and "50.0%" in arms
     logs = browser.find_element(By.ID, "log-lines").text
@@ -196,5 +203,7 @@ def test_dashboard_in_chromium(app: dict[str, Any], browser: Any) -> None:
 
 def test_standalone_dashboard_reads_the_same_files(app: dict[str, Any]) -> None:
     sources = DashboardSources.from_files(app["home"], Path(__file__).resolve().parents[2] / "configs")
-    page = TestClient(standalone_app(sources)).get("/dashboard", params={"q": "faulty-1"}).text
+    web = TestClient(standalone_app(sources))
+    assert web.get("/dashboard").status_code == 401  # the same admin token guards the standalone page
+    page = web.get("/dashboard", params={"q": "faulty-1"}, headers={"Authorization": f"Bearer {TOKEN}"}).text
     assert app["faulty"]["request_id"] in page and '<td class="component">arm-transformer</td>' in page

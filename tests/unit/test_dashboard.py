@@ -47,6 +47,12 @@ def prediction(request_id: str, at: float, **fields: Any) -> PredictionEvent:
     return PredictionEvent(**values)
 
 
+@pytest.fixture(autouse=True)
+def _no_admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open dashboard unless a test sets a token (the Ray tests' session sets one in this process)."""
+    monkeypatch.delenv("MAILROUTE_ADMIN_TOKEN", raising=False)
+
+
 def client(home: Home) -> TestClient:
     return TestClient(standalone_app(DashboardSources.from_files(home, CONFIGS)))
 
@@ -276,3 +282,28 @@ def test_mailroute_dashboard_serves_the_page_from_the_files(filled: Home) -> Non
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_with_an_admin_token_every_dashboard_path_needs_it(filled: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    from monitoring.dashboard.routes import COOKIE, session_value
+
+    monkeypatch.setenv("MAILROUTE_ADMIN_TOKEN", "s3cret")
+    web = client(filled)
+    for path in ("/dashboard", "/dashboard?q=req-1", "/dashboard/reports/x.html"):
+        answer = web.get(path)
+        assert answer.status_code == 401 and "sign in with the admin token" in answer.text
+        assert "Invoice" not in answer.text  # nothing from an email before signing in
+    assert web.post("/dashboard/login", data={"token": "guess"}).status_code == 401
+    signed = web.post("/dashboard/login", data={"token": "s3cret"}, follow_redirects=False)
+    assert signed.status_code == 303 and signed.cookies.get(COOKIE) == session_value("s3cret") != "s3cret"
+    assert (
+        "httponly" in signed.headers["set-cookie"].lower() and "samesite=strict" in signed.headers["set-cookie"].lower()
+    )
+    assert web.get("/dashboard").status_code == 200  # the cookie from the login
+    bearer = client(filled).get("/dashboard", headers={"Authorization": "Bearer s3cret"})
+    assert bearer.status_code == 200 and 'id="arms"' in bearer.text
+
+
+def test_a_password_in_the_store_url_is_never_shown(home: Home) -> None:
+    sources = DashboardSources(home, None, "postgresql://mr:hunter2@db.internal:5432/mailroute")
+    assert "hunter2" not in sources.store_label and "db.internal" in sources.store_label
