@@ -103,6 +103,13 @@ class ExperimentReport:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ExperimentReport:
+        """A report `to_json()` wrote (the scheduled KPI job's files), back as the same frozen value."""
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(cls).validate_json(text)
+
     def daily_totals(self) -> dict[str, int]:
         """Emails per day over every queue: the figure to match against the emails clients sent that day."""
         totals = {d.day: 0 for d in self.days}

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from experiments.config import ExperimentConfig
 from monitoring import reports
 from monitoring.alerts import Alarm, payload, post_alarms
 from monitoring.config import MonitoringConfig
@@ -22,10 +23,27 @@ from serving.store.eventlog import MonitorVerdict, open_event_log, utc_now
 JOB = "kpi"
 
 
+def kpi_dir(home: Home) -> Path:
+    return reports.monitoring_dir(home.reports).parent / "experiments"
+
+
+def latest_report_file(home: Home) -> Path | None:
+    """The newest report the KPI job wrote (file names start with the run's UTC stamp, so they sort by time)."""
+    files = sorted(kpi_dir(home).glob("*-kpi.json")) if kpi_dir(home).is_dir() else []
+    return files[-1] if files else None
+
+
 def run_kpi_report(
-    home: Home, config_dir: Path, serving: ServingConfig, cfg: MonitoringConfig, *, now: datetime | None = None
+    home: Home,
+    config_dir: Path,
+    serving: ServingConfig,
+    cfg: MonitoringConfig,
+    *,
+    now: datetime | None = None,
+    experiment: ExperimentConfig | None = None,
 ) -> dict[str, Any] | None:
-    """One KPI report; None when there is nothing to report on (no log file yet, or an in-memory log)."""
+    """One KPI report of `experiment` (None: experiments.yaml's, with its saved runtime state); None when there is
+    nothing to report on (no log file yet, or an in-memory log)."""
     from experiments.config import load_experiments
     from experiments.render import render_html
     from experiments.report import build_report
@@ -37,13 +55,13 @@ def run_kpi_report(
         return None
     now = now or datetime.now(UTC)
     experiments = load_experiments(Path(config_dir) / "experiments.yaml")
-    experiment = load_state(home, experiments.experiment)
+    experiment = experiment or load_state(home, experiments.experiment)
     report = build_report(
         url, experiment=experiment, analysis=experiments.analysis, queues=load_queues(Path(config_dir) / "queues.yaml"),
         as_of=now, audit_log=home.root / AUDIT_FILE,
     )  # fmt: skip
     run_id = uuid.uuid4().hex
-    stem = reports.monitoring_dir(home.reports).parent / "experiments" / f"{reports.stamp(now)}-{run_id[:8]}-kpi"
+    stem = kpi_dir(home) / f"{reports.stamp(now)}-{run_id[:8]}-kpi"
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(report.to_json(), encoding="utf-8")
     stem.with_suffix(".html").write_text(render_html(report), encoding="utf-8")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from experiments.config import ExperimentConfig
 from monitoring.config import MonitoringConfig, load_monitoring, parse_duration
 from serving.config import Home, ServingConfig
 
@@ -45,24 +46,49 @@ def monitoring_config(config_dir: Path) -> MonitoringConfig:
     return load_monitoring(path) if path.exists() else MonitoringConfig()
 
 
-def run_monitor_job(home: Home, config_dir: Path, serving: ServingConfig) -> dict[str, Any]:
-    """One monitoring run with the config as it is now; returns the run's summary (RunResult.to_json())."""
+def run_monitor_job(
+    home: Home, config_dir: Path, serving: ServingConfig, experiment: ExperimentConfig | None = None
+) -> dict[str, Any]:
+    """One monitoring run with the config as it is now; returns the run's summary (RunResult.to_json()).
+    `experiment`: the running one (its arms are the scopes); None reads experiments.yaml."""
     from monitoring.job import configured_arms, run_monitoring
 
-    result = run_monitoring(home, monitoring_config(config_dir), serving, arms=configured_arms(config_dir))
+    arms = tuple(experiment.arms) if experiment is not None else configured_arms(config_dir)
+    result = run_monitoring(home, monitoring_config(config_dir), serving, arms=arms)
     return result.to_json()
 
 
-def run_kpi_report_job(home: Home, config_dir: Path, serving: ServingConfig) -> dict[str, Any] | None:
+def run_kpi_report_job(
+    home: Home, config_dir: Path, serving: ServingConfig, experiment: ExperimentConfig | None = None
+) -> dict[str, Any] | None:
     """The KPI report of the running experiment (experiments.report) over its whole life so far: written under
     `<home>/reports/experiments/`, its SRM and guardrail results recorded as verdict rows (job "kpi"), and a broken
-    guardrail or an SRM alarm posted to the webhook."""
+    guardrail or an SRM alarm posted to the webhook. `experiment` None: the configured one (with its saved state)."""
     from monitoring.kpi_job import run_kpi_report
 
-    return run_kpi_report(home, config_dir, serving, monitoring_config(config_dir))
+    return run_kpi_report(home, config_dir, serving, monitoring_config(config_dir), experiment=experiment)
 
 
-JobFunc = Callable[[Home, Path, ServingConfig], "dict[str, Any] | None"]
+def live_experiment(app_name: str) -> ExperimentConfig | None:
+    """The experiment the running Serve app's routers use (the Router's user_config: runtime changes included),
+    or None when no such app runs on this Ray."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        configs: dict[str, Any] = dict(ray.get(controller.get_app_configs.remote(), timeout=30))
+    except Exception as err:  # Serve is gone or busy: the jobs fall back to the configured experiment
+        log.warning("could not read the running experiment (%s): using experiments.yaml", err)
+        return None
+    app = configs.get(app_name)
+    for dep in [] if app is None else app.model_dump(exclude_unset=True).get("deployments", []):
+        if dep.get("name") == "Router" and (dep.get("user_config") or {}).get("experiment"):
+            return ExperimentConfig.model_validate(dep["user_config"]["experiment"])
+    return None
+
+
+JobFunc = Callable[[Home, Path, ServingConfig, "ExperimentConfig | None"], "dict[str, Any] | None"]
 
 
 def jobs(cfg: MonitoringConfig, monitor_every_s: float | None = None) -> dict[str, tuple[JobFunc, float]]:
@@ -118,8 +144,10 @@ def run_due(
     states: dict[str, JobState],
     now: float,
     monitor_every_s: float | None = None,
+    experiment: Callable[[], ExperimentConfig | None] | None = None,
 ) -> None:
-    """Run every due job once; failures are logged and recorded, never raised."""
+    """Run every due job once; failures are logged and recorded, never raised. `experiment` gives the running
+    experiment (the scheduler beside the app asks Serve); None: the configured one."""
     from monitoring.job import report_failure
 
     try:
@@ -133,7 +161,7 @@ def run_due(
             continue
         state = states.setdefault(name, JobState())
         try:
-            out = func(home, config_dir, serving)
+            out = func(home, config_dir, serving, experiment() if experiment is not None else None)
             state.last_ok = str((out or {}).get("run_id", "ok"))
             state.last_error = None
         except Exception as err:
@@ -200,8 +228,9 @@ class SchedulerActor:
                     return
             try:
                 await asyncio.to_thread(
-                    run_due, self.home, self.config_dir, self.serving, self.ticker, self.states, time.monotonic()
-                )
+                    run_due, self.home, self.config_dir, self.serving, self.ticker, self.states, time.monotonic(),
+                    None, lambda: live_experiment(self.app_name),
+                )  # fmt: skip
             except Exception:  # run_due records job failures itself; this is a bug in the loop: keep ticking
                 log.exception("scheduler tick failed")
                 self.ticker.postpone_all(time.monotonic(), RETRY_AFTER_S)

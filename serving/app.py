@@ -223,6 +223,7 @@ class Router:
             live_experiment=lambda: self.core.experiment if self.core else None,
             queues=self.queues,
             admin_token=self.admin_token,
+            build_report=False,
         )
         # Serve buffers request-path log records (1,000 in throughput mode) with no time limit: flush every second,
         # so that a quiet replica's records reach its log file too.

@@ -160,6 +160,9 @@ class DashboardSources:
     queues: QueuesConfig | None = None
     report_ttl_s: float = REPORT_TTL_S
     admin_token: str | None = None  # when set, every dashboard path needs it (monitoring.dashboard.routes)
+    # False inside the Serve app: the page shows the scheduled KPI job's latest report instead of building one in
+    # a router replica (a build reads the whole log: seconds of CPU beside the routing path).
+    build_report: bool = True
     _report_cache: dict[str, tuple[float, ReportView]] = field(default_factory=dict, repr=False)
     _report_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -381,6 +384,8 @@ def _report(sources: DashboardSources, experiment: ExperimentConfig | None) -> t
         return None, "No experiment report for an event log without SQL (the memory store)."
     if experiment is None:
         return None, "No experiment report: no experiment could be read."
+    if not sources.build_report:
+        return _stored_report(sources)
     key = experiment.model_dump_json()
     with sources._report_lock:  # one build at a time; the others wait for it and read the cache
         cached = sources._report_cache.get(key)
@@ -402,6 +407,37 @@ def _report(sources: DashboardSources, experiment: ExperimentConfig | None) -> t
         from monitoring.dashboard.plots import daily_trends
 
         view = ReportView(report, daily_trends(report), utc_now())
+        sources._report_cache.clear()
+        sources._report_cache[key] = (time.monotonic(), view)
+        return view, None
+
+
+def _stored_report(sources: DashboardSources) -> tuple[ReportView | None, str | None]:
+    """The newest report of the scheduled KPI job (monitoring.kpi_job), read once per file."""
+    from experiments.report import ExperimentReport
+    from monitoring.kpi_job import latest_report_file
+
+    path = latest_report_file(sources.home)
+    if path is None:
+        return None, (
+            "No experiment report yet: the scheduled KPI job writes one (monitoring.yaml: schedule.kpi_report_every, "
+            "first run schedule.first_run_after the server starts); `mailroute experiment report` makes one now."
+        )
+    key = str(path)
+    with sources._report_lock:
+        cached = sources._report_cache.get(key)
+        if cached is not None:
+            return cached[1], None
+        try:
+            report = ExperimentReport.from_json(path.read_bytes())
+        except (OSError, ValueError) as err:
+            return (
+                None,
+                f"The latest experiment report ({path.name}) could not be read: {' '.join(str(err).split())[:200]}",
+            )
+        from monitoring.dashboard.plots import daily_trends
+
+        view = ReportView(report, daily_trends(report), report.as_of)
         sources._report_cache.clear()
         sources._report_cache[key] = (time.monotonic(), view)
         return view, None

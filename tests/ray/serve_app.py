@@ -27,13 +27,23 @@ TOKEN = "test-admin-token"  # set by the session's Ray fixture (tests/ray/confte
 
 
 def register_models(home: Home) -> None:
-    """A linear model on 1,500 synthetic emails and a tiny random transformer, each registered as champion."""
+    """A linear model on 1,500 synthetic emails (with the drift-monitoring reference a training run stores: 400
+    held-out emails) and a tiny random transformer (no reference: its checks are skipped), each champion."""
+    import pandas as pd
+
+    from monitoring.reference import reference_writer, with_reference
+
     registry = ModelRegistry(home.registry)
     frame = generate(1500, seed=31)
     texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
     linear = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
-    common = {"preprocessing_version": PREPROCESSING_VERSION, "data_fingerprint": "test", "metrics": {}, "params": {}}
-    registry.register("linear", linear.save, kind="linear", labels=linear.labels, **common)
+    held = generate(400, seed=32)
+    proba = linear.predict_proba([model_text(s, b) for s, b in zip(held["subject"], held["body"], strict=True)])
+    both = pd.concat([frame, held], ignore_index=True).rename(columns={"queue": "label"})
+    reference = reference_writer(both, range(len(frame), len(both)), proba, linear.labels, policy="redacted", size=400)
+    common: dict[str, Any] = {"preprocessing_version": PREPROCESSING_VERSION, "data_fingerprint": "test",
+                              "metrics": {}, "params": {}}  # fmt: skip
+    registry.register("linear", with_reference(linear.save, reference), kind="linear", labels=linear.labels, **common)
     cfg = TransformerConfig(tiny=True)
     tokenizer = load_tokenizer(cfg)
     labels = QUEUES.names

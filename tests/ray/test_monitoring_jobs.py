@@ -28,7 +28,7 @@ min_rows: 5
 html: false
 checks: {quality: {min_feedback: 5}}
 retention: {drift: 10, quality: 10, runs: 10, workspace: 10}
-schedule: {monitor_every: 4s, first_run_after: 1s}
+schedule: {monitor_every: 4s, kpi_report_every: 4s, first_run_after: 1s}
 """
 
 
@@ -107,6 +107,14 @@ def test_scheduled_runs_appear_without_anyone_calling_them(app: dict[str, Any]) 
     ws = Workspace(str(home.root / "evidently"))
     project = next(p for p in ws.list_projects() if p.name == "mailroute drift")
     assert ws.list_runs(project.id)
+    # The KPI report ran unasked too, on the experiment the app runs (t-exp), not on experiments.yaml's.
+    from experiments.report import ExperimentReport
+    from monitoring.kpi_job import latest_report_file
+
+    path = _wait_for(lambda: latest_report_file(home), lambda p: p is not None, timeout_s=60)
+    assert path is not None
+    report = ExperimentReport.from_json(path.read_bytes())
+    assert report.experiment == "t-exp" and {g.arm for g in report.arms} == {"linear", "transformer"}
 
 
 def test_a_failing_job_is_logged_and_the_app_keeps_routing(app: dict[str, Any]) -> None:

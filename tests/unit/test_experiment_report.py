@@ -153,6 +153,7 @@ def test_kpi_and_saving_arithmetic_on_a_hand_built_log(hand_log: SQLiteEventLog)
     # 14 emails, 6 users: far below min_verdicts, so the recommendation says so in words.
     assert r.recommendation.action == "keep running" and "too few emails with a verdict" in r.recommendation.sentence
     no_nan(r)
+    assert ExperimentReport.from_json(r.to_json()) == r  # what the dashboard reads back from the KPI job
 
 
 def test_audit_policy_judges_only_audited_emails(tmp_path: Path) -> None:

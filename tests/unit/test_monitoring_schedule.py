@@ -53,11 +53,11 @@ def test_a_failing_job_is_logged_and_the_others_still_run(tmp_path: Path, monkey
     configs = _configs(tmp_path, "html: false\n")
     calls: list[str] = []
 
-    def boom(home: Home, config_dir: Path, serving: ServingConfig) -> None:
+    def boom(home: Home, config_dir: Path, serving: ServingConfig, experiment: object) -> None:
         calls.append("kpi")
         raise RuntimeError("the KPI database is down")
 
-    def fine(home: Home, config_dir: Path, serving: ServingConfig) -> dict[str, str]:
+    def fine(home: Home, config_dir: Path, serving: ServingConfig, experiment: object) -> dict[str, str]:
         calls.append("monitor")
         return {"run_id": "r1"}
 

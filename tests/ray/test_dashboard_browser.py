@@ -7,7 +7,6 @@ The set-up installs Debian's `chromium` and `chromium-driver` when they are miss
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -105,19 +104,18 @@ def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port:
         finally:
             _set_fault("transformer", None)
         assert running["faulty"]["reason"] == "fallback_to_linear:transformer_error"
-        running["monitoring"] = _monitoring_run(home, running["serving"])
+        _scheduled_jobs(home, running["serving"], running["experiment"])
         yield running
 
 
-def _monitoring_run(home: Home, serving: Any) -> bool:
-    """A real monitoring run over the traffic (its verdict rows are what the page shows); False until it exists."""
-    try:
-        from monitoring.config import MonitoringConfig
-        from monitoring.job import run_monitoring
-    except ImportError:
-        return False
-    run_monitoring(home, MonitoringConfig(), serving, arms=("linear", "transformer"))
-    return True
+def _scheduled_jobs(home: Home, serving: Any, experiment: Any) -> None:
+    """The two jobs the scheduler runs beside the app (tests/ray/test_monitoring_jobs.py shows it running them
+    unasked): a real monitoring run and a real KPI report, whose outputs the page shows."""
+    from monitoring.schedule import run_kpi_report_job, run_monitor_job
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    run_monitor_job(home, configs, serving, experiment)
+    assert run_kpi_report_job(home, configs, serving, experiment) is not None
 
 
 def _components_about(app: dict[str, Any], request_id: str, timeout_s: float = 20.0) -> set[str]:
@@ -161,21 +159,16 @@ def test_dashboard_in_chromium(app: dict[str, Any], browser: Any) -> None:
     assert "router" in logs and "arm-transformer" in logs and "injected fault" in logs
     flagged = browser.find_element(By.ID, "flagged-emails").text
     assert "fallback_to_linear:transformer_error" in flagged
-    # The experiment report and the drift verdicts come from other packages: until they exist, the page says so.
-    report = browser.find_element(By.ID, "report").text
-    if importlib.util.find_spec("experiments.report") is None:
-        assert "No experiment report yet" in report
-    else:
-        kpis = browser.find_element(By.ID, "kpis").text
-        assert "linear (control)" in kpis and "transformer" in kpis and "routing accuracy" in kpis
-        assert "Recommendation:" in browser.find_element(By.ID, "recommendation").text
-        assert browser.find_elements(By.ID, "srm") and browser.find_elements(By.ID, "guardrails")
-    drift = browser.find_element(By.ID, "drift").text
-    if not app["monitoring"]:
-        assert "No drift run yet" in drift
-    else:
-        verdicts = browser.find_element(By.ID, "verdicts").text
-        assert "all" in verdicts and ("no drift" in verdicts or "drift" in verdicts)
+    # The KPI job's report: both arms' KPIs with intervals, the recommendation, SRM and guardrails.
+    kpis = browser.find_element(By.ID, "kpis").text
+    assert "linear (control)" in kpis and "transformer" in kpis and "routing accuracy" in kpis and "[" in kpis
+    assert "Recommendation:" in browser.find_element(By.ID, "recommendation").text
+    assert browser.find_elements(By.ID, "srm") and browser.find_elements(By.ID, "guardrails")
+    # The drift verdicts: the linear arm's version has a reference, so its checks ran (not only "skipped").
+    verdicts = browser.find_element(By.ID, "verdicts").text
+    assert "linear" in verdicts and "prediction_drift" in verdicts
+    rows = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#verdicts tr")]
+    assert any("linear" in row and ("no drift" in row or " drift" in row) for row in rows), rows
 
     # Search: paste the request id into the box, as ops would.
     box = browser.find_element(By.ID, "q")
