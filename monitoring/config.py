@@ -150,6 +150,9 @@ class RetentionSpec(StrictModel):
     runs: int = Field(200, ge=1, description="Run summaries (runs/*.json).")
     kpi: int = Field(48, ge=1, description="Scheduled KPI reports (reports/experiments/, JSON + HTML).")
     workspace: int = Field(500, ge=1, description="Snapshots per project in the Evidently workspace.")
+    logs_days: float = Field(
+        30.0, gt=0, description="Component log records in the store older than this are deleted at each scheduled tick."
+    )
 
 
 class AlertSpec(StrictModel):

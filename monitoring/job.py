@@ -101,7 +101,8 @@ def configured_arms(config_dir: Path) -> tuple[str, ...]:
         return ()
 
 
-def _event_log(home: Home, serving: ServingConfig) -> EventLog:
+def open_job_event_log(home: Home, serving: ServingConfig) -> EventLog:
+    """The store the serving config names (the SQLite file of the home by default)."""
     return open_event_log(serving.event_log.url or f"sqlite:///{home.event_log}")
 
 
@@ -331,7 +332,7 @@ def run_monitoring(
         if override is None:
             raise RegistryError(f"{info.meta.name}:{info.meta.version} was trained without a reference sample")
     own_log = event_log is None
-    store = event_log if event_log is not None else _event_log(home, serving)
+    store = event_log if event_log is not None else open_job_event_log(home, serving)
     try:
         t = time.perf_counter()
         joined = store.joined_frame(run.window[0], run.window[1])
@@ -422,7 +423,7 @@ def report_failure(home: Home, serving: ServingConfig, err: BaseException, *, jo
     message = f"{job} job failed: {type(err).__name__}: {err}"
     log.error("%s", message)
     try:
-        store = _event_log(home, serving)
+        store = open_job_event_log(home, serving)
         try:
             store.record_logs([LogRecord(ts=utc_now(), component=COMPONENT, level="ERROR", message=message)])
         finally:

@@ -156,6 +156,7 @@ def run_due(
         report_failure(home, serving, err, job="scheduler")
         ticker.postpone_all(now, RETRY_AFTER_S)
         return
+    prune_component_logs(home, serving, cfg.retention.logs_days)
     for name, (func, interval) in jobs(cfg, monitor_every_s).items():
         if name not in ticker.due({name: interval}, now):
             continue
@@ -170,6 +171,28 @@ def run_due(
             report_failure(home, serving, err, job=name)
         state.runs += 1
         ticker.done(name, interval, time.monotonic())
+
+
+def prune_component_logs(home: Home, serving: ServingConfig, days: float) -> int:
+    """Delete component log records older than `days` (retention.logs_days); a failure only warns."""
+    from datetime import UTC, datetime, timedelta
+
+    from monitoring.job import open_job_event_log
+
+    if serving.event_log.url is None and not home.event_log.exists():
+        return 0  # nothing routed yet: do not create the file
+    try:
+        store = open_job_event_log(home, serving)
+    except Exception as err:
+        log.warning("log retention skipped: %s", err)
+        return 0
+    try:
+        return store.prune_logs((datetime.now(UTC) - timedelta(days=days)).isoformat())
+    except Exception as err:
+        log.warning("log retention failed: %s", err)
+        return 0
+    finally:
+        store.close()
 
 
 def run_forever(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from monitor_support import REPO, train_version
 from monitoring import schedule
 from monitoring.schedule import JobState, Ticker, run_due
 from serving.config import Home, ServingConfig
-from serving.store.eventlog import open_event_log
+from serving.store.eventlog import open_event_log, utc_now
 
 pytestmark = pytest.mark.unit
 
@@ -121,3 +122,17 @@ def test_kpi_report_job_writes_report_and_verdicts(tmp_path: Path) -> None:
 
 def test_kpi_report_job_without_a_log_does_nothing(tmp_path: Path) -> None:
     assert schedule.run_kpi_report_job(Home(tmp_path), _configs(tmp_path, "html: false\n"), ServingConfig()) is None
+
+
+def test_each_tick_deletes_component_logs_past_their_retention(tmp_path: Path) -> None:
+    from serving.store.eventlog import LogRecord
+
+    home, serving = Home(tmp_path / "home"), ServingConfig()
+    configs = _configs(tmp_path, "html: false\nretention: {logs_days: 7}\n")
+    store = open_event_log(f"sqlite:///{home.event_log}")
+    old = (datetime.now(UTC) - timedelta(days=8)).isoformat()
+    store.record_logs([LogRecord(old, "router", "ERROR", "last week"), LogRecord(utc_now(), "router", "ERROR", "now")])
+    ticker, states = Ticker(first_after_s=3600, start=time.monotonic()), dict[str, JobState]()
+    run_due(home, configs, serving, ticker, states, time.monotonic())  # no job is due yet; retention runs anyway
+    assert [r.message for r in store.logs()] == ["now"]
+    store.close()
