@@ -38,9 +38,11 @@ def _install_chromium() -> str | None:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return "chromium and chromium-driver are missing and cannot be installed here (needs root and apt-get)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"], env=env, capture_output=True, timeout=600
-    )
+    install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
+    done = subprocess.run(install, env=env, capture_output=True, timeout=600)
+    if done.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+        done = subprocess.run(install, env=env, capture_output=True, timeout=600)
     if done.returncode != 0 or not os.path.exists(CHROMEDRIVER):
         tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         return f"apt-get install chromium chromium-driver failed: {tail[0]}"
