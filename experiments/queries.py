@@ -157,6 +157,7 @@ def emails(scope: Scope) -> Any:
             p.c.model_version,
             day_of(p.c.ts, scope.days).label("day"),
             p.c.user_key,
+            p.c.ts,
             p.c.latency_ms,
             *(expr.label(name) for name, expr in cols.items()),
         )
@@ -182,6 +183,7 @@ def build_cells(conn: Connection, scope: Scope) -> sa.Table:
         "report_cells",
         meta,
         *(sa.Column(k, sa.String) for k in CELL_KEYS),
+        sa.Column("first_ts", sa.String),
         *(sa.Column(c, sa.Float) for c in COLUMNS),
         prefixes=["TEMPORARY"],
     )
@@ -189,8 +191,8 @@ def build_cells(conn: Connection, scope: Scope) -> sa.Table:
     cells.create(conn)
     e = emails(scope)
     group = [e.c[k] for k in CELL_KEYS]
-    select = sa.select(*group, *(sa.func.sum(e.c[c]) for c in COLUMNS)).group_by(*group)
-    conn.execute(cells.insert().from_select([*CELL_KEYS, *COLUMNS], select))
+    select = sa.select(*group, sa.func.min(e.c.ts), *(sa.func.sum(e.c[c]) for c in COLUMNS)).group_by(*group)
+    conn.execute(cells.insert().from_select([*CELL_KEYS, "first_ts", *COLUMNS], select))
     return cells
 
 
@@ -206,24 +208,15 @@ def user_sums(conn: Connection, cells: sa.Table) -> dict[str, tuple[list[str], n
     return {arm: (keys, np.asarray(vals, dtype=float)) for arm, (keys, vals) in out.items()}
 
 
-def first_arms(conn: Connection, scope: Scope) -> list[tuple[str, str, str]]:
-    """(user_key, first ts, arm of that first email) per user of the experiment in the window: the SRM check counts
-    each user once, in the arm that first served them (one row per user, like `user_sums`)."""
-    p = P.alias("p")
-    in_window = sa.and_(
-        p.c.ts >= scope.days[0].lo,
-        p.c.ts < scope.days[-1].hi,
-        p.c.experiment == scope.experiment,
-        _flag(p.c.in_experiment),
-    )
-    first = sa.select(p.c.user_key, sa.func.min(p.c.ts).label("ts")).where(in_window).group_by(p.c.user_key)
-    f = first.subquery("first_seen")
-    q2 = P.alias("q")
+def first_arms(conn: Connection, cells: sa.Table) -> list[tuple[str, str, str]]:
+    """(user_key, first ts, arm of that first email) per user of the experiment in the window, from the cells: the
+    SRM check counts each user once, in the arm that first served them (one row per user, like `user_sums`)."""
+    c = cells.c
+    first = sa.select(c.user_key, sa.func.min(c.first_ts).label("ts")).group_by(c.user_key).subquery("first_seen")
     rows = conn.execute(
-        sa.select(q2.c.user_key, q2.c.ts, q2.c.arm)
-        .select_from(q2.join(f, sa.and_(q2.c.user_key == f.c.user_key, q2.c.ts == f.c.ts)))
-        .where(q2.c.experiment == scope.experiment, _flag(q2.c.in_experiment))
-        .order_by(q2.c.user_key, q2.c.arm)
+        sa.select(c.user_key, c.first_ts, c.arm)
+        .select_from(cells.join(first, sa.and_(c.user_key == first.c.user_key, c.first_ts == first.c.ts)))
+        .order_by(c.user_key, c.arm)
     )
     seen: dict[str, tuple[str, str, str]] = {}
     for user, ts, arm in rows:

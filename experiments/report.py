@@ -3,7 +3,7 @@
 `build_report(...)` is the one entry point (the CLI and the dashboard call it); it returns an `ExperimentReport`,
 a frozen value with `to_dict()`/`to_json()`, rendered by `experiments.render` as text, HTML or CSV. Definitions:
 `experiments.kpi` (KPIs), `experiments.stats` (intervals), `experiments.recommend` (rules), and
-docs/experiment-analysis.md. Every figure that cannot be estimated is None and is printed as words, never as NaN.
+README.md ("Experiment analysis"). Every figure that cannot be estimated is None and is printed as words, never as NaN.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def build_report(
                 per_user = queries.user_sums(conn, cells)
                 by_version = queries.moments(conn, cells, ("arm", "model_name", "model_version"), queues, BREAKDOWN)
                 by_day = queries.moments(conn, cells, ("arm", "day"), queues, BREAKDOWN)
-                first_seen = queries.first_arms(conn, scope)
+                first_seen = queries.first_arms(conn, cells)
                 hist, count_rows, outside = light.result()
     finally:
         engine.dispose()
