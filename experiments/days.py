@@ -74,6 +74,11 @@ def _midnight(d: date, zone: ZoneInfo) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=zone).astimezone(UTC)
 
 
+def start_of_day(moment: datetime, zone: ZoneInfo) -> datetime:
+    """Local midnight (in UTC) of the day `moment` falls on in `zone`."""
+    return _midnight(moment.astimezone(zone).date(), zone)
+
+
 def local_days(since: datetime, until: datetime, zone: ZoneInfo) -> list[Day]:
     """The local days that `[since, until)` touches, oldest first, each cut to the window."""
     if until <= since:

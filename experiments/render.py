@@ -96,9 +96,15 @@ def render_text(r: ExperimentReport) -> str:
             t = per_day.setdefault(row.day, [0, 0, 0, 0])
             for i, v in enumerate((row.auto_routed, row.sent_to_triage, row.fallback, row.emails)):
                 t[i] += v
+        quiet = 0
         for day in r.days:
             a, tr, f, n = per_day.get(day.day, [0, 0, 0, 0])
+            if n == 0:
+                quiet += 1  # a long window must not print hundreds of zero lines
+                continue
             out.append(f"  {day.day}  {a:>7} + {tr:>6} + {f:>5} = {n:>7}" + (f"   ({day.note})" if day.note else ""))
+        if quiet:
+            out.append(f"  ({quiet} day{'s' if quiet > 1 else ''} without email not shown)")
     return "\n".join(out) + "\n"
 
 

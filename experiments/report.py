@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from experiments import queries
 from experiments.analysis_config import AnalysisConfig
 from experiments.config import ExperimentConfig
-from experiments.days import Day, local_days, log_ts
+from experiments.days import Day, local_days, log_ts, start_of_day
 from experiments.kpi import COLUMNS, kpis
 from experiments.recommend import RATE_GUARDRAILS, Guardrail, Recommendation, guardrails, overall, recommend
 from experiments.stats import Difference, Interval, Moments, SrmResult, kpi_difference, kpi_interval, srm_test
@@ -212,7 +212,9 @@ def build_report(
                 return _empty(
                     exp, cfg, queues, as_of, ["the event log is empty: no email has been routed yet"], since, until
                 )
-            since = since or datetime.fromisoformat(first)
+            until_is_now = until is None
+            # From the first email's local midnight, so that the first day is whole rather than "partial".
+            since = since or start_of_day(datetime.fromisoformat(first), cfg.zone)
             until = until or max(as_of, since + timedelta(microseconds=1))
             days = tuple(local_days(since, until, cfg.zone))
             cutoff = log_ts(as_of - timedelta(hours=cfg.implicit_correct_after_hours))
@@ -234,7 +236,9 @@ def build_report(
     lat_day = queries.percentiles(hist, lambda r: (r[0], r[3]))
     counts = tuple(CountRow(**r) for r in count_rows)
     for d in (days[0], days[-1]) if len(days) > 1 else days[:1]:
-        if d.note:
+        if d is days[-1] and until_is_now and d.partial:
+            notes.append(f"day {d.day} is today: counted up to now ({d.hours:.1f} of {d.full_hours:.0f} hours)")
+        elif d.note:
             which = "first" if d is days[0] else "last"
             notes.append(f"{which} day {d.day} is a {d.note}")
     if not counts:

@@ -257,6 +257,19 @@ def test_emails_fall_on_their_local_day_and_a_cut_day_is_reported(tmp_path: Path
     no_nan(r)
 
 
+def test_the_default_window_starts_at_the_first_emails_local_midnight_and_ends_now(tmp_path: Path) -> None:
+    log = SQLiteEventLog(tmp_path / "events.db")
+    log.record_predictions([pred("2026-03-09T15:30:00+00:00", "u1", "linear", "billing"),
+                            pred("2026-03-10T08:00:00+00:00", "u2", "linear", "billing")])  # fmt: skip
+    r = report(log)  # as of 2026-03-10T12:00Z
+    assert r.since == "2026-03-09T00:00:00.000000+00:00" and r.until == "2026-03-10T12:00:00.000000+00:00"
+    assert not any("partial" in n for n in r.notes)  # the first day is whole
+    assert "day 2026-03-10 is today: counted up to now (12.0 of 24 hours)" in r.notes
+    quiet = report(log, since=datetime(2026, 3, 1, tzinfo=UTC))  # eight days without email before the first
+    text = render_text(quiet)
+    assert "2026-03-09" in text and "2026-03-02" not in text and "(8 days without email not shown)" in text
+
+
 def _audit(path: Path, ts: datetime, old: dict[str, float], new: dict[str, float]) -> None:
     def exp(w: dict[str, float]) -> dict[str, Any]:
         return experiment(arms={a: {"model": a, "weight": x} for a, x in w.items()}).model_dump(mode="json")
