@@ -1,9 +1,10 @@
 """The `mailroute monitor` group: drift and quality monitoring of the event log.
 
 `monitor run` is one run (monitoring.job); its exit code tells a scheduler what it found: 0 no alarm, 3 drift or a
-quality alarm, 2 bad arguments or config (a malformed monitoring.yaml, a missing --reference version), 1 any other
-failure. `monitor schedule` repeats it (monitoring.schedule) without a server. Commands import Evidently and pandas
-in their bodies, which keeps `mailroute --help` fast.
+quality alarm, 2 bad arguments or config (a malformed monitoring.yaml, a missing --reference version), 1 a planned
+check could not be computed (and nothing alarmed) or any other failure. `monitor schedule` repeats it
+(monitoring.schedule) without a server. Commands import Evidently and pandas in their bodies, which keeps
+`mailroute --help` fast.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def run(
 ) -> None:
     from datetime import timedelta
 
-    from monitoring.job import EXIT_USAGE, configured_arms, run_monitoring
+    from monitoring.job import EXIT_USAGE, configured_arms, configured_triage_queue, run_monitoring
     from monitoring.schedule import monitoring_config
     from serving.cli import options, print_json
     from serving.config import config_dir, load_serving
@@ -57,7 +58,7 @@ def run(
     try:
         result = run_monitoring(
             home, cfg, serving, window=None if seconds is None else timedelta(seconds=seconds),
-            reference=reference, arms=configured_arms(config_dir()),
+            reference=reference, arms=configured_arms(config_dir()), triage_queue=configured_triage_queue(config_dir()),
         )  # fmt: skip
     except RegistryError as err:
         print(f"mailroute monitor run: {err}", file=sys.stderr)
@@ -66,6 +67,8 @@ def run(
         print_json(result.to_json())
     else:
         _print(result)
+    if result.failure is not None:
+        print(f"mailroute monitor run: {result.failure}", file=sys.stderr)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
 

@@ -1,7 +1,7 @@
 """`configs/monitoring.yaml`: windows, each drift check's method and threshold, the family-wise alpha, retention,
 alerts and schedules, as one strict pydantic model.
 
-Every check names its method. A p-value method (`ks`, `chisquare`, `text_content_drift_p`, ...) takes no threshold
+Every check names its method. A p-value method (`ks`, `chisquare_2sample`, `text_content_drift_p`) takes no threshold
 of its own: the run splits `family_alpha` over all the p-value tests it runs (Bonferroni), so the chance that a
 run with no drift raises any alarm stays at or under `family_alpha` however many arms there are. A score method
 (`wasserstein`, `jensenshannon`, `abs_text_content_drift`, ...) compares an effect size with a pinned threshold and
@@ -20,31 +20,58 @@ from pydantic import Field, field_validator, model_validator
 
 from serving.config import StrictModel, config_dir, load_config
 
-# Evidently's stat tests by what their score is. p-value tests alarm when p < threshold, score tests when the
-# distance or AUC is above it. `text_content_drift_p` is ours (monitoring.stats): Evidently's domain classifier
-# with its ROC AUC turned into a p-value.
+# The stat tests a check may use, by what their score is. p-value tests alarm when p < threshold, score tests when
+# the distance or AUC is above it. Only p-value tests whose false-alarm rate is what their threshold says are
+# accepted, since the family-wise guarantee rests on it. `text_content_drift_p` and `chisquare_2sample` are ours
+# (monitoring.drift, monitoring.stats): Evidently's domain classifier with its ROC AUC turned into a p-value, and a
+# two-sample chi-square of the category mix.
 P_VALUE_METHODS = {
-    "text": ("text_content_drift_p", "perc_text_content_drift"),
-    "numerical": ("ks", "mannw", "anderson", "cramer_von_mises", "t_test", "es"),
-    "categorical": ("chisquare", "z", "g_test", "fisher_exact", "TVD"),
+    "text": ("text_content_drift_p",),
+    "numerical": ("ks",),
+    "categorical": ("chisquare_2sample",),
 }
 SCORE_METHODS = {
     "text": ("abs_text_content_drift",),
     "numerical": ("wasserstein", "psi", "kl_div", "hellinger", "jensenshannon", "ed"),
     "categorical": ("jensenshannon", "psi", "kl_div", "hellinger"),
 }
+# Evidently methods refused, and why (the config error says so).
+REFUSED_METHODS = {
+    "chisquare": "a goodness-of-fit test that takes the reference's shares as exact: clean windows alarm",
+    "perc_text_content_drift": "its score is an AUC, not a p-value",
+    "anderson": "scipy floors its p-value at 0.001, so it can never alarm below a Bonferroni threshold",
+    "TVD": "its p-value comes from 100 permutations, too coarse for a Bonferroni threshold",
+    "fisher_exact": "it only handles two categories",
+    "z": "it tests the first category only",
+    "g_test": "a goodness-of-fit test like chisquare",
+    "mannw": "not validated here; use ks",
+    "cramer_von_mises": "not validated here; use ks",
+    "t_test": "it tests the mean only; use ks",
+    "es": "not validated here; use ks",
+}
 DESCRIPTORS = ("length", "word_count", "oov_share", "non_letter_share")
 TEXT_COLUMNS = ("subject", "body")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+MAX_DURATION = timedelta(days=36500)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def parse_duration(text: str) -> timedelta:
-    """`90s`, `30m`, `24h`, `7d`, `2w` as a timedelta; anything else is a ValueError meant for a person."""
+    """`90s`, `30m`, `24h`, `7d`, `2w` as a timedelta; anything else (a zero duration, one under a microsecond, one
+    too long for a date) is a ValueError meant for a person."""
     match = _DURATION.match(str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"'{text}' is not a duration; use a positive number and a unit: 30m, 24h, 7d")
-    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    bad = f"'{text}' is not a duration; use a positive number and a unit: 30m, 24h, 7d"
+    if not match:
+        raise ValueError(bad)
+    try:
+        delta = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    except OverflowError:
+        delta = timedelta.max
+    if delta <= timedelta(0):
+        raise ValueError(bad)
+    if delta > MAX_DURATION:  # a window reaching before year 1 cannot be subtracted from now
+        raise ValueError(f"'{text}' is too long a duration; at most {MAX_DURATION.days}d")
+    return delta
 
 
 class CheckSpec(StrictModel):
@@ -68,6 +95,9 @@ def _check_method(spec: CheckSpec, kind: str, where: str) -> CheckSpec:
             raise ValueError(f"{where}: '{spec.method}' is a score test and needs a pinned 'threshold'")
     else:
         known = ", ".join((*P_VALUE_METHODS[kind], *SCORE_METHODS[kind]))
+        why = REFUSED_METHODS.get(spec.method)
+        if why is not None:
+            raise ValueError(f"{where}: method '{spec.method}' is not allowed ({why}); use one of {known}")
         raise ValueError(f"{where}: unknown method '{spec.method}' for a {kind} check; use one of {known}")
     return spec
 
@@ -104,10 +134,10 @@ class QualityCheck(StrictModel):
     )
     min_feedback: int = Field(30, ge=1, description="Fewer feedback records than this in a scope: check skipped.")
     sources: tuple[Literal["agent", "audit", "labelling"], ...] = Field(
-        ("agent", "audit", "labelling"),
+        ("audit", "labelling"),
         min_length=1,
-        description="Feedback sources counted. Agents mostly send corrections, which biases accuracy low; "
-        "where they do, set [audit].",
+        description="Feedback sources counted. Agents mostly send corrections, which biases accuracy low, so "
+        "agent feedback is left out by default; add agent only where agents confirm right answers too.",
     )
 
 
@@ -115,8 +145,8 @@ class Checks(StrictModel):
     text: TextChecks = Field(default_factory=TextChecks, description="Text-content drift per column.")
     descriptors: DescriptorChecks = Field(default_factory=DescriptorChecks, description="Descriptor drift.")
     prediction: CheckSpec = Field(
-        default_factory=lambda: _pvalue("chisquare"),
-        description="Predicted queue mix vs the version's predictions on its reference sample.",
+        default_factory=lambda: _pvalue("chisquare_2sample"),
+        description="Predicted queue mix vs the version's predictions on its reference sample (two-sample test).",
     )
     confidence: CheckSpec = Field(
         default_factory=lambda: _pvalue("ks"),
@@ -151,7 +181,7 @@ class RetentionSpec(StrictModel):
     kpi: int = Field(48, ge=1, description="Scheduled KPI reports (reports/experiments/, JSON + HTML).")
     workspace: int = Field(500, ge=1, description="Snapshots per project in the Evidently workspace.")
     logs_days: float = Field(
-        30.0, gt=0, description="Component log records in the store older than this are deleted at each scheduled tick."
+        30.0, gt=0, description="Component log records in the store older than this are deleted at each monitoring run."
     )
 
 
@@ -180,8 +210,11 @@ class ScheduleSpec(StrictModel):
     monitor_every: str = Field("1h", description="Interval between monitoring runs, e.g. 15m, 1h.")
     kpi_report_every: str = Field("1h", description="Interval between KPI reports (once experiments.report exists).")
     first_run_after: str = Field("5m", description="Delay before the first runs after start.")
+    job_timeout: str = Field(
+        "15m", description="A job run longer than this is logged as failed and the loop goes on (its thread may go on)."
+    )
 
-    @field_validator("monitor_every", "kpi_report_every", "first_run_after")
+    @field_validator("monitor_every", "kpi_report_every", "first_run_after", "job_timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)

@@ -8,7 +8,9 @@ results back out of the snapshots, saves HTML and JSON, and adds the snapshots t
 Each drift check is Evidently's `ValueDrift` with the method and threshold the job planned (monitoring.job); the
 alarm is Evidently's own test verdict. `text_content_drift_p`, registered here, is Evidently's text-content drift
 (its domain classifier, split and ROC AUC) with the AUC turned into a p-value (monitoring.stats.auc_p_value), so that
-it joins the Bonferroni family like the other p-value tests.
+it joins the Bonferroni family like the other p-value tests. `chisquare_2sample`, registered here too, is the
+predicted-queue mix's two-sample chi-square (monitoring.stats.contingency_p_value): Evidently's own `chisquare` is a
+goodness-of-fit test against the reference's shares taken as exact, which false-alarms on clean windows.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import pandas as pd
 from sklearn.exceptions import ConvergenceWarning
 
 from monitoring.descriptors import descriptor_functions, descriptor_text
-from monitoring.stats import auc_p_value
+from monitoring.stats import auc_p_value, contingency_p_value
 
 TEXT_P_METHOD = "text_content_drift_p"
+CATEGORY_P_METHOD = "chisquare_2sample"
 _registered = False
 
 
@@ -70,8 +73,18 @@ def _text_content_drift_p(
     return p, p < threshold
 
 
+def _chisquare_2sample(
+    reference: pd.Series, current: pd.Series, feature_type: Any, threshold: float
+) -> tuple[float, bool]:
+    """Two-sample chi-square of the category mix (rare categories pooled): see monitoring.stats."""
+    ref, cur = reference.dropna().astype(str).value_counts(), current.dropna().astype(str).value_counts()
+    keys = sorted(set(ref.index) | set(cur.index))
+    p = contingency_p_value(ref.reindex(keys, fill_value=0).to_numpy(), cur.reindex(keys, fill_value=0).to_numpy())
+    return p, p < threshold
+
+
 def register_stattests() -> None:
-    """Register `text_content_drift_p` with Evidently (once per process)."""
+    """Register `text_content_drift_p` and `chisquare_2sample` with Evidently (once per process)."""
     global _registered
     if _registered:
         return
@@ -86,6 +99,15 @@ def register_stattests() -> None:
             default_threshold=0.05,
         ),
         _text_content_drift_p,
+    )
+    register_stattest(
+        StatTest(
+            name=CATEGORY_P_METHOD,
+            display_name="Two-sample chi-square p_value (rare categories pooled)",
+            allowed_feature_types=[ColumnType.Categorical],
+            default_threshold=0.05,
+        ),
+        _chisquare_2sample,
     )
     _registered = True
 

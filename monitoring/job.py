@@ -7,7 +7,8 @@ what the dashboard and later the rollout logic read; `latest_verdicts()` picks t
 could not run is a row with `alarm` false, `score` None and the reason in `detail`: never a NaN.
 
 Exit codes of `mailroute monitor run`: 0 no alarm, 3 at least one check alarmed (`EXIT_DRIFT`), 2 bad arguments or
-config (a malformed monitoring.yaml, a missing `--reference` version), 1 any other failure.
+config (a malformed monitoring.yaml, a missing `--reference` version), 1 a planned check could not be computed (a
+drift report that raised: `RunResult.not_computed`) and nothing alarmed, or any other failure.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from monitoring import reports
 from monitoring.alerts import Alarm, AlertOutcome, payload, post_alarms
 from monitoring.config import MonitoringConfig
 from monitoring.reference import Reference, load_reference, mix
-from monitoring.scopes import ALL, Planned, ScopeRows, bonferroni_plan, plan_scope, split_scopes
-from monitoring.stats import accuracy_p_value
+from monitoring.scopes import ALL, TRIAGE_QUEUE, Planned, ScopeRows, bonferroni_plan, plan_scope, split_scopes
+from monitoring.stats import accuracy_p_value, expected_accuracy
 from serving.config import Home, ServingConfig
 from serving.models.registry import ModelRegistry, RegistryError
 from serving.store.eventlog import EventLog, LogRecord, MonitorVerdict, open_event_log, utc_now
@@ -55,6 +56,7 @@ class RunResult:
     seconds: float
     alert: AlertOutcome | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    not_computed: tuple[str, ...] = ()  # "scope/check" of every planned (not skipped) check that gave no result
 
     @property
     def alarms(self) -> list[MonitorVerdict]:
@@ -62,7 +64,17 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_DRIFT if self.alarms else EXIT_OK
+        if self.alarms:
+            return EXIT_DRIFT
+        return EXIT_ERROR if self.not_computed else EXIT_OK
+
+    @property
+    def failure(self) -> str | None:
+        """Why the run exits 1, in one line; None when it does not."""
+        if self.alarms or not self.not_computed:
+            return None
+        shown = ", ".join(self.not_computed[:5]) + (", ..." if len(self.not_computed) > 5 else "")
+        return f"{len(self.not_computed)} planned check(s) could not be computed (see the logs): {shown}"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +90,7 @@ class RunResult:
             "seconds": round(self.seconds, 2),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
             "alert": None if self.alert is None else asdict(self.alert),
+            "not_computed": list(self.not_computed),
         }
 
 
@@ -99,6 +112,17 @@ def configured_arms(config_dir: Path) -> tuple[str, ...]:
     except Exception as err:
         log.debug("no configured arms (%s)", err)
         return ()
+
+
+def configured_triage_queue(config_dir: Path) -> str:
+    """queues.yaml's triage queue in `config_dir` (the default one when the file is missing or unreadable)."""
+    from serving.config import load_queues
+
+    try:
+        return load_queues(Path(config_dir) / "queues.yaml").triage_queue
+    except Exception as err:
+        log.debug("no configured triage queue (%s)", err)
+        return TRIAGE_QUEUE
 
 
 def open_job_event_log(home: Home, serving: ServingConfig) -> EventLog:
@@ -295,13 +319,18 @@ def _accuracy(
     correct = int((rows["predicted"] == rows["true_queue"]).sum())
     accuracy = correct / len(rows)
     tolerance = run.cfg.checks.quality.tolerance
-    expected = max(reference.accuracy - tolerance, 0.0)
+    # what the reference's per-queue accuracy gives on this feedback's queue mix: feedback concentrated on a hard
+    # (or easy) queue must not read as a drop (or rise)
+    mix = {str(q): int(n) for q, n in rows["true_queue"].astype(str).value_counts().items()}
+    reference_accuracy = expected_accuracy(reference.queue_accuracy, reference.accuracy, mix)
+    expected = max(reference_accuracy - tolerance, 0.0)
     p_value = accuracy_p_value(correct, len(rows), expected)
     threshold = float(p.threshold or 0)
     alarm = p_value < threshold
     detail = (
-        f"accuracy {accuracy:.3f} on {len(rows)} feedback records vs reference {reference.accuracy:.3f} - "
-        f"{tolerance:g}: binomial p = {p_value:.3g} {'<' if alarm else '>='} {threshold:.3g}"
+        f"accuracy {accuracy:.3f} on {len(rows)} feedback records vs reference {reference_accuracy:.3f} "
+        f"(per-queue, weighted by the feedback's queues) - {tolerance:g}: binomial p = {p_value:.3g} "
+        f"{'<' if alarm else '>='} {threshold:.3g}"
     )
     return _verdict(run, p, alarm, p_value, detail, report)
 
@@ -316,13 +345,15 @@ def run_monitoring(
     event_log: EventLog | None = None,
     reference: str | None = None,
     arms: Sequence[str] = (),
+    triage_queue: str = TRIAGE_QUEUE,
 ) -> RunResult:
     """One run over [end - window, end). `reference` ("name:vN") compares every scope with that version's reference
     instead of the serving versions' (a missing version is a RegistryError, for the CLI's exit 2). `arms` are the
-    configured arms: one without traffic in the window still gets its rows, saying so."""
+    configured arms: one without traffic in the window still gets its rows, saying so. `triage_queue`: queues.yaml's
+    (an email a model answered but the router sent there is compared by the model's guess)."""
     started = time.perf_counter()
     end = end or datetime.now(UTC)
-    start = end - (window or cfg.window_delta)
+    start = end - (window if window is not None else cfg.window_delta)
     run = _Run(cfg, home, uuid.uuid4().hex, reports.stamp(end), (start.isoformat(), end.isoformat()))
     registry = ModelRegistry(home.registry)
     override = None
@@ -337,7 +368,7 @@ def run_monitoring(
         t = time.perf_counter()
         joined = store.joined_frame(run.window[0], run.window[1])
         run.timed("read", t)
-        scopes = split_scopes(joined, arms)
+        scopes = split_scopes(joined, arms, triage_queue)
         refs = _references(scopes, registry, override, run)
         plan: list[Planned] = []
         for scope in scopes:
@@ -353,9 +384,13 @@ def run_monitoring(
         for scope in scopes:
             verdicts += _scope_checks(run, scope, refs[scope.scope][0], [p for p in plan if p.scope == scope.scope])
         alert = _alert(run, verdicts)
+        planned = {(p.scope, p.check) for p in plan if p.skip is None}
+        missing = tuple(f"{v.scope}/{v.check}" for v in verdicts if (v.scope, v.check) in planned and v.score is None)
+        if missing and not any(v.alarm for v in verdicts):
+            run.note("ERROR", f"monitor: {len(missing)} planned check(s) not computed: {', '.join(missing)}")
         summary = reports.report_stem(home.reports, "runs", run.stamp, run.run_id).with_suffix(".json")
         result = RunResult(run.run_id, utc_now(), run.window[0], run.window[1], tuple(verdicts), tuple(run.reports),
-                           str(summary), time.perf_counter() - started, alert, run.timings)  # fmt: skip
+                           str(summary), time.perf_counter() - started, alert, run.timings, missing)  # fmt: skip
         reports.write_run_summary(summary, result.to_json())
         store.record_verdicts(list(result.verdicts))
         _retain(run)

@@ -23,13 +23,16 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from monitoring.descriptors import build_vocabulary, descriptor_text
 from serving.store.redact import TextPolicy, apply_policy
+
+if TYPE_CHECKING:
+    from monitoring.config import ReferenceSpec
 
 FOLDER = "monitoring"
 FRAME_FILE = "reference.parquet"
@@ -53,6 +56,12 @@ class Reference:
         if self.frame.empty:
             return 0.0
         return float((self.frame["predicted"] == self.frame["queue"]).mean())
+
+    @property
+    def queue_accuracy(self) -> dict[str, float]:
+        """The version's held-out accuracy per true queue."""
+        right = (self.frame["predicted"] == self.frame["queue"]).groupby(self.frame["queue"].astype(str)).mean()
+        return {str(q): float(a) for q, a in right.items()}
 
 
 def sample_reference(
@@ -138,16 +147,24 @@ def reference_writer(
     return write
 
 
+def reference_spec() -> ReferenceSpec:
+    """monitoring.yaml's `reference` section (its defaults where there is no file; a malformed one is a
+    ConfigError). A training job calls this when it starts, so a broken file fails it before any training."""
+    from monitoring.config import MonitoringConfig, load_monitoring
+    from serving.config import config_dir
+
+    path = config_dir() / "monitoring.yaml"
+    return (load_monitoring(path) if path.exists() else MonitoringConfig()).reference
+
+
 def training_reference(
     frame: pd.DataFrame, held_out: Sequence[int] | np.ndarray, proba: np.ndarray, label_names: Sequence[str]
 ) -> Callable[[Path], None]:
     """`reference_writer` with the serving config's text policy and the monitoring config's sample size (its
     defaults where no monitoring.yaml exists; a malformed one is a ConfigError)."""
-    from monitoring.config import MonitoringConfig, load_monitoring
-    from serving.config import config_dir, load_serving
+    from serving.config import load_serving
 
-    path = config_dir() / "monitoring.yaml"
-    spec = (load_monitoring(path) if path.exists() else MonitoringConfig()).reference
+    spec = reference_spec()
     policy = load_serving().event_log.text_policy
     return reference_writer(frame, held_out, proba, label_names, policy=policy, size=spec.sample_size, seed=spec.seed)
 
@@ -177,15 +194,19 @@ def mix(parts: Sequence[tuple[Reference, float]], size: int, seed: int = 0) -> R
     """The reference of traffic served by several versions: each version's sample in proportion to its share.
 
     Without drift, mail served by a 70/30 split of two versions looks like 70% of the first's reference and 30% of
-    the second's; the vocabulary is their union.
+    the second's; the vocabulary is their union. Where a version's sample is too small for its share of `size`,
+    every share is scaled down by the same factor (the smallest available / wanted ratio), so the proportions hold
+    and the mix is smaller instead.
     """
     if len(parts) == 1:
         return parts[0][0]
     total = sum(share for _, share in parts)
+    wanted = [size * share / total for _, share in parts]
+    ratio = min([1.0, *(len(ref.frame) / want for (ref, _), want in zip(parts, wanted, strict=True) if want > 0)])
     rng = np.random.default_rng(seed)
     frames = []
-    for ref, share in parts:
-        take = min(len(ref.frame), max(1, round(size * share / total)))
+    for (ref, _), want in zip(parts, wanted, strict=True):
+        take = min(len(ref.frame), max(1, round(want * ratio)))
         frames.append(ref.frame.iloc[np.sort(rng.permutation(len(ref.frame))[:take])])
     policies = {ref.text_policy for ref, _ in parts}
     return Reference(

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-KINDS = ("drift", "quality", "runs")
+REPORT_NAME = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}")  # <stamp>-<run8>: what report_stem names; nothing else is ours
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -49,12 +49,13 @@ def write_run_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 def prune(folder: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` reports in `folder` (a report is every file sharing one stem)."""
+    """Delete all but the newest `keep` reports in `folder` (a report is every file sharing one stem). Only files
+    named the way reports are (`<stamp>-<run8>...`) count: anything else in the folder is left alone."""
     if not folder.is_dir():
         return []
     groups: dict[str, list[Path]] = defaultdict(list)
     for path in folder.iterdir():
-        if path.is_file():
+        if path.is_file() and REPORT_NAME.match(path.name):
             groups[path.name.split(".", 1)[0]].append(path)
     removed: list[Path] = []
     for stem in sorted(groups)[: max(0, len(groups) - keep)]:

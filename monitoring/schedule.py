@@ -4,15 +4,22 @@
 Three ways to run the same job function (`run_monitor_job`):
 
 - beside `mailroute serve`: `serving.launch.start()` starts `SchedulerActor`, a small Ray actor owned by the serving
-  driver with `num_cpus=0` (it never takes a CPU reservation the replicas need) that also lowers its own OS priority,
-  so on a busy machine the routing path wins. Its loop runs each due job in a worker thread; a job that raises is
-  logged (process log and a `LogRecord` of component "monitor" in the store) and runs again on the next tick; the
-  actor leaves by itself when the Serve app is gone, and `launch.stop()` ends it;
+  driver with `num_cpus=0` (it never takes a CPU reservation the replicas need). Its loop runs each due job in a
+  worker thread at a lower OS priority (nice 10, set on that thread: on Linux a nice value is per thread, and the
+  threads the job starts inherit it), so on a busy machine the routing path wins. A job that raises, or runs past
+  `schedule.job_timeout`, is logged (process log and a `LogRecord` of component "monitor" in the store) and runs
+  again on the next tick; the actor leaves by itself when the Serve app is gone, and `launch.stop()` ends it;
 - `mailroute monitor schedule --every 1h`: the same loop in the foreground, without a server or Ray;
 - on a cluster, from any scheduler you already have: `ray job submit -- mailroute monitor run` (exit code 3 on drift).
 
 monitoring.yaml is read again at every tick, so a changed interval or threshold applies without a restart, and a
-file broken while the server runs fails that tick (logged) instead of the server.
+file broken while the server runs fails that tick (logged) instead of the server. Component log retention
+(`retention.logs_days`) runs once per monitoring-job run, not at every pass of the loop (each takes SQLite's write
+lock).
+
+A job past its timeout cannot be stopped from outside (Python has no way to kill a thread): it is recorded as
+failed and the loop goes on, while its thread is left to finish in the background; until it does, that job's next
+runs are skipped (and logged as failed), so a hung job never piles up threads.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from serving.config import Home, ServingConfig
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "mailroute-scheduler"
+JOB_NICE = 10  # the actor's job threads' nice value
 APP_CHECK_EVERY_S = 10.0
 RETRY_AFTER_S = 60.0  # after a failed tick whose job intervals are not known yet
 _HANDLES: dict[str, Any] = {}  # the scheduler actor's handle, held by the serving driver
@@ -51,10 +59,12 @@ def run_monitor_job(
 ) -> dict[str, Any]:
     """One monitoring run with the config as it is now; returns the run's summary (RunResult.to_json()).
     `experiment`: the running one (its arms are the scopes); None reads experiments.yaml."""
-    from monitoring.job import configured_arms, run_monitoring
+    from monitoring.job import configured_arms, configured_triage_queue, run_monitoring
 
     arms = tuple(experiment.arms) if experiment is not None else configured_arms(config_dir)
-    result = run_monitoring(home, monitoring_config(config_dir), serving, arms=arms)
+    result = run_monitoring(
+        home, monitoring_config(config_dir), serving, arms=arms, triage_queue=configured_triage_queue(config_dir)
+    )
     return result.to_json()
 
 
@@ -134,6 +144,31 @@ class JobState:
     failures: int = 0
     last_ok: str | None = None  # run_id or "ok"
     last_error: str | None = None
+    running: threading.Thread | None = field(default=None, compare=False, repr=False)  # a run past its timeout
+
+
+def _run_in_thread(
+    func: Callable[[], dict[str, Any] | None], timeout_s: float, nice: int | None, name: str
+) -> tuple[threading.Thread, dict[str, Any] | None]:
+    """Run `func` in a daemon thread (at `nice` on Linux) and wait up to `timeout_s`. Returns the thread and the
+    job's output; the output is None and the thread still alive when it timed out. An exception is re-raised."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        if nice is not None:
+            with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: run at normal priority
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        try:
+            box["out"] = func()
+        except BaseException as err:
+            box["err"] = err
+
+    thread = threading.Thread(target=target, name=f"mailroute-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if "err" in box:
+        raise box["err"]
+    return thread, box.get("out")
 
 
 def run_due(
@@ -145,9 +180,12 @@ def run_due(
     now: float,
     monitor_every_s: float | None = None,
     experiment: Callable[[], ExperimentConfig | None] | None = None,
+    nice: int | None = None,
 ) -> None:
-    """Run every due job once; failures are logged and recorded, never raised. `experiment` gives the running
-    experiment (the scheduler beside the app asks Serve); None: the configured one."""
+    """Run every due job once, each in its own thread with `schedule.job_timeout` (at OS priority `nice` where
+    given); failures and timeouts are logged and recorded, never raised. After a monitoring-job run, component log
+    records past `retention.logs_days` are deleted. `experiment` gives the running experiment (the scheduler beside
+    the app asks Serve); None: the configured one."""
     from monitoring.job import report_failure
 
     try:
@@ -156,13 +194,26 @@ def run_due(
         report_failure(home, serving, err, job="scheduler")
         ticker.postpone_all(now, RETRY_AFTER_S)
         return
-    prune_component_logs(home, serving, cfg.retention.logs_days)
+    timeout_s = parse_duration(cfg.schedule.job_timeout).total_seconds()
     for name, (func, interval) in jobs(cfg, monitor_every_s).items():
         if name not in ticker.due({name: interval}, now):
             continue
         state = states.setdefault(name, JobState())
         try:
-            out = func(home, config_dir, serving, experiment() if experiment is not None else None)
+            if state.running is not None and state.running.is_alive():
+                raise TimeoutError("the run that passed its timeout is still going: this run skipped")
+            state.running = None
+            running = experiment() if experiment is not None else None
+
+            def call(func: JobFunc = func, running: ExperimentConfig | None = running) -> dict[str, Any] | None:
+                return func(home, config_dir, serving, running)
+
+            thread, out = _run_in_thread(call, timeout_s, nice, name)
+            if thread.is_alive():
+                state.running = thread
+                raise TimeoutError(
+                    f"still running after {cfg.schedule.job_timeout} (schedule.job_timeout); left to finish"
+                )
             state.last_ok = str((out or {}).get("run_id", "ok"))
             state.last_error = None
         except Exception as err:
@@ -170,6 +221,8 @@ def run_due(
             state.last_error = f"{type(err).__name__}: {err}"
             report_failure(home, serving, err, job=name)
         state.runs += 1
+        if name == "monitor":
+            prune_component_logs(home, serving, cfg.retention.logs_days)
         ticker.done(name, interval, time.monotonic())
 
 
@@ -223,8 +276,6 @@ class SchedulerActor:
     """The Ray actor beside the Serve app (wrapped with `ray.remote` in `start_scheduler`)."""
 
     def __init__(self, home: str, config_dir: str, serving: dict[str, Any], app_name: str) -> None:
-        with contextlib.suppress(OSError):
-            os.nice(10)  # off the routing path: replicas on the same cores get the CPU first
         self.home, self.config_dir = Home(Path(home)), Path(config_dir)
         self.serving = ServingConfig.model_validate(serving)
         self.app_name = app_name
@@ -252,7 +303,7 @@ class SchedulerActor:
             try:
                 await asyncio.to_thread(
                     run_due, self.home, self.config_dir, self.serving, self.ticker, self.states, time.monotonic(),
-                    None, lambda: live_experiment(self.app_name),
+                    None, lambda: live_experiment(self.app_name), JOB_NICE,
                 )  # fmt: skip
             except Exception:  # run_due records job failures itself; this is a bug in the loop: keep ticking
                 log.exception("scheduler tick failed")
@@ -266,9 +317,6 @@ class SchedulerActor:
             return self.app_name in serve.status().applications
         except Exception:  # Serve shut down
             return False
-
-    async def status(self) -> dict[str, Any]:
-        return {name: vars(state).copy() for name, state in self.states.items()}
 
 
 def start_scheduler(home: Home, config_dir: Path, serving: ServingConfig, app_name: str) -> Any | None:

@@ -6,8 +6,10 @@ Per arm, the rows compared are those the arm's own model answered, by the versio
 after every arm failed) are left out, since they say nothing about this arm's model. "all" takes every row some
 model answered, against the traffic-weighted mix of the serving versions' references.
 
-The prediction compared is the model's top queue: the routed queue, or for a low-confidence email sent to triage
-the model's guess, which the log keeps as `secondary_queue`. So the triage policy does not read as prediction drift.
+The prediction compared is the model's top queue: the routed queue, or for an email a model answered but the router
+sent to the triage queue (low confidence, on its own arm or as a fallback arm) the model's guess, which the log
+keeps as `secondary_queue`; such a row without a guess is left out. So the triage policy does not read as
+prediction drift.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import pandas as pd
 
 from monitoring.config import DESCRIPTORS, TEXT_COLUMNS, CheckSpec, MonitoringConfig
 from monitoring.stats import bonferroni
-from serving.policy import LOW_CONFIDENCE
 
 ALL = "all"
+TRIAGE_QUEUE = "triage"  # queues.yaml's default triage_queue
 NO_MODEL = "none"
 CURRENT_COLUMNS = ["subject", "body", "predicted", "confidence", "true_queue", "feedback_source"]
 
@@ -56,18 +58,20 @@ class Planned:
     skip: str | None = None
 
 
-def model_prediction(frame: pd.DataFrame) -> pd.Series:
-    """The model's top queue per row: the routed queue, or its guess for a low-confidence email sent to triage."""
-    guess = frame["secondary_queue"].where(frame["reason"] == LOW_CONFIDENCE)
-    return guess.fillna(frame["queue"]).astype(str)
+def model_prediction(frame: pd.DataFrame, triage_queue: str = TRIAGE_QUEUE) -> pd.Series:
+    """The model's top queue per row: the routed queue, or its guess (`secondary_queue`) for an email sent to the
+    triage queue, whatever the reason (low confidence, or a fallback arm's unsure answer); NA where there is none."""
+    return frame["secondary_queue"].where(frame["queue"].astype(str) == triage_queue, frame["queue"])
 
 
-def _current(rows: pd.DataFrame) -> pd.DataFrame:
+def _current(rows: pd.DataFrame, triage_queue: str = TRIAGE_QUEUE) -> pd.DataFrame:
+    predicted = model_prediction(rows, triage_queue)
+    rows, predicted = rows[predicted.notna()], predicted[predicted.notna()].astype(str)
     return pd.DataFrame(
         {
             "subject": rows["subject"].to_numpy(),
             "body": rows["body"].to_numpy(),
-            "predicted": model_prediction(rows).to_numpy(),
+            "predicted": predicted.to_numpy(),
             "confidence": rows["confidence"].astype(float).to_numpy(),
             "true_queue": rows["true_queue"].to_numpy(),
             "feedback_source": rows["feedback_source"].to_numpy(),
@@ -82,16 +86,19 @@ def _versions(rows: pd.DataFrame) -> tuple[VersionShare, ...]:
     return tuple(VersionShare(str(k), int(v)) for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def split_scopes(joined: pd.DataFrame, expected_arms: Sequence[str] = ()) -> list[ScopeRows]:
+def split_scopes(
+    joined: pd.DataFrame, expected_arms: Sequence[str] = (), triage_queue: str = TRIAGE_QUEUE
+) -> list[ScopeRows]:
     """Each arm seen in the window or expected (the configured ones), by name, then "all". `joined` is
-    EventLog.joined_frame's output. An expected arm without a row is a scope with no rows and no versions."""
+    EventLog.joined_frame's output. An expected arm without a row is a scope with no rows and no versions.
+    A model-answered row sent to `triage_queue` without the model's guess is left out (see model_prediction)."""
     answered = joined[joined["model_name"].astype(str) != NO_MODEL]
     scopes: list[ScopeRows] = []
     for arm in sorted(set(joined["arm"].astype(str).unique()) | set(expected_arms)):
         arm_rows = answered[answered["arm"] == arm]
         versions = _versions(arm_rows)
         if not versions:
-            scopes.append(ScopeRows(arm, _current(arm_rows), (), int((joined["arm"] == arm).sum())))
+            scopes.append(ScopeRows(arm, _current(arm_rows, triage_queue), (), int((joined["arm"] == arm).sum())))
             continue
         main = versions[0].model
         keys = arm_rows["model_name"].astype(str) + ":" + arm_rows["model_version"].astype(str)
@@ -102,10 +109,16 @@ def split_scopes(joined: pd.DataFrame, expected_arms: Sequence[str] = ()) -> lis
             notes.append("also " + ", ".join(f"{v.model} ({v.rows} rows)" for v in versions[1:]) + ", left out")
         if excluded:
             notes.append(f"{excluded} of the arm's rows not answered by {main} (fallback, triage) left out")
-        scopes.append(ScopeRows(arm, _current(mine), (VersionShare(main, len(mine)),), excluded, tuple(notes)))
+        current = _current(mine, triage_queue)
+        if len(current) < len(mine):
+            notes.append(f"{len(mine) - len(current)} rows sent to {triage_queue} without the model's guess left out")
+        scopes.append(ScopeRows(arm, current, (VersionShare(main, len(mine)),), excluded, tuple(notes)))
     versions = _versions(answered)
     notes = ["versions " + ", ".join(f"{v.model} ({v.rows} rows)" for v in versions)] if versions else []
-    scopes.append(ScopeRows(ALL, _current(answered), versions, len(joined) - len(answered), tuple(notes)))
+    current = _current(answered, triage_queue)
+    if len(current) < len(answered):
+        notes.append(f"{len(answered) - len(current)} rows sent to {triage_queue} without the model's guess left out")
+    scopes.append(ScopeRows(ALL, current, versions, len(joined) - len(answered), tuple(notes)))
     return scopes
 
 

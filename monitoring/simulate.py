@@ -43,13 +43,15 @@ def route_frame(
     text_policy: TextPolicy = "redacted",
     triage_queue: str = "triage",
     feedback_share: float = 0.3,
+    feedback_source: str = "agent",
     seed: int = 0,
     experiment: str | None = None,
     users: int = 5000,
 ) -> tuple[list[PredictionEvent], list[FeedbackEvent]]:
     """Prediction and feedback events for the emails of `frame` (training.synth.generate's columns), with the
     arms taking turns at random and timestamps spread evenly over [start, start + span). With `experiment`, the
-    emails count as that experiment's, from `users` senders (each user's arm is drawn once, as assignment is sticky)."""
+    emails count as that experiment's, from `users` senders (each user's arm is drawn once, as assignment is sticky).
+    The feedback (a random `feedback_share` of the emails, tagged `feedback_source`) is unbiased, like an audit's."""
     rng = np.random.default_rng(seed)
     emails = [from_fields(str(s), str(b)) for s, b in zip(frame["subject"], frame["body"], strict=True)]
     texts = [model_text(e.subject, e.body) or e.subject or "(empty)" for e in emails]
@@ -92,7 +94,11 @@ def route_frame(
             )
         )
         if gets_feedback[i]:
-            feedback.append(FeedbackEvent(request_id=request_id, ts=ts, true_queue=str(frame["queue"].iloc[i])))
+            feedback.append(
+                FeedbackEvent(
+                    request_id=request_id, ts=ts, true_queue=str(frame["queue"].iloc[i]), source=feedback_source
+                )
+            )
     return predictions, feedback
 
 

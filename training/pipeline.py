@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.special import softmax
 
-from monitoring.reference import training_reference, with_reference
+from monitoring.reference import reference_spec, training_reference, with_reference
 from serving.config import Home, load_serving
 from serving.mail.text import PREPROCESSING_VERSION
 from serving.models.linear import LinearTextClassifier
@@ -165,6 +165,7 @@ def train_transformer_job(
     from serving.models.transformer import TransformerPredictor, blend
     from training.transformer import train_transformer
 
+    reference_spec()  # monitoring.yaml read now: a broken one is a ConfigError before any training
     started = time.perf_counter()
     data = load_labelled(spec, min_classes=2)
     texts = data.frame["text"].tolist()

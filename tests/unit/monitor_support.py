@@ -34,12 +34,13 @@ def window_log(
     home: Home, *, n: int, seed: int, drift: float = 0.0, arms: tuple[str, ...] = ("linear",), feedback: float = 0.3
 ) -> MemoryEventLog:
     """A memory event log holding `n` routed emails of the last day before END, split over `arms` (all served
-    by the champion linear version)."""
+    by the champion linear version), a random `feedback` share of them with audit feedback."""
     predictor, meta = load_version(ModelRegistry(home.registry), "linear")
     served = [Arm(name, predictor, meta.name, meta.version) for name in arms]
     predictions, fb = route_frame(
         generate(n, seed=seed, drift=drift), served, start=END - WINDOW, span=WINDOW - timedelta(minutes=1),
         policy=load_serving(REPO / "configs" / "serving.yaml").policy, feedback_share=feedback, seed=seed,
+        feedback_source="audit",  # random feedback is an audit's: what checks.quality.sources counts by default
     )  # fmt: skip
     store = MemoryEventLog()
     fill(store, predictions, fb)

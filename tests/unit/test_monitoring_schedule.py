@@ -124,7 +124,13 @@ def test_kpi_report_job_without_a_log_does_nothing(tmp_path: Path) -> None:
     assert schedule.run_kpi_report_job(Home(tmp_path), _configs(tmp_path, "html: false\n"), ServingConfig()) is None
 
 
-def test_each_tick_deletes_component_logs_past_their_retention(tmp_path: Path) -> None:
+def _fake_jobs(monitor: schedule.JobFunc) -> object:
+    return lambda cfg, every=None: {"monitor": (monitor, 10.0)}
+
+
+def test_component_logs_past_their_retention_go_once_per_monitoring_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from serving.store.eventlog import LogRecord
 
     home, serving = Home(tmp_path / "home"), ServingConfig()
@@ -132,7 +138,68 @@ def test_each_tick_deletes_component_logs_past_their_retention(tmp_path: Path) -
     store = open_event_log(f"sqlite:///{home.event_log}")
     old = (datetime.now(UTC) - timedelta(days=8)).isoformat()
     store.record_logs([LogRecord(old, "router", "ERROR", "last week"), LogRecord(utc_now(), "router", "ERROR", "now")])
+    pruned: list[float] = []
+    real = schedule.prune_component_logs
+
+    def counting(home: Home, serving: ServingConfig, days: float) -> int:
+        pruned.append(days)
+        return real(home, serving, days)
+
+    monkeypatch.setattr(schedule, "prune_component_logs", counting)
+    monkeypatch.setattr(schedule, "jobs", _fake_jobs(lambda *a: {"run_id": "r1"}))
     ticker, states = Ticker(first_after_s=3600, start=time.monotonic()), dict[str, JobState]()
-    run_due(home, configs, serving, ticker, states, time.monotonic())  # no job is due yet; retention runs anyway
-    assert [r.message for r in store.logs()] == ["now"]
+    for _ in range(3):  # loop passes with no job due: no write lock taken
+        run_due(home, configs, serving, ticker, states, time.monotonic())
+    assert pruned == [] and len(store.logs()) == 2
+    run_due(home, configs, serving, ticker, states, time.monotonic() + 3600)  # the monitoring run
+    assert pruned == [7.0] and [r.message for r in store.logs()] == ["now"]
     store.close()
+
+
+def test_a_job_past_its_timeout_is_a_failure_and_the_loop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    home, serving = Home(tmp_path / "home"), ServingConfig()
+    configs = _configs(tmp_path, "html: false\nschedule: {job_timeout: 0.3s}\n")
+    release = threading.Event()
+
+    def hangs(*args: object) -> dict[str, str]:
+        release.wait(30)
+        return {"run_id": "late"}
+
+    monkeypatch.setattr(schedule, "jobs", _fake_jobs(hangs))
+    ticker, states = Ticker(first_after_s=0, start=time.monotonic()), dict[str, JobState]()
+    started = time.monotonic()
+    run_due(home, configs, serving, ticker, states, time.monotonic())
+    assert time.monotonic() - started < 10
+    state = states["monitor"]
+    assert state.failures == 1 and (state.last_error or "").startswith("TimeoutError: still running after 0.3s")
+    assert any("monitor job failed: TimeoutError" in m for m in _monitor_logs(home))
+    run_due(home, configs, serving, ticker, states, time.monotonic() + 11)  # still hung: skipped, not piled up
+    assert state.failures == 2 and "still going" in (state.last_error or "")
+    release.set()
+    assert state.running is not None
+    state.running.join(5)
+    run_due(home, configs, serving, ticker, states, time.monotonic() + 22)  # it finished: runs again
+    assert state.failures == 2 and state.runs == 3
+
+
+def test_jobs_run_at_lower_priority_in_their_own_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import threading
+
+    seen: dict[str, int] = {}
+
+    def record(*args: object) -> dict[str, str]:
+        seen["job"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return {"run_id": "r1"}
+
+    monkeypatch.setattr(schedule, "jobs", _fake_jobs(record))
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    ticker, states = Ticker(first_after_s=0, start=time.monotonic()), dict[str, JobState]()
+    run_due(Home(tmp_path / "home"), _configs(tmp_path, "html: false\n"), ServingConfig(), ticker, states,
+            time.monotonic(), nice=max(before, 10))  # fmt: skip
+    assert seen["job"] == max(before, 10) and states["monitor"].last_ok == "r1"
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # the caller's thread untouched

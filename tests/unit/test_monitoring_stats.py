@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import pandas as pd
 import pytest
-from scipy.stats import mannwhitneyu
+from scipy.stats import chi2_contingency, mannwhitneyu
 
 from monitoring.config import MonitoringConfig
 from monitoring.scopes import bonferroni_plan, plan_scope
@@ -89,3 +92,79 @@ def test_plan_skips_with_reasons() -> None:
     assert by["text_drift.body"] == by["descriptor.length"] == "the event log keeps no email text"
     assert by["prediction_drift"] is None and by["confidence_drift"] is None
     assert "only 3 feedback records" in (by["accuracy"] or "")
+
+
+# The predicted-queue mix: the synthetic generator's base mix, plus one rare queue (0.15%) to exercise pooling.
+_MIX = np.array([23, 26, 14, 13, 8, 6, 10], dtype=float) / 100
+_DRIFTED = np.array([19, 31, 10, 10, 18, 6, 6], dtype=float) / 100
+
+
+def _prediction_test() -> Any:
+    """The stat test the default config runs for prediction_drift, as Evidently resolves it."""
+    from evidently.legacy.calculations.stattests.registry import get_stattest
+    from evidently.legacy.core import ColumnType
+
+    from monitoring.drift import register_stattests
+
+    register_stattests()
+    method = MonitoringConfig().checks.prediction.method
+    one = pd.Series(["a"])
+    return get_stattest(one, one, ColumnType.Categorical, method)
+
+
+@pytest.mark.parametrize("rare", [False, True])
+def test_default_prediction_drift_is_calibrated_on_clean_windows(rare: bool) -> None:
+    """2,000-row reference vs 20,000-email windows from one queue mix (Evidently's goodness-of-fit `chisquare`
+    alarmed in ~90% of these at 0.01 / 27): at most its nominal rate at 0.05, and (nearly) never at 0.01 / 27."""
+    from evidently.legacy.core import ColumnType
+
+    test = _prediction_test()
+    mix = np.append(_MIX * 0.9985, 0.0015) if rare else _MIX
+    family = 0.01 / 27  # one arm and all traffic, 27 p-value tests
+    p = []
+    for seed in range(500):
+        rng = np.random.default_rng(seed)
+        ref = pd.Series(rng.choice(len(mix), 2000, p=mix).astype(str))
+        cur = pd.Series(rng.choice(len(mix), 20_000, p=mix).astype(str))
+        p.append(test(ref, cur, ColumnType.Categorical, family).drift_score)
+    values = np.array(p)
+    assert np.isfinite(values).all()
+    assert (values < family).sum() <= 2  # expected 0.19 of 500
+    assert (values < 0.05).mean() <= 0.09  # nominal 0.05; 4 standard errors of slack
+
+
+def test_default_prediction_drift_alarms_on_a_shifted_mix() -> None:
+    from evidently.legacy.core import ColumnType
+
+    test = _prediction_test()
+    shifted = 0.5 * _MIX + 0.5 * _DRIFTED  # the generator at drift 0.5
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        ref = pd.Series(rng.choice(len(_MIX), 2000, p=_MIX).astype(str))
+        cur = pd.Series(rng.choice(len(_MIX), 20_000, p=shifted).astype(str))
+        result = test(ref, cur, ColumnType.Categorical, 0.01 / 27)
+        assert result.drifted and result.drift_score < 0.01 / 27
+
+
+def test_contingency_p_value_pools_rare_and_new_categories() -> None:
+    from monitoring.stats import contingency_p_value
+
+    ref = np.array([500, 500, 0])  # a queue the reference never predicted ...
+    cur = np.array([5000, 5000, 3])  # ... seen 3 times in the window: pooled, not p = 0
+    assert contingency_p_value(ref, cur) > 0.5
+    assert contingency_p_value([100, 0], [0, 100]) < 1e-10  # a real change
+    assert contingency_p_value([10], [20]) == 1.0  # one category: nothing to compare
+    assert contingency_p_value([0, 0], [3, 4]) == 1.0  # an empty side
+    # known answer: scipy's test of homogeneity on the (unpooled) table
+    table = np.array([[30, 50, 20], [40, 40, 30]])
+    assert contingency_p_value(table[0], table[1]) == pytest.approx(chi2_contingency(table, correction=False).pvalue)
+
+
+def test_expected_accuracy_follows_the_feedback_mix() -> None:
+    from monitoring.stats import expected_accuracy
+
+    per_queue = {"billing": 0.95, "general": 0.6}
+    assert expected_accuracy(per_queue, 0.9, {"general": 40}) == pytest.approx(0.6)
+    assert expected_accuracy(per_queue, 0.9, {"billing": 30, "general": 10}) == pytest.approx(0.8625)
+    assert expected_accuracy(per_queue, 0.9, {"legal": 10}) == pytest.approx(0.9)  # unknown queue: overall
+    assert expected_accuracy(per_queue, 0.9, {}) == pytest.approx(0.9)
