@@ -63,10 +63,10 @@ demo: $(VENV)/.installed
 	  for i in $$(seq 240); do $(FETCH) http://127.0.0.1:$(DEMO_PORT)/readyz >/dev/null 2>&1 && break; \
 	    kill -0 $$pid 2>/dev/null || { cat $(HOME_DIR)/serve.log; exit 1; }; sleep 1; done; \
 	  started=$$(date +%s); \
-	  echo "== a mail gateway sends 400 emails and a helpdesk sends the agents' queues back as feedback"; \
-	  $(MR) replay --data $(DEMO_DATA)/fresh.jsonl --label-col queue --n 400 --feedback --url http://127.0.0.1:$(DEMO_PORT); \
+	  echo "== a mail gateway sends 400 emails; an audit reviews each one and sends its queue back as feedback"; \
+	  $(MR) replay --data $(DEMO_DATA)/fresh.jsonl --label-col queue --n 400 --feedback --feedback-source audit --url http://127.0.0.1:$(DEMO_PORT); \
 	  echo "== then 300 emails of drifted mail (new products, new errors, another queue mix)"; \
-	  $(MR) replay --data $(DEMO_DATA)/drifted.jsonl --label-col queue --n 300 --feedback --url http://127.0.0.1:$(DEMO_PORT); \
+	  $(MR) replay --data $(DEMO_DATA)/drifted.jsonl --label-col queue --n 300 --feedback --feedback-source audit --url http://127.0.0.1:$(DEMO_PORT); \
 	  $(MR) experiment show --url http://127.0.0.1:$(DEMO_PORT); \
 	  $(FETCH) http://127.0.0.1:$(DEMO_PORT)/metrics | grep '^mailroute_requests_total' | head -n 8; \
 	  echo "== waiting for the scheduled monitoring run and KPI report (nobody calls them)"; \

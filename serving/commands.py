@@ -8,6 +8,7 @@ The registry commands read the registry folder directly (no server needed); `ser
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -27,6 +28,12 @@ app.add_typer(log_app, name="log")
 JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 UrlOption = Annotated[str, typer.Option(help="the running service")]
 DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class FeedbackSource(str, Enum):
+    agent = "agent"
+    audit = "audit"
+    labelling = "labelling"
 
 
 # ---- registry ------------------------------------------------------------------------------------------------
@@ -159,6 +166,13 @@ def replay(
     feedback: Annotated[
         bool, typer.Option("--feedback", help="send each label back as agent feedback, as a helpdesk would")
     ] = False,
+    feedback_source: Annotated[
+        FeedbackSource,
+        typer.Option(
+            help="what the feedback stands for: agent (corrections, as agents send them), audit (every email "
+            "reviewed, the unbiased sample), labelling"
+        ),
+    ] = FeedbackSource.agent,
 ) -> None:
     from serving.client import MailrouteClient
     from training.data import read_dataset
@@ -174,7 +188,10 @@ def replay(
             triaged += answer["queue"] == "triage"
             correct += answer["queue"] == row.label
             if feedback:
-                client.feedback(answer["request_id"], str(row.label), handling_seconds=30.0, agent_id="replay")
+                client.feedback(
+                    answer["request_id"], str(row.label), handling_seconds=30.0, agent_id="replay",
+                    source=feedback_source.value,
+                )  # fmt: skip
     auto = routed - triaged
     print(f"routed {routed} emails: {auto} auto-routed ({correct} to the right queue), {triaged} to triage"
           + (f"; sent {routed} feedback records" if feedback else ""))  # fmt: skip

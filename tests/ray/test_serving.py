@@ -267,12 +267,13 @@ def test_replay_and_log_stats(app: dict[str, Any], tmp_path: Path, capsys: pytes
     data = tmp_path / "replay.jsonl"
     emails = generate(30, seed=51)
     write_corpus(emails, data)
-    code = main(["replay", "--data", str(data), "--label-col", "queue", "--url", app["url"], "--feedback"])
+    args = ["replay", "--data", str(data), "--label-col", "queue", "--url", app["url"], "--feedback"]
+    code = main([*args, "--feedback-source", "audit"])
     assert code == 0 and "routed 30 emails" in capsys.readouterr().out
     # Other tests' buffered writes may land at any time, so count this replay's emails by their email_id.
     ids = set(emails["email_id"])
     joined = _wait_for(lambda: _joined_rows(app, ids), lambda df: len(df) == 30 and df["true_queue"].notna().all())
-    assert joined["email_id"].is_unique
+    assert joined["email_id"].is_unique and set(joined["feedback_source"]) == {"audit"}
     code = main(["--home", str(app["home"].root), "log", "stats", "--json"])
     stats = json.loads(capsys.readouterr().out)
     assert code == 0 and stats["predictions"] >= 30 and stats["feedback"] >= 30
