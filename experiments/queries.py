@@ -210,18 +210,16 @@ def user_sums(conn: Connection, cells: sa.Table) -> dict[str, tuple[list[str], n
 
 def first_arms(conn: Connection, cells: sa.Table) -> list[tuple[str, str, str]]:
     """(user_key, first ts, arm of that first email) per user of the experiment in the window, from the cells: the
-    SRM check counts each user once, in the arm that first served them (one row per user, like `user_sums`)."""
+    SRM check counts each user once, in the arm that first served them. One row per (user, arm) leaves the database
+    (like `user_sums`); the earliest is picked here, ties by arm name."""
     c = cells.c
-    first = sa.select(c.user_key, sa.func.min(c.first_ts).label("ts")).group_by(c.user_key).subquery("first_seen")
-    rows = conn.execute(
-        sa.select(c.user_key, c.first_ts, c.arm)
-        .select_from(cells.join(first, sa.and_(c.user_key == first.c.user_key, c.first_ts == first.c.ts)))
-        .order_by(c.user_key, c.arm)
-    )
-    seen: dict[str, tuple[str, str, str]] = {}
-    for user, ts, arm in rows:
-        seen.setdefault(user, (user, ts, arm))  # two first emails in one microsecond: the first arm by name
-    return list(seen.values())
+    rows = conn.execute(sa.select(c.user_key, c.arm, sa.func.min(c.first_ts)).group_by(c.user_key, c.arm))
+    first: dict[str, tuple[str, str]] = {}
+    for user, arm, ts in rows:
+        seen = first.get(user)
+        if seen is None or (ts, arm) < seen:
+            first[user] = (ts, arm)
+    return [(user, ts, arm) for user, (ts, arm) in first.items()]
 
 
 def _pairs(queues: QueuesConfig, names: Sequence[str] | None) -> list[tuple[int, int]]:
