@@ -55,6 +55,8 @@ def run(
     seconds = _duration(window, "--window")
     cfg, serving = monitoring_config(config_dir()), load_serving()
     home = options(ctx).resolve_home()
+    if serving.event_log.url is None and not home.event_log.exists():  # a wrong --home must not pass as "no alarm"
+        raise FileNotFoundError(f"no event log at {home.event_log}: nothing was routed yet")
     try:
         result = run_monitoring(
             home, cfg, serving, window=None if seconds is None else timedelta(seconds=seconds),
@@ -69,6 +71,9 @@ def run(
         _print(result)
     if result.failure is not None:
         print(f"mailroute monitor run: {result.failure}", file=sys.stderr)
+    from monitoring.schedule import prune_component_logs
+
+    prune_component_logs(home, serving, cfg.retention.logs_days)  # as a scheduled run does (cron users too)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
 
@@ -89,7 +94,11 @@ def _print(result: object) -> None:
         print(f"  webhook: {'sent' if result.alert.sent else result.alert.error or 'no URL configured'}")
 
 
-@app.command("schedule", help="run the monitoring job every interval, without the server (Ctrl-C stops)")
+@app.command(
+    "schedule",
+    help="run the monitoring job (every --every) and the KPI report (every schedule.kpi_report_every) without the "
+    "server, the first runs at once; Ctrl-C stops",
+)
 def schedule(
     ctx: typer.Context,
     every: Annotated[str | None, typer.Option(help="interval: 15m, 1h (default: monitoring.yaml)")] = None,
@@ -113,4 +122,4 @@ def schedule(
     try:
         run_forever(options(ctx).resolve_home(), config_dir(), serving, every=every, on_run=report)
     except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        raise  # the entry point says "interrupted" and exits 130

@@ -208,7 +208,7 @@ class ScheduleSpec(StrictModel):
 
     enabled: bool = Field(True, description="Start the scheduler actor with the Serve app.")
     monitor_every: str = Field("1h", description="Interval between monitoring runs, e.g. 15m, 1h.")
-    kpi_report_every: str = Field("1h", description="Interval between KPI reports (once experiments.report exists).")
+    kpi_report_every: str = Field("1h", description="Interval between scheduled KPI reports of the experiment.")
     first_run_after: str = Field("5m", description="Delay before the first runs after start.")
     job_timeout: str = Field(
         "15m", description="A job run longer than this is logged as failed and the loop goes on (its thread may go on)."

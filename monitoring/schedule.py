@@ -1,4 +1,4 @@
-"""Jobs that run by themselves: the monitoring run (and, once it lands, the KPI report) on the intervals of
+"""Jobs that run by themselves: the monitoring run and the KPI report, on the intervals of
 `configs/monitoring.yaml`.
 
 Three ways to run the same job function (`run_monitor_job`):

@@ -421,7 +421,7 @@ def _stored_report(sources: DashboardSources) -> tuple[ReportView | None, str | 
     if path is None:
         return None, (
             "No experiment report yet: the scheduled KPI job writes one (monitoring.yaml: schedule.kpi_report_every, "
-            "first run schedule.first_run_after the server starts); `mailroute experiment report` makes one now."
+            "first run schedule.first_run_after the server starts); `mailroute experiment report` prints one now."
         )
     key = str(path)
     with sources._report_lock:

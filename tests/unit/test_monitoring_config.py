@@ -117,6 +117,18 @@ def test_monitor_run_refuses_bad_windows_in_one_line(capsys: pytest.CaptureFixtu
         assert "\n" not in err and window in err
 
 
+def test_monitor_run_on_a_home_with_no_event_log_is_an_error_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from serving.cli import main
+
+    home = tmp_path / "empty-home"
+    assert main(["--home", str(home), "monitor", "run"]) == 1  # a wrong --home must not read as "no alarm"
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no event log at" in err and "nothing was routed yet" in err
+    assert not (home / "events.db").exists()
+
+
 def test_a_broken_monitoring_yaml_fails_transformer_training_before_the_fit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
