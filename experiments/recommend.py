@@ -78,7 +78,7 @@ def guardrails(
     limits = {"p95_latency_ms": g.max_p95_latency_ms, **{key: getattr(g, f) for key, _, f in RATE_GUARDRAILS}}
     labels = {"p95_latency_ms": "p95 latency", **{key: label for key, label, _ in RATE_GUARDRAILS}}
     if emails < cfg.min_verdicts or users < 2:
-        why = f"too few emails to judge ({emails} from {users} users; {cfg.min_verdicts} from 2 users needed)"
+        why = f"too few emails to judge ({emails} from {users} users; {cfg.min_verdicts} from at least 2 users needed)"
         return [Guardrail(arm, k, None, limit, "no data", f"{arm} {labels[k]}: {why}") for k, limit in limits.items()]
     theirs = {r.name: r for r in (control[0] if control else ())}
     diffs = control[1] if control else {}
