@@ -65,8 +65,8 @@ demo: $(VENV)/.installed
 	  started=$$(date +%s); \
 	  echo "== a mail gateway sends 400 emails; an audit reviews each one and sends its queue back as feedback"; \
 	  $(MR) replay --data $(DEMO_DATA)/fresh.jsonl --label-col queue --n 400 --feedback --feedback-source audit --url http://127.0.0.1:$(DEMO_PORT); \
-	  echo "== then 300 emails of drifted mail (new products, new errors, another queue mix)"; \
-	  $(MR) replay --data $(DEMO_DATA)/drifted.jsonl --label-col queue --n 300 --feedback --feedback-source audit --url http://127.0.0.1:$(DEMO_PORT); \
+	  echo "== then 1,000 emails of drifted mail (new products, new errors, another queue mix)"; \
+	  $(MR) replay --data $(DEMO_DATA)/drifted.jsonl --label-col queue --n 1000 --feedback --feedback-source audit --url http://127.0.0.1:$(DEMO_PORT); \
 	  $(MR) experiment show --url http://127.0.0.1:$(DEMO_PORT); \
 	  $(FETCH) http://127.0.0.1:$(DEMO_PORT)/metrics | grep '^mailroute_requests_total' | head -n 8; \
 	  echo "== waiting for the scheduled monitoring run and KPI report (nobody calls them)"; \
