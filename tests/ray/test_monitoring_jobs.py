@@ -111,9 +111,13 @@ def test_scheduled_runs_appear_without_anyone_calling_them(app: dict[str, Any]) 
     from experiments.report import ExperimentReport
     from monitoring.kpi_job import latest_report_file
 
-    path = _wait_for(lambda: latest_report_file(home), lambda p: p is not None, timeout_s=60)
-    assert path is not None
-    report = ExperimentReport.from_json(path.read_bytes())
+    def latest() -> ExperimentReport | None:
+        path = latest_report_file(home)
+        return None if path is None else ExperimentReport.from_json(path.read_bytes())
+
+    # The first KPI runs may predate this test's traffic (they start a second after the app): wait for one after it.
+    report = _wait_for(latest, lambda r: r is not None and len(r.arms) == 2, timeout_s=60)
+    assert report is not None, "no scheduled KPI report was written"
     assert report.experiment == "t-exp" and {g.arm for g in report.arms} == {"linear", "transformer"}
 
 
