@@ -24,7 +24,7 @@ WindowOption = Annotated[
 
 
 def _duration(value: str | None, flag: str) -> float | None:
-    from monitoring.config import parse_duration
+    from serving.clock import parse_duration
 
     if value is None:
         return None

@@ -11,13 +11,13 @@ the docs (docs/monitoring.md) say so.
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from serving.clock import parse_duration
 from serving.config import StrictModel, config_dir, load_config
 
 # The stat tests a check may use, by what their score is. p-value tests alarm when p < threshold, score tests when
@@ -51,27 +51,6 @@ REFUSED_METHODS = {
 }
 DESCRIPTORS = ("length", "word_count", "oov_share", "non_letter_share")
 TEXT_COLUMNS = ("subject", "body")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-MAX_DURATION = timedelta(days=36500)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_duration(text: str) -> timedelta:
-    """`90s`, `30m`, `24h`, `7d`, `2w` as a timedelta; anything else (a zero duration, one under a microsecond, one
-    too long for a date) is a ValueError meant for a person."""
-    match = _DURATION.match(str(text))
-    bad = f"'{text}' is not a duration; use a positive number and a unit: 30m, 24h, 7d"
-    if not match:
-        raise ValueError(bad)
-    try:
-        delta = timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
-    except OverflowError:
-        delta = timedelta.max
-    if delta <= timedelta(0):
-        raise ValueError(bad)
-    if delta > MAX_DURATION:  # a window reaching before year 1 cannot be subtracted from now
-        raise ValueError(f"'{text}' is too long a duration; at most {MAX_DURATION.days}d")
-    return delta
 
 
 class CheckSpec(StrictModel):

@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from serving import clock
+
 
 class EventLogError(ValueError):
     """Bad input to the event log or an unusable store; the message is one line meant for a person."""
@@ -43,7 +45,7 @@ class UnknownRequestError(EventLogError):
 
 def utc_now() -> str:
     """The current time in the log's timestamp format."""
-    return datetime.now(UTC).isoformat(timespec="microseconds")
+    return clock.now().isoformat(timespec="microseconds")
 
 
 def normalize_ts(ts: str) -> str:
@@ -86,17 +88,32 @@ class PredictionEvent:
     subject: str | None = None
     body: str | None = None
     shadow: dict[str, Any] | None = None  # the shadow arm's model, version, queue, confidence, latency_ms
+    # The model's whole probability vector, queue -> probability (None when no model answered): what the threshold
+    # what-if and the labelling queue's margin are computed from.
+    proba: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.request_id:
             raise EventLogError("prediction event: request_id must not be empty")
         if not 0.0 <= self.confidence <= 1.0:
             raise EventLogError(f"prediction {self.request_id}: confidence {self.confidence} is outside [0, 1]")
+        if self.proba is not None and not all(
+            isinstance(v, int | float) and 0.0 <= v <= 1.0 for v in self.proba.values()
+        ):
+            raise EventLogError(f"prediction {self.request_id}: a probability is not a number in [0, 1]")
         if self.latency_ms < 0:
             raise EventLogError(f"prediction {self.request_id}: latency_ms {self.latency_ms} is negative")
         if self.in_experiment and not self.experiment:
             raise EventLogError(f"prediction {self.request_id}: in_experiment is set but experiment is empty")
         object.__setattr__(self, "ts", normalize_ts(self.ts))
+
+
+def margin_of(proba: dict[str, float] | None) -> float | None:
+    """Top probability minus the runner-up's: how sure the model was between its two best queues (None: unknown)."""
+    if not proba or len(proba) < 2:
+        return None
+    first, second = sorted(proba.values(), reverse=True)[:2]
+    return round(first - second, 6)
 
 
 # Where a feedback record comes from: an agent handling the email (corrections far outnumber confirmations), a
@@ -174,6 +191,29 @@ class MonitorVerdict:
 
 
 @dataclass(frozen=True)
+class LabelledEmail:
+    """A labelled email with no prediction behind it (`mailroute label import`: the old helpdesk's assignments).
+
+    Kept apart from predictions so that exposure and the daily counts never move; retraining reads both. `key` makes
+    an import idempotent: the email_id when the file has one, else a hash of subject, body and label.
+    """
+
+    key: str
+    ts: str  # when it was imported
+    label: str
+    subject: str | None
+    body: str | None
+    email_id: str | None = None
+    agent_id: str | None = None
+    origin: str | None = None  # the file it came from
+
+    def __post_init__(self) -> None:
+        if not self.key or not self.label:
+            raise EventLogError("labelled email: key and label must not be empty")
+        object.__setattr__(self, "ts", normalize_ts(self.ts))
+
+
+@dataclass(frozen=True)
 class FeedbackResult:
     created: bool  # False: feedback for this request_id was already stored; `event` is the stored one
     event: FeedbackEvent
@@ -192,6 +232,7 @@ class LogStats:
 PREDICTION_COLUMNS = [f.name for f in fields(PredictionEvent)]
 FEEDBACK_COLUMNS = ["feedback_ts", "true_queue", "handling_seconds", "agent_id", "feedback_source"]
 JOINED_COLUMNS = PREDICTION_COLUMNS + FEEDBACK_COLUMNS
+LABELLED_COLUMNS = [f.name for f in fields(LabelledEmail)]
 
 
 class EventLog(Protocol):
@@ -226,6 +267,28 @@ class EventLog(Protocol):
 
     def joined_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
         """predictions_frame LEFT JOIN feedback on request_id (feedback columns empty where none came)."""
+
+    def feedback_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
+        """Like joined_frame, but only the predictions that have feedback (what retraining learns from)."""
+
+    def unlabelled(
+        self,
+        *,
+        triage_queue: str,
+        triaged: bool,
+        since: str | None = None,
+        query: str | None = None,
+        limit: int = 50,
+    ) -> list[PredictionEvent]:
+        """Predictions nobody has given feedback on yet. `triaged`: those sent to `triage_queue`, newest first;
+        else the auto-routed ones whose top two queues were closest first (lowest margin: the most uncertain).
+        `query`: only emails whose subject or body contains it (case-insensitive)."""
+
+    def record_labelled(self, records: Sequence[LabelledEmail]) -> int:
+        """Store imported labelled emails; a key already stored is skipped. Returns how many were new."""
+
+    def labelled_frame(self) -> pd.DataFrame:
+        """Every imported labelled email, oldest first, one column per LabelledEmail field."""
 
     def record_logs(self, records: Sequence[LogRecord]) -> None:
         """Append component log records."""
@@ -262,6 +325,14 @@ def ts_bounds(since: str | None, until: str | None) -> tuple[str, str]:
     """The [low, high) text range of normalised timestamps a since/until filter selects (for stores)."""
     # Normalised timestamps compare correctly as text; these sentinels sort below and above all of them.
     return (normalize_ts(since) if since else "", normalize_ts(until) if until else "\uffff")
+
+
+def matches(query: str | None, *texts: str | None) -> bool:
+    """Whether any text contains `query` (case-insensitive); no query matches everything."""
+    if not query:
+        return True
+    q = query.casefold()
+    return any(q in t.casefold() for t in texts if t)
 
 
 def to_frame(rows: Sequence[dict[str, Any]], columns: list[str]) -> pd.DataFrame:

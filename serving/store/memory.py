@@ -12,10 +12,12 @@ import pandas as pd
 
 from serving.store.eventlog import (
     JOINED_COLUMNS,
+    LABELLED_COLUMNS,
     LOG_LEVELS,
     PREDICTION_COLUMNS,
     FeedbackEvent,
     FeedbackResult,
+    LabelledEmail,
     LogRecord,
     LogStats,
     MonitorVerdict,
@@ -24,6 +26,8 @@ from serving.store.eventlog import (
     about,
     copy_shadow,
     level_number,
+    margin_of,
+    matches,
     to_frame,
     ts_bounds,
 )
@@ -38,9 +42,12 @@ class MemoryEventLog:
         self._feedback: dict[str, FeedbackEvent] = {}
         self._logs: list[LogRecord] = []
         self._verdicts: list[MonitorVerdict] = []
+        self._labelled: dict[str, LabelledEmail] = {}
 
     def record_predictions(self, events: Sequence[PredictionEvent]) -> None:
-        copies = [replace(e, shadow=copy_shadow(e.shadow)) for e in events]
+        copies = [
+            replace(e, shadow=copy_shadow(e.shadow), proba=None if e.proba is None else dict(e.proba)) for e in events
+        ]
         with self._lock:
             for event in copies:
                 if event.email_id is not None and any(e.email_id == event.email_id for e in self._predictions.values()):
@@ -99,13 +106,17 @@ class MemoryEventLog:
             feedback_accuracy=correct / len(feedback) if feedback else None,
         )
 
-    def _rows(self, since: str | None, until: str | None, joined: bool) -> list[dict[str, Any]]:
+    def _rows(
+        self, since: str | None, until: str | None, joined: bool, only_feedback: bool = False
+    ) -> list[dict[str, Any]]:
         lo, hi = ts_bounds(since, until)
         with self._lock:
             preds = sorted((p for p in self._predictions.values() if lo <= p.ts < hi), key=lambda p: p.ts)
             rows = []
             for p in preds:
                 row = asdict(p)
+                if only_feedback and p.request_id not in self._feedback:
+                    continue
                 if joined:
                     fb = self._feedback.get(p.request_id)
                     row.update(
@@ -123,6 +134,45 @@ class MemoryEventLog:
 
     def joined_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
         return to_frame(self._rows(since, until, joined=True), JOINED_COLUMNS)
+
+    def feedback_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
+        return to_frame(self._rows(since, until, joined=True, only_feedback=True), JOINED_COLUMNS)
+
+    def unlabelled(
+        self,
+        *,
+        triage_queue: str,
+        triaged: bool,
+        since: str | None = None,
+        query: str | None = None,
+        limit: int = 50,
+    ) -> list[PredictionEvent]:
+        lo, _ = ts_bounds(since, None)
+        with self._lock:
+            found = [
+                p
+                for p in reversed(list(self._predictions.values()))  # newest stored first, like rowid DESC
+                if p.ts >= lo
+                and (p.queue == triage_queue) == triaged
+                and p.request_id not in self._feedback
+                and matches(query, p.subject, p.body)
+            ]
+        found.sort(key=lambda p: p.ts, reverse=True)
+        if not triaged:  # lowest margin first; a stable sort keeps the newest first among equals
+            found.sort(key=lambda p: (margin_of(p.proba) is None, margin_of(p.proba) or 0.0))
+        return found[:limit]
+
+    def record_labelled(self, records: Sequence[LabelledEmail]) -> int:
+        with self._lock:
+            before = len(self._labelled)
+            for record in records:
+                self._labelled.setdefault(record.key, record)
+            return len(self._labelled) - before
+
+    def labelled_frame(self) -> pd.DataFrame:
+        with self._lock:
+            rows = sorted(self._labelled.values(), key=lambda r: r.ts)
+        return pd.DataFrame([asdict(r) for r in rows], columns=LABELLED_COLUMNS)
 
     def record_logs(self, records: Sequence[LogRecord]) -> None:
         with self._lock:

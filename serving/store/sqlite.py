@@ -20,11 +20,13 @@ import pandas as pd
 
 from serving.store.eventlog import (
     JOINED_COLUMNS,
+    LABELLED_COLUMNS,
     LOG_LEVELS,
     PREDICTION_COLUMNS,
     EventLogError,
     FeedbackEvent,
     FeedbackResult,
+    LabelledEmail,
     LogRecord,
     LogStats,
     MonitorVerdict,
@@ -32,11 +34,13 @@ from serving.store.eventlog import (
     UnknownRequestError,
     copy_shadow,
     level_number,
+    margin_of,
+    matches,
     to_frame,
     ts_bounds,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -44,7 +48,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     request_id TEXT PRIMARY KEY, ts TEXT NOT NULL, user_key TEXT NOT NULL, arm TEXT NOT NULL,
     model_name TEXT NOT NULL, model_version TEXT NOT NULL, queue TEXT NOT NULL, confidence REAL NOT NULL,
     fallback INTEGER NOT NULL, reason TEXT NOT NULL, latency_ms REAL NOT NULL, experiment TEXT,
-    in_experiment INTEGER NOT NULL, secondary_queue TEXT, email_id TEXT, subject TEXT, body TEXT, shadow TEXT
+    in_experiment INTEGER NOT NULL, secondary_queue TEXT, email_id TEXT, subject TEXT, body TEXT, shadow TEXT,
+    proba TEXT, margin REAL
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_arm ON predictions (arm);
@@ -72,7 +77,17 @@ CREATE TABLE IF NOT EXISTS monitor_verdicts (
 );
 CREATE INDEX IF NOT EXISTS monitor_verdicts_ts ON monitor_verdicts (ts);
 """
-_MIGRATE_1_TO_2 = "ALTER TABLE feedback ADD COLUMN source TEXT NOT NULL DEFAULT 'agent'"
+# Version 3: the model's probability vector (and the margin between its top two queues) with each prediction, and
+# labelled emails with no prediction behind them (imports of an old helpdesk's assignments).
+_SCHEMA_V3 = """
+CREATE TABLE IF NOT EXISTS labelled_emails (
+    key TEXT PRIMARY KEY, ts TEXT NOT NULL, label TEXT NOT NULL, subject TEXT, body TEXT, email_id TEXT,
+    agent_id TEXT, origin TEXT
+);
+"""
+_MIGRATE_1_TO_2 = ("ALTER TABLE feedback ADD COLUMN source TEXT NOT NULL DEFAULT 'agent'",)
+_MIGRATE_2_TO_3 = ("ALTER TABLE predictions ADD COLUMN proba TEXT", "ALTER TABLE predictions ADD COLUMN margin REAL")
+_LABELLED_COLS = ", ".join(LABELLED_COLUMNS)
 _FEEDBACK_COLS = "request_id, ts, true_queue, handling_seconds, agent_id, source"
 _LOG_COLS = "ts, component, level, message, request_id, email_id"
 _VERDICT_COLS = 'run_id, ts, job, scope, "check", alarm, window_start, window_end, score, threshold, report, detail'
@@ -80,7 +95,7 @@ _P_COLS = ", ".join(PREDICTION_COLUMNS)
 _P_SELECT = ", ".join(f"p.{c}" for c in PREDICTION_COLUMNS)
 # ON CONFLICT rather than INSERT OR IGNORE: OR IGNORE would also silently skip NOT NULL violations.
 _INSERT_PREDICTION = (
-    f"INSERT INTO predictions ({_P_COLS}) VALUES ({', '.join('?' * len(PREDICTION_COLUMNS))}) "
+    f"INSERT INTO predictions ({_P_COLS}, margin) VALUES ({', '.join('?' * (len(PREDICTION_COLUMNS) + 1))}) "
     "ON CONFLICT DO NOTHING"  # a repeated request_id or email_id: the first record stands
 )
 
@@ -90,13 +105,15 @@ def _prediction_params(e: PredictionEvent) -> tuple[Any, ...]:
     row = {c: getattr(e, c) for c in PREDICTION_COLUMNS}
     row.update(fallback=int(e.fallback), in_experiment=int(e.in_experiment))
     row["shadow"] = None if e.shadow is None else json.dumps(e.shadow)
-    return tuple(row[c] for c in PREDICTION_COLUMNS)
+    row["proba"] = None if e.proba is None else json.dumps(e.proba)
+    return (*(row[c] for c in PREDICTION_COLUMNS), margin_of(e.proba))
 
 
 def _prediction_dict(row: sqlite3.Row) -> dict[str, Any]:
     d = dict(row)
     d.update(fallback=bool(d["fallback"]), in_experiment=bool(d["in_experiment"]))
-    d["shadow"] = None if d["shadow"] is None else json.loads(d["shadow"])
+    for key in ("shadow", "proba"):
+        d[key] = None if d[key] is None else json.loads(d[key])
     return d
 
 
@@ -151,6 +168,7 @@ class SQLiteEventLog:
             self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+            conn.create_function("mr_contains", 3, lambda q, a, b: matches(q, a, b), deterministic=True)
         except sqlite3.DatabaseError as err:  # not a database file, no permission, a read-only disk
             if conn is not None:
                 conn.close()
@@ -209,9 +227,10 @@ class SQLiteEventLog:
                     f"event log {self.path} has schema version {version}; this mailroute reads versions up to "
                     f"{SCHEMA_VERSION} (upgrade mailroute)"
                 )
-            if version == 1:  # an upgrade in place, in the same transaction: nothing is lost
-                conn.execute(_MIGRATE_1_TO_2)
-            for statement in (_SCHEMA + _SCHEMA_V2).split(";"):
+            # An upgrade in place, in the same transaction: nothing is lost.
+            for step in (*(_MIGRATE_1_TO_2 if version == 1 else ()), *(_MIGRATE_2_TO_3 if version in (1, 2) else ())):
+                conn.execute(step)
+            for statement in (_SCHEMA + _SCHEMA_V2 + _SCHEMA_V3).split(";"):
                 if statement.strip():
                     conn.execute(statement)
             if version is None:
@@ -314,6 +333,52 @@ class SQLiteEventLog:
             "WHERE p.ts >= ? AND p.ts < ? ORDER BY p.ts, p.rowid"
         )
         return to_frame(self._select(sql, since, until), JOINED_COLUMNS)
+
+    def feedback_frame(self, since: str | None = None, until: str | None = None) -> pd.DataFrame:
+        sql = (
+            f"SELECT {_P_SELECT}, f.ts AS feedback_ts, f.true_queue, f.handling_seconds, f.agent_id, "
+            "f.source AS feedback_source "
+            "FROM predictions p JOIN feedback f USING (request_id) "
+            "WHERE p.ts >= ? AND p.ts < ? ORDER BY p.ts, p.rowid"
+        )
+        return to_frame(self._select(sql, since, until), JOINED_COLUMNS)
+
+    def unlabelled(
+        self,
+        *,
+        triage_queue: str,
+        triaged: bool,
+        since: str | None = None,
+        query: str | None = None,
+        limit: int = 50,
+    ) -> list[PredictionEvent]:
+        lo, _ = ts_bounds(since, None)
+        where = ["p.ts >= ?", "p.queue = ?" if triaged else "p.queue != ?",
+                 "NOT EXISTS (SELECT 1 FROM feedback f WHERE f.request_id = p.request_id)"]  # fmt: skip
+        params: list[Any] = [lo, triage_queue]
+        if query:
+            where.append("mr_contains(?, p.subject, p.body)")  # case-insensitive beyond ASCII, unlike LIKE
+            params.append(query)
+        order = "p.ts DESC, p.rowid DESC" if triaged else "p.margin IS NULL, p.margin, p.ts DESC"
+        sql = f"SELECT {_P_SELECT} FROM predictions p WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?"
+        return [PredictionEvent(**_prediction_dict(row)) for row in self._conn().execute(sql, (*params, int(limit)))]
+
+    def record_labelled(self, records: Sequence[LabelledEmail]) -> int:
+        rows = [tuple(getattr(r, c) for c in LABELLED_COLUMNS) for r in records]
+        if not rows:
+            return 0
+        with self._write() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                f"INSERT INTO labelled_emails ({_LABELLED_COLS}) VALUES ({', '.join('?' * len(LABELLED_COLUMNS))}) "
+                "ON CONFLICT (key) DO NOTHING",
+                rows,
+            )
+            return int(conn.total_changes - before)
+
+    def labelled_frame(self) -> pd.DataFrame:
+        sql = f"SELECT {_LABELLED_COLS} FROM labelled_emails ORDER BY ts, rowid"
+        return pd.DataFrame([dict(r) for r in self._conn().execute(sql)], columns=LABELLED_COLUMNS)
 
     def record_logs(self, records: Sequence[LogRecord]) -> None:
         rows = [(r.ts, r.component, r.level, LOG_LEVELS[r.level], r.message, r.request_id, r.email_id) for r in records]

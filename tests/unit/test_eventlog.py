@@ -19,6 +19,7 @@ from serving.store.eventlog import (
     EventLog,
     EventLogError,
     FeedbackEvent,
+    LabelledEmail,
     LogRecord,
     MonitorVerdict,
     PredictionEvent,
@@ -80,6 +81,7 @@ def test_round_trip_keeps_every_field(log: EventLog) -> None:
         subject="Refund",
         body="Please refund order 12",
         shadow={"model_version": "7", "queue": "billing", "confidence": 0.8, "latency_ms": 30.0},
+        proba={"billing": 0.9, "shipping": 0.075, "sales": 0.025},
     )
     log.record_predictions([full, event("r2", fallback=True, subject=None, body=None)])
     assert log.get_prediction("r1") == full
@@ -453,5 +455,86 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     assert [r.message for r in store.logs()] == ["after the upgrade"]
     store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 2
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 3
     SQLiteEventLog(path).close()  # opening an upgraded file again changes nothing
+
+
+def test_a_version_2_file_gains_probabilities_and_labelled_emails(tmp_path: Path) -> None:
+    path = tmp_path / "ev.db"
+    with sqlite3.connect(path) as raw:
+        raw.executescript(_SCHEMA_V1)
+    SQLiteEventLog(path).close()
+    with sqlite3.connect(path) as raw:  # turn it back into the version-2 layout, as the last release wrote it
+        raw.execute("UPDATE schema_version SET version = 2")
+        raw.execute("ALTER TABLE predictions DROP COLUMN margin")
+        raw.execute("ALTER TABLE predictions DROP COLUMN proba")
+        raw.execute("DROP TABLE labelled_emails")
+    store = SQLiteEventLog(path)
+    assert store.get_prediction("old1") == event("old1", user_key="u", ts="2026-01-05T09:00:00+00:00")
+    store.record_predictions([event("new1", proba={"billing": 0.6, "sales": 0.4})])
+    got = store.get_prediction("new1")
+    assert got is not None and got.proba == {"billing": 0.6, "sales": 0.4}
+    assert store.record_labelled([LabelledEmail("k1", ts(0), "billing", "s", "b")]) == 1
+    store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 3
+
+
+def _routed(request_id: str, at: float, top: float, **fields: Any) -> PredictionEvent:
+    rest = round(1 - top, 6)
+    return event(request_id, at=at, confidence=top, proba={"billing": top, "shipping": rest}, **fields)
+
+
+def test_unlabelled_lists_triage_newest_first_and_routed_by_lowest_margin(log: EventLog) -> None:
+    log.record_predictions(
+        [
+            _routed("sure", 1, 0.95, subject="Invoice", body="copy please"),
+            _routed("unsure", 2, 0.55, subject="Parcel", body="where is it"),
+            _routed("middling", 3, 0.7, subject="Refund", body="CAFÉ order"),
+            _routed("judged", 4, 0.51),  # has feedback below: not listed
+            event("t-old", at=5, queue="triage", confidence=0.4, reason="low_confidence", subject="help"),
+            event("t-new", at=6, queue="triage", confidence=0.3, reason="low_confidence", subject="Hilfe"),
+            event("t-failed", at=7, queue="triage", confidence=0.0, fallback=True, reason="all_arms_failed"),
+        ]
+    )
+    log.record_feedback(feedback("judged"))
+    routed = log.unlabelled(triage_queue="triage", triaged=False)
+    assert [p.request_id for p in routed] == ["unsure", "middling", "sure"]
+    triaged = log.unlabelled(triage_queue="triage", triaged=True)
+    assert [p.request_id for p in triaged] == ["t-failed", "t-new", "t-old"]
+    assert [p.request_id for p in log.unlabelled(triage_queue="triage", triaged=True, limit=1)] == ["t-failed"]
+    assert [p.request_id for p in log.unlabelled(triage_queue="triage", triaged=False, since=ts(1.5))] == [
+        "unsure",
+        "middling",
+    ]
+    # A search matches subject or body, ignoring case beyond ASCII too; % and _ are plain characters.
+    assert [p.request_id for p in log.unlabelled(triage_queue="triage", triaged=False, query="café")] == ["middling"]
+    assert [p.request_id for p in log.unlabelled(triage_queue="triage", triaged=True, query="HILFE")] == ["t-new"]
+    assert log.unlabelled(triage_queue="triage", triaged=False, query="%") == []
+
+
+def test_feedback_frame_holds_only_judged_emails(log: EventLog) -> None:
+    log.record_predictions([_routed("a", 1, 0.9), _routed("b", 2, 0.8), _routed("c", 3, 0.7)])
+    log.record_feedback(feedback("b", "shipping", source="audit"))
+    frame = log.feedback_frame()
+    assert frame["request_id"].tolist() == ["b"]
+    assert frame["true_queue"].tolist() == ["shipping"] and frame["feedback_source"].tolist() == ["audit"]
+    assert frame["proba"].tolist() == [{"billing": 0.8, "shipping": 0.2}]
+    assert log.feedback_frame(since=ts(2.5)).empty
+
+
+def test_labelled_emails_are_stored_once_per_key(log: EventLog) -> None:
+    first = LabelledEmail("mail-1", ts(0), "billing", "Invoice", "copy please", email_id="mail-1", origin="old.csv")
+    assert log.record_labelled([first, LabelledEmail("h2", ts(1), "sales", "Quote", "for 50 seats")]) == 2
+    assert log.record_labelled([LabelledEmail("mail-1", ts(2), "technical", "x", "y")]) == 0  # a re-import
+    frame = log.labelled_frame()
+    assert frame["key"].tolist() == ["mail-1", "h2"] and frame["label"].tolist() == ["billing", "sales"]
+    assert frame.iloc[0]["origin"] == "old.csv"
+    assert log.stats().predictions == 0  # imported labels are not predictions: exposure never moves
+    with pytest.raises(EventLogError):
+        LabelledEmail("", ts(0), "billing", None, None)
+
+
+def test_a_probability_outside_0_and_1_is_refused() -> None:
+    with pytest.raises(EventLogError, match="probability"):
+        event("r1", proba={"billing": 1.5})

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from monitoring.config import MonitoringConfig, load_monitoring, parse_duration
+from monitoring.config import MonitoringConfig, load_monitoring
+from serving.clock import parse_duration
 from serving.config import ConfigError
 
 pytestmark = pytest.mark.unit
