@@ -19,6 +19,7 @@ from pydantic import Field, ValidationInfo, field_validator
 
 from experiments.analysis_config import AnalysisConfig
 from experiments.assign import HASH_VERSION, ArmRange, arm_ranges, shares, validate_ranges
+from experiments.rollout.config import RolloutConfig
 from serving.config import StrictModel, config_dir, load_config
 
 WEIGHT_SUM_TOLERANCE = 1e-6
@@ -33,7 +34,8 @@ class ArmSpec(StrictModel):
     version: str = Field(
         "champion",
         min_length=1,
-        description="'champion' or 'latest' (resolved in the registry when the arm loads), or a version id.",
+        description="'champion' or 'latest' (resolved in the registry once, when the arm is deployed: the running "
+        "experiment records the version id it pinned), or a version id.",
     )
     weight: float = Field(ge=0, le=1, description="Share of the covered users this arm gets; weights sum to 1.")
 
@@ -199,6 +201,9 @@ class ExperimentsFile(StrictModel):
     experiment: ExperimentConfig = Field(description="The experiment the router runs.")
     analysis: AnalysisConfig = Field(
         default_factory=AnalysisConfig, description="How the experiment report judges the experiment."
+    )
+    rollout: RolloutConfig = Field(
+        default_factory=RolloutConfig, description="How a canary is widened, promoted or rolled back."
     )
 
 

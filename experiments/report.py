@@ -27,6 +27,7 @@ from experiments.kpi import COLUMNS, kpis
 from experiments.recommend import RATE_GUARDRAILS, Guardrail, Recommendation, guardrails, overall, recommend
 from experiments.stats import Difference, Interval, Moments, SrmResult, kpi_difference, kpi_interval, srm_test
 from experiments.weights_history import expected_shares, read_changes, segments
+from serving import clock
 from serving.config import QueuesConfig
 
 # The KPIs of the breakdowns by day and by model version (the arm rows carry every KPI).
@@ -49,6 +50,7 @@ class KpiGroup:
     users: int
     values: dict[str, Interval]
     latency_ms: dict[str, float | None]  # p50, p95, p99
+    verdicts: int = 0  # auto-routed emails judged under the feedback policy
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ def _group(
     emails = round(m.sum_of("n"))
     values["net_saving_total"] = values["net_saving"].scaled(emails)
     latency = {f"p{p}": (lat or {}).get(p) for p in queries.PERCENTILES}
-    return KpiGroup(arm, key, emails, m.users, values, latency)
+    return KpiGroup(arm, key, emails, m.users, values, latency, round(m.sum_of("verdict")))
 
 
 def _align(a: tuple[list[str], np.ndarray], b: tuple[list[str], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +204,7 @@ def build_report(
     `audit_log` (`<home>/audit.jsonl`) gives the weights in force over time for the SRM check.
     """
     cfg, exp = analysis, experiment
-    as_of = (as_of or datetime.now(UTC)).astimezone(UTC)
+    as_of = (as_of or clock.now()).astimezone(UTC)
     notes: list[str] = []
     engine = queries.open_engine(event_log_url)
     try:

@@ -7,7 +7,7 @@ A bad `--since`/`--until` raises `ReportInputError` (one line; the CLI exits 2).
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
@@ -15,6 +15,7 @@ from experiments.config import load_experiments
 from experiments.days import ReportInputError, parse_time
 from experiments.render import counts_csv, render_html, render_text
 from experiments.report import ExperimentReport, build_report
+from serving import clock
 from serving.config import Home, load_queues, load_serving
 
 
@@ -41,10 +42,10 @@ def report_command(
 ) -> ExperimentReport:
     """Build the report of the running experiment over `[since, until)` and print it (text, or JSON with
     `as_json`); `html` and `csv` also write the HTML page and the daily counts per queue."""
-    from serving.control import AUDIT_FILE, load_state
+    from serving.ops.state import AUDIT_FILE, load_state
 
     out = out or sys.stdout
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     experiments = load_experiments()
     analysis = experiments.analysis
     experiment = load_state(home, experiments.experiment)  # runtime weight changes live in <home>/experiment.json

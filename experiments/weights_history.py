@@ -1,6 +1,6 @@
 """The arm weights in force over the report's window, from the audit log of runtime changes (`<home>/audit.jsonl`).
 
-Each audit record (`serving.control.audit`) holds the experiment before (`old`) and after (`new`) a change. Over a
+Each audit record (`serving.ops.state.audit`) holds the experiment before (`old`) and after (`new`) a change. Over a
 window `[since, until)` the weights are piecewise constant. The SRM check counts each user once, in the arm that
 first served them in the window, so a user is expected in an arm with the weights in force when they first wrote:
 

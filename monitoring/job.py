@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from monitoring.config import MonitoringConfig
 from monitoring.reference import Reference, load_reference, mix
 from monitoring.scopes import ALL, TRIAGE_QUEUE, Planned, ScopeRows, bonferroni_plan, plan_scope, split_scopes
 from monitoring.stats import accuracy_p_value, expected_accuracy
+from serving import clock
 from serving.config import Home, ServingConfig
 from serving.models.registry import ModelRegistry, RegistryError
 from serving.store.eventlog import EventLog, LogRecord, MonitorVerdict, open_event_log, utc_now
@@ -352,7 +353,7 @@ def run_monitoring(
     configured arms: one without traffic in the window still gets its rows, saying so. `triage_queue`: queues.yaml's
     (an email a model answered but the router sent there is compared by the model's guess)."""
     started = time.perf_counter()
-    end = end or datetime.now(UTC)
+    end = end or clock.now()
     start = end - (window if window is not None else cfg.window_delta)
     run = _Run(cfg, home, uuid.uuid4().hex, reports.stamp(end), (start.isoformat(), end.isoformat()))
     registry = ModelRegistry(home.registry)

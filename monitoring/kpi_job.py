@@ -9,7 +9,7 @@ is what its always-valid intervals are built for.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from experiments.config import ExperimentConfig
 from monitoring import reports
 from monitoring.alerts import Alarm, payload, post_alarms
 from monitoring.config import MonitoringConfig
+from serving import clock
 from serving.config import Home, ServingConfig
 from serving.store.eventlog import LogRecord, MonitorVerdict, open_event_log, utc_now
 
@@ -49,12 +50,12 @@ def run_kpi_report(
     from experiments.render import render_html
     from experiments.report import build_report
     from serving.config import load_queues
-    from serving.control import AUDIT_FILE, load_state
+    from serving.ops.state import AUDIT_FILE, load_state
 
     url = serving.event_log.url or f"sqlite:///{home.event_log}"
     if url == "memory://" or (url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()):
         return None
-    now = now or datetime.now(UTC)
+    now = now or clock.now()
     experiments = load_experiments(Path(config_dir) / "experiments.yaml")
     experiment = experiment or load_state(home, experiments.experiment)
     report = build_report(

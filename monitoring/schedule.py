@@ -3,7 +3,7 @@
 
 Three ways to run the same job function (`run_monitor_job`):
 
-- beside `mailroute serve`: `serving.launch.start()` starts `SchedulerActor`, a small Ray actor owned by the serving
+- beside `mailroute serve`: `serving.ops.launch.start()` starts `SchedulerActor`, a small Ray actor owned by the serving
   driver with `num_cpus=0` (it never takes a CPU reservation the replicas need). Its loop runs each due job in a
   worker thread at a lower OS priority (nice 10, set on that thread: on Linux a nice value is per thread, and the
   threads the job starts inherit it), so on a busy machine the routing path wins. A job that raises, or runs past
@@ -36,7 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from experiments.config import ExperimentConfig
-from monitoring.config import MonitoringConfig, load_monitoring, parse_duration
+from monitoring.config import MonitoringConfig, load_monitoring
+from serving import clock
+from serving.clock import parse_duration
 from serving.config import Home, ServingConfig
 
 log = logging.getLogger(__name__)
@@ -228,7 +230,7 @@ def run_due(
 
 def prune_component_logs(home: Home, serving: ServingConfig, days: float) -> int:
     """Delete component log records older than `days` (retention.logs_days); a failure only warns."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import timedelta
 
     from monitoring.job import open_job_event_log
 
@@ -240,7 +242,7 @@ def prune_component_logs(home: Home, serving: ServingConfig, days: float) -> int
         log.warning("log retention skipped: %s", err)
         return 0
     try:
-        return store.prune_logs((datetime.now(UTC) - timedelta(days=days)).isoformat())
+        return store.prune_logs((clock.now() - timedelta(days=days)).isoformat())
     except Exception as err:
         log.warning("log retention failed: %s", err)
         return 0

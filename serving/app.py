@@ -1,12 +1,14 @@
-"""The Ray Serve application: a FastAPI router deployment in front of one model deployment per arm.
+"""The Ray Serve applications: a FastAPI router in front of one model application per arm.
 
-    Router (FastAPI ingress) --handle--> arm-<name> (ModelServer; @serve.batch for transformer arms)
-                             --handle--> shadow     (optional ModelServer; answers are only logged)
+    mailroute           Router (FastAPI ingress) --handle by name--> arm-<name> in mailroute-arm-<name>
+                                                 --handle by name--> shadow in mailroute-shadow (answers only logged)
 
-Deployed through Serve's config-deploy path (`serving/launch.py`): `build_app(args)` builds the graph from the
-configs; the experiment and each arm's model version travel in `user_config`, so a weight change or a new model
-version reaches the running replicas through `reconfigure()` without restarting them. The routing logic itself
-lives in `serving/router.py`, apart from Ray.
+Deployed through Serve's config-deploy path (`serving/ops/launch.py`; the configs are `serving/ops/apps.py`'s):
+`build_app(args)` builds the router application, `build_arm(args)` one arm's. The experiment and the decision policy
+travel in the router's `user_config`, each arm's pinned model version in its own, so a weight change, a threshold
+change or a new version reaches the running replicas through `reconfigure()` without restarting them, and an arm
+can be added or removed (a canary) without touching the router application (`serving/ops/changes.py`). The routing
+logic itself lives in `serving/router.py`, apart from Ray.
 
 Every replica keeps its warnings in the event log's `logs` table (`serving.store.loghandler`: component "router",
 "event-writer", "arm-<name>" or "shadow"), and the router serves the ops dashboard at `/dashboard`
@@ -33,20 +35,21 @@ from ray.serve.handle import DeploymentHandle
 from experiments.config import ExperimentConfig
 from monitoring.dashboard.data import DashboardSources
 from monitoring.dashboard.routes import install as install_dashboard
-from serving import control
 from serving.api import ApiError, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
 from serving.batcher import CallBatcher
-from serving.config import Home, QueuesConfig, ServingConfig, parse_config
+from serving.config import Home, PolicyConfig, QueuesConfig, ServingConfig, config_dir, parse_config
 from serving.metrics import merge, render
 from serving.models.predictor import check_servable, load_version
 from serving.models.registry import ModelRegistry
-from serving.router import SHADOW, ArmAnswer, ArmRequest, RouterCore
+from serving.ops import admin, state
+from serving.ops.apps import APP_NAME, SHADOW, arm_app, arm_deployment
+from serving.ops.changes import Context
+from serving.router import ArmAnswer, ArmRequest, RouterCore
 from serving.store.eventlog import EventLog, open_event_log
 from serving.store.loghandler import StoreLogHandler, install_store_logging, log_ids
 from serving.store.writer import BufferedWriter
 
 log = logging.getLogger(__name__)
-APP_NAME = "mailroute"
 
 
 def _flush_serve_logs_forever(interval_s: float) -> None:
@@ -98,18 +101,24 @@ class ModelServer:
         self.fault: str | None = None
         self.log_handler = _store_logging(log_store or f"sqlite:///{Home(Path(home)).event_log}", "arm")
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
+    async def reconfigure(self, config: dict[str, Any]) -> None:
         ref, threads, quantize = config["ref"], int(config.get("threads", 1)), bool(config.get("quantize", False))
         if (ref, threads, quantize) != (self.ref, getattr(self, "_threads", None), getattr(self, "_quantize", None)):
-            predictor, meta = load_version(self.registry, ref, threads=threads, quantize=quantize)
-            check_servable(meta, self.queues.names, self.queues.triage_queue)
-            predictor.predict_proba(["warm up"])  # first-call costs (lazy tables, allocator) before traffic
+            # Loaded off the event loop: the running version keeps answering until the new one is ready, then
+            # the swap is one assignment.
+            predictor, meta = await asyncio.to_thread(self._load, ref, threads, quantize)
             self.predictor, self.meta, self.ref = predictor, meta, ref
             self._threads, self._quantize = threads, quantize
             log.info("loaded %s:%s for %s", meta.name, meta.version, ref)
         batch: Any = self._predict_batch  # serve.batch adds these setters to the method
         batch.set_max_batch_size(int(config.get("max_batch_size", 16)))
         batch.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.0)))
+
+    def _load(self, ref: str, threads: int, quantize: bool) -> tuple[Any, Any]:
+        predictor, meta = load_version(self.registry, ref, threads=threads, quantize=quantize)
+        check_servable(meta, self.queues.names, self.queues.triage_queue)
+        predictor.predict_proba(["warm up"])  # first-call costs (lazy tables, allocator) before traffic
+        return predictor, meta
 
     def set_fault(self, fault: str | None) -> None:
         """Fault injection for failure drills and tests: 'error' raises, 'hang' never answers in time, 'nan' answers
@@ -193,15 +202,23 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return _refuse(request, exc.status, exc.detail)
 
 
+async def _json_body(request: Request, default: bytes = b"null") -> Any:
+    try:
+        return json.loads(await request.body() or default)
+    except json.JSONDecodeError:
+        raise ApiError(400, "invalid JSON body") from None
+
+
 @serve.ingress(api)
 class Router:
-    def __init__(self, arms: dict[str, DeploymentHandle], settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any]) -> None:
         self.home = Home(Path(settings["home"]))
         self.queues = parse_config(settings["queues"], QueuesConfig, "queues")
         self.serving = parse_config(settings["serving"], ServingConfig, "serving")
-        self.arms = arms
+        self.config_dir = Path(settings.get("config_dir") or config_dir()).absolute()
+        self.handles: dict[str, DeploymentHandle] = {}  # arm -> its deployment, looked up by name on first use
         self.admin_token = os.environ.get(self.serving.admin_token_env) or None
-        salt = os.environ.get(self.serving.user_salt_env) or control.user_salt(self.home)
+        salt = os.environ.get(self.serving.user_salt_env) or state.user_salt(self.home)
         store_url = _store_url(self.serving, self.home)
         event_log = open_event_log(store_url)
         self.log_handler = _store_logging(event_log, "router")
@@ -231,11 +248,13 @@ class Router:
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         experiment = parse_config(config["experiment"], ExperimentConfig, "experiment")
+        policy = parse_config(config.get("policy") or self.serving.policy.model_dump(), PolicyConfig, "policy")
         if self.core is None:
             self.core = RouterCore(
                 queues=self.queues,
                 serving=self.serving,
                 experiment=experiment,
+                policy=policy,
                 event_log=self._event_log,
                 writer=self._writer,
                 call_arm=self._call_arm,
@@ -245,13 +264,28 @@ class Router:
             api.state.core = self.core  # the exception handlers count refusals in its metrics
         else:
             self.core.set_experiment(experiment)
+            self.core.set_policy(policy)
         self.config_version = config.get("version", 0)
+
+    def _handle(self, arm: str) -> DeploymentHandle:
+        handle = self.handles.get(arm)
+        if handle is None:
+            handle = self.handles[arm] = serve.get_deployment_handle(arm_deployment(arm), arm_app(arm))
+        return handle
 
     async def _call_arm(self, arm: str, email: ArmRequest) -> ArmAnswer:
         return await self.batcher.call(arm, email)
 
     async def _call_arm_batch(self, arm: str, emails: list[ArmRequest]) -> list[ArmAnswer]:
-        return await self.arms[arm].predict.remote(emails)
+        return await self._handle(arm).predict.remote(emails)
+
+    def _context(self, request: Request) -> Context:
+        actor = request.headers.get("x-actor", "admin")[:100]
+        return Context(self.home, self.queues.model_dump(mode="json"), self.serving, actor, self.config_dir)
+
+    def _require_admin(self, request: Request, what: str) -> None:
+        if not self._is_admin(request):
+            raise ApiError(401 if not request.headers.get("authorization") else 403, f"{what} needs the admin token")
 
     def _is_admin(self, request: Request) -> bool:
         if not self.admin_token:
@@ -290,22 +324,33 @@ class Router:
 
     @api.put("/v1/experiments/{name}")
     async def change_experiment(self, name: str, request: Request) -> dict[str, Any]:
+        self._require_admin(request, "changing experiments")
+        return await admin.change_experiment(self._context(request), name, await _json_body(request))
+
+    @api.get("/v1/policy")
+    async def policy(self) -> dict[str, Any]:
         assert self.core is not None
-        if not self._is_admin(request):
-            raise ApiError(
-                401 if not request.headers.get("authorization") else 403, "changing experiments needs the admin token"
-            )
-        try:
-            change = json.loads(await request.body() or b"null")
-        except json.JSONDecodeError:
-            raise ApiError(400, "invalid JSON body") from None
-        actor = request.headers.get("x-actor", "admin")[:100]
-        ingress = self.serving.ingress
-        replicas = ingress.num_replicas if ingress.autoscaling is None else max(1, ingress.autoscaling.min_replicas)
-        return await control.apply_change(
-            self.home, APP_NAME, self.core.experiment, self.core.ranges, name, change, actor,
-            self.serving.model_timeout_s, replicas,
-        )  # fmt: skip
+        return {"policy": self.core.policy.model_dump(mode="json"), "config_version": self.config_version}
+
+    @api.put("/v1/policy")
+    async def change_policy(self, request: Request) -> dict[str, Any]:
+        self._require_admin(request, "changing the decision policy")
+        return await admin.change_policy(self._context(request), await _json_body(request), self.queues.names)
+
+    @api.get("/v1/rollout")
+    async def rollout(self, request: Request) -> dict[str, Any]:
+        self._require_admin(request, "reading the rollout")
+        return await admin.rollout_status(self._context(request))
+
+    @api.post("/v1/rollout")
+    async def start_rollout(self, request: Request) -> dict[str, Any]:
+        self._require_admin(request, "starting a rollout")
+        return await admin.start_rollout(self._context(request), await _json_body(request))
+
+    @api.post("/v1/rollback")
+    async def rollback(self, request: Request) -> dict[str, Any]:
+        self._require_admin(request, "a rollback")
+        return await admin.rollback(self._context(request), await _json_body(request, default=b"{}"))
 
     def config_version_of_replica(self) -> int:
         return int(self.config_version)
@@ -316,10 +361,12 @@ class Router:
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
+        assert self.core is not None
         loaded: dict[str, str] = {}
-        for arm, handle in self.arms.items():
+        arms = [*self.core.experiment.arms, *([SHADOW] if self.core.experiment.shadow else [])]
+        for arm in arms:
             try:
-                loaded[arm] = await asyncio.wait_for(handle.ready.remote(), 5.0)
+                loaded[arm] = await asyncio.wait_for(self._handle(arm).ready.remote(), 5.0)
             except Exception as err:
                 return JSONResponse({"status": "not ready", "detail": f"arm {arm}: {_one_line(err)}"}, status_code=503)
         return JSONResponse({"status": "ready", "arms": loaded})
@@ -362,19 +409,21 @@ def _deployment_options(spec: Any, name: str, serving: ServingConfig) -> dict[st
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Builder for `import_path: serving.app:build_app`. args: home, queues, serving, arms {name: kind}, secrets."""
+    """Builder for `import_path: serving.app:build_app`, the router. args: home, queues, serving, secrets."""
     serving_cfg = parse_config(args["serving"], ServingConfig, "serving")
-    arms: dict[str, Any] = {}
-    for arm, kind in args["arms"].items():
-        spec = serving_cfg.transformer if kind == "transformer" else serving_cfg.linear
-        name = "shadow" if arm == SHADOW else f"arm-{arm}"
-        deployment: Any = serve.deployment(ModelServer)
-        deployment = deployment.options(**_deployment_options(spec, name, serving_cfg))
-        log_store = _store_url(serving_cfg, Home(Path(args["home"])))
-        arms[arm] = deployment.bind(args["home"], args["queues"], kind == "transformer", log_store)
     router: Any = serve.deployment(Router)
     options = _deployment_options(serving_cfg.ingress, "Router", serving_cfg)
     # The admin token and the user salt reach the router replicas wherever Ray places them.
     options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(args.get("secrets", {}))}
-    router = router.options(**options)
-    return router.bind(arms, {k: args[k] for k in ("home", "queues", "serving")})
+    return router.options(**options).bind({k: args.get(k) for k in ("home", "queues", "serving", "config_dir")})
+
+
+def build_arm(args: dict[str, Any]) -> serve.Application:
+    """Builder for `import_path: serving.app:build_arm`, one arm's model. args: home, queues, serving, arm, kind."""
+    serving_cfg = parse_config(args["serving"], ServingConfig, "serving")
+    kind, arm = args["kind"], args["arm"]
+    spec = serving_cfg.transformer if kind == "transformer" else serving_cfg.linear
+    deployment: Any = serve.deployment(ModelServer)
+    deployment = deployment.options(**_deployment_options(spec, arm_deployment(arm), serving_cfg))
+    log_store = _store_url(serving_cfg, Home(Path(args["home"])))
+    return deployment.bind(args["home"], args["queues"], kind == "transformer", log_store)

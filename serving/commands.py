@@ -131,8 +131,8 @@ def serve(
     import time
 
     from experiments.config import load_experiments
-    from serving import launch
     from serving.config import load_queues, load_serving
+    from serving.ops import launch
 
     queues, serving = load_queues(), load_serving()
     experiment = load_experiments().experiment

@@ -8,12 +8,13 @@ exits 2.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG_DIR = Path("configs")
 M = TypeVar("M", bound=BaseModel)
@@ -123,6 +124,30 @@ class PolicyConfig(StrictModel):
         le=1,
         description="A second queue is returned when the runner-up is within this probability of the top class.",
     )
+    queue_thresholds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-queue thresholds that replace confidence_threshold when that queue is the model's top "
+        "choice (`mailroute analyze apply-thresholds` sets them from the threshold what-if).",
+    )
+
+    @field_validator("queue_thresholds")
+    @classmethod
+    def _thresholds_are_probabilities(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {q: t for q, t in value.items() if not 0 <= t <= 1}
+        if bad:
+            queue, threshold = next(iter(bad.items()))
+            raise ValueError(f"queue_thresholds: {queue}'s threshold {threshold} is not in [0, 1]")
+        return value
+
+    def threshold(self, queue: str) -> float:
+        """The confidence an email whose top queue is `queue` needs to be routed there."""
+        return self.queue_thresholds.get(queue, self.confidence_threshold)
+
+    def check_queues(self, names: Sequence[str]) -> None:
+        """Raise ValueError when a per-queue threshold names a queue that is not in the taxonomy."""
+        unknown = sorted(set(self.queue_thresholds) - set(names))
+        if unknown:
+            raise ValueError(f"queue_thresholds: {', '.join(unknown)} not a queue of the taxonomy ({', '.join(names)})")
 
 
 class AutoscalingSpec(StrictModel):

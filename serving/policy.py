@@ -27,7 +27,8 @@ class Decision:
 
 
 def decide(labels: Sequence[str], proba: np.ndarray, policy: PolicyConfig, triage_queue: str) -> Decision:
-    """Top queue if the model is sure enough, else triage; a runner-up within the margin is the second queue.
+    """Top queue if the model is sure enough (its queue's threshold, else the global one), else triage; a
+    runner-up within the margin is the second queue.
 
     When the email goes to triage, `secondary_queue` carries the model's best guess so the triage agent starts
     from a suggestion.
@@ -37,7 +38,7 @@ def decide(labels: Sequence[str], proba: np.ndarray, policy: PolicyConfig, triag
     confidence = float(proba[top])
     runner_up = int(order[1]) if len(order) > 1 else None
     close = runner_up is not None and confidence - float(proba[runner_up]) <= policy.secondary_margin
-    if confidence < policy.confidence_threshold:
+    if confidence < policy.threshold(labels[top]):
         return Decision(triage_queue, confidence, labels[top], LOW_CONFIDENCE)
     secondary = labels[runner_up] if close and runner_up is not None else None
     return Decision(labels[top], confidence, secondary, CONFIDENT)

@@ -32,7 +32,7 @@ from serving.api import (
     email_from_request,
     text_for_model,
 )
-from serving.config import QueuesConfig, ServingConfig
+from serving.config import PolicyConfig, QueuesConfig, ServingConfig
 from serving.metrics import RouterMetrics
 from serving.policy import Decision, decide, failed_reason, fallback_chain, triage_decision
 from serving.store.eventlog import EventLog, FeedbackEvent, PredictionEvent, UnknownRequestError, user_key, utc_now
@@ -79,9 +79,11 @@ class RouterCore:
         call_arm: ArmCaller,
         user_salt: str,
         route_log: logging.Logger | None = None,
+        policy: PolicyConfig | None = None,
     ) -> None:
         self.queues = queues
         self.serving = serving
+        self.policy = policy or serving.policy  # the decision policy in force: serving.yaml's, or a runtime change
         self.event_log = event_log
         self.writer = writer
         self.call_arm = call_arm
@@ -94,6 +96,9 @@ class RouterCore:
     def set_experiment(self, experiment: ExperimentConfig) -> None:
         self.experiment = experiment
         self.ranges = experiment.ranges()
+
+    def set_policy(self, policy: PolicyConfig) -> None:
+        self.policy = policy
 
     # ---- routing -----------------------------------------------------------------------------------------------
     def _assign(self, req: RouteRequest, is_admin: bool) -> tuple[str, bool]:
@@ -151,7 +156,7 @@ class RouterCore:
             decision = triage_decision(self.queues.triage_queue)
             model_name, model_version = "none", "none"
         else:
-            decision = decide(answer.labels, np.asarray(answer.proba), self.serving.policy, self.queues.triage_queue)
+            decision = decide(answer.labels, np.asarray(answer.proba), self.policy, self.queues.triage_queue)
             model_name, model_version = answer.model_name, answer.model_version
         reason = failed_reason(failures, served_by) or decision.reason
         if failures:
@@ -159,7 +164,7 @@ class RouterCore:
             log.warning("fallback: %s (%s)", where, reason, extra=log_ids(email_ref.request_id, req.email_id))
         latency_ms = (time.perf_counter() - started) * 1000
         event = self._event(email_ref.request_id, req, email.subject, email.body, arm, in_experiment, decision,
-                            reason, bool(failures), model_name, model_version, latency_ms)  # fmt: skip
+                            reason, bool(failures), model_name, model_version, latency_ms, answer)  # fmt: skip
         if req.email_id is None:
             self.writer.submit(event)
         else:
@@ -198,8 +203,10 @@ class RouterCore:
         model_name: str,
         model_version: str,
         latency_ms: float,
+        answer: ArmAnswer | None,
     ) -> PredictionEvent:
         policy = self.serving.event_log.text_policy
+        proba = None if answer is None else {q: round(p, 6) for q, p in zip(answer.labels, answer.proba, strict=True)}
         return PredictionEvent(
             request_id=request_id,
             ts=utc_now(),
@@ -218,6 +225,7 @@ class RouterCore:
             email_id=req.email_id,
             subject=apply_policy(subject, policy),
             body=apply_policy(body, policy),
+            proba=proba,
         )
 
     def _maybe_shadow(self, email: ArmRequest) -> None:
@@ -238,7 +246,7 @@ class RouterCore:
             log.warning("shadow failed: %s", why, extra=log_ids(request_id, email.email_id))
             self.writer.submit_shadow(request_id, {"error": why})
             return
-        d = decide(answer.labels, np.asarray(answer.proba), self.serving.policy, self.queues.triage_queue)
+        d = decide(answer.labels, np.asarray(answer.proba), self.policy, self.queues.triage_queue)
         self.writer.submit_shadow(
             request_id,
             {

@@ -7,7 +7,7 @@ broken config, a model missing from the registry) becomes a sentence on the page
 
 Where each part comes from:
 - experiment: the running app's live config when served by the app; else `<home>/experiment.json` (the running
-  layout `serving.control` saves) when it is the configured experiment, else `configs/experiments.yaml`; the model
+  layout `serving.ops.state` saves) when it is the configured experiment, else `configs/experiments.yaml`; the model
   versions from the registry; changes from `<home>/audit.jsonl`;
 - experiment report: `experiments.report` (KPIs, intervals, SRM, guardrails, recommendation);
 - drift: the store's monitoring verdict rows, with links to the report files under `<home>/reports`;
@@ -24,14 +24,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from experiments.config import ExperimentConfig, load_experiments
+from serving import clock
 from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, config_dir, load_queues, load_serving
-from serving.control import AUDIT_FILE, STATE_FILE, load_state
+from serving.ops.state import AUDIT_FILE, STATE_FILE, load_state
 from serving.policy import LOW_CONFIDENCE
 from serving.store.eventlog import (
     EventLog,
@@ -212,7 +213,7 @@ def gather(
         notes.append(f"No event log yet at {sources.store_label}: nothing has been routed.")
     else:
         try:
-            since = (datetime.now(UTC) - timedelta(days=FLAGGED_DAYS)).isoformat()
+            since = (clock.now() - timedelta(days=FLAGGED_DAYS)).isoformat()
             # Bounded in time like the flagged emails, so a filter that matches little never scans the whole table.
             logs = store.logs(since=since, min_level=log_filter.level, component=log_filter.component, limit=LOG_LIMIT)
             flagged = store.flagged_predictions(since=since, reasons=(LOW_CONFIDENCE,), limit=FLAGGED_LIMIT)

@@ -22,9 +22,10 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from serving import clock
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,12 @@ class ModelRegistry:
             raise RegistryError(f"model '{name}' has no version '{selector}' (known: {', '.join(versions)})")
         return name, selector
 
+    def champion_history(self, name: str) -> list[str]:
+        """The earlier champions of `name`, oldest first (what `rollback` goes back through)."""
+        if not self._versions(name):
+            raise RegistryError(f"no model named '{name}' in the registry")
+        return list(self._stages(name).get("history", []))
+
     def get(self, ref: str, *, verify: bool = True) -> VersionInfo:
         name, version = self.resolve(ref)
         meta = self.read_meta(name, version, verify=verify)
@@ -235,7 +242,7 @@ class ModelRegistry:
                     metrics=metrics,
                     params=params,
                     parent=parent,
-                    created=datetime.now(UTC).isoformat(timespec="seconds"),
+                    created=clock.now().isoformat(timespec="seconds"),
                     files=files,
                     warnings=tuple(warnings),
                 )
@@ -290,6 +297,20 @@ class ModelRegistry:
             stages["canary"] = None
         _write_json_atomic(self.root / name / STAGES_FILE, stages)
         return self.get(f"{name}:{stages['champion']}", verify=False)
+
+    def retire(self, ref: str) -> VersionInfo:
+        """A candidate or canary that lost (a rollout rolled back): archived, and no longer the canary."""
+        info = self.get(ref, verify=False)
+        name, version = info.meta.name, info.meta.version
+        stages = self._stages(name)
+        if stages.get("champion") == version:
+            raise RegistryError(f"{name}:{version} is the champion; roll back to the previous one instead")
+        if stages.get("canary") == version:
+            stages["canary"] = None
+        if version not in stages.get("rolled_back", []):
+            stages["rolled_back"] = [*stages.get("rolled_back", []), version]
+        _write_json_atomic(self.root / name / STAGES_FILE, stages)
+        return self.get(f"{name}:{version}", verify=False)
 
     def clean_partial(self) -> int:
         """Remove folders left by writers that crashed mid-write; returns how many."""

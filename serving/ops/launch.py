@@ -19,9 +19,10 @@ import subprocess
 from dataclasses import dataclass
 
 from experiments.config import ExperimentConfig
-from serving import control
-from serving.app import APP_NAME
+from serving import clock
 from serving.config import Home, QueuesConfig, ServingConfig, config_dir
+from serving.ops import state
+from serving.ops.apps import APP_NAME, app_configs, pin_versions
 
 log = logging.getLogger(__name__)
 BASE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}
@@ -95,9 +96,10 @@ def _proxy_env(port: int, binary: str) -> dict[str, str]:
 
 
 def ray_env(serving: ServingConfig, port: int) -> dict[str, str]:
-    """The environment a local Ray must start with for `start()` to get the fast proxy (tests share one Ray)."""
+    """The environment a local Ray must start with for `start()` to get the fast proxy (tests share one Ray), and
+    the clock every process must share (`serving.clock`)."""
     binary = find_haproxy() if serving.fast_proxy else None
-    return {**BASE_ENV, **(_proxy_env(port, binary) if binary else {})}
+    return {**BASE_ENV, **clock.env(), **(_proxy_env(port, binary) if binary else {})}
 
 
 def _start_ray(num_cpus: int | None, env: dict[str, str]) -> bool:
@@ -176,17 +178,28 @@ def _start_jobs(home: Home, serving: ServingConfig) -> None:
 
 
 def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment: ExperimentConfig) -> None:
-    """(Re)deploy the app on the running Serve instance; the saved experiment state wins over the file's if it is
-    the same experiment, so a restart keeps every user's arm. Blocks until the app runs."""
+    """(Re)deploy the router and arm applications on the running Serve instance, and block until they run.
+
+    The saved experiment state (written by runtime changes) wins over the file's if it is the same experiment, so a
+    restart keeps every user's arm and every arm's pinned version; versions still named `champion` or `latest` are
+    resolved here, once per deploy, and the replicas load what this resolved. The
+    saved runtime policy wins over serving.yaml's unless serving.yaml was edited since (`serving.ops.state`)."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    experiment = control.load_state(home, experiment)
-    app_config = control.deploy_config(home, queues.model_dump(mode="json"), serving, experiment, APP_NAME)
-    control.user_salt(home)  # created here once, before replicas race for it
+    experiment = pin_versions(home, state.load_state(home, experiment))
+    policy, note = state.load_policy(home, serving.policy)
+    policy.check_queues(queues.names)
+    if note:
+        log.warning("%s", note)
+    state.user_salt(home)  # created here once, before replicas race for it
+    secrets = {
+        name: os.environ[name] for name in (serving.admin_token_env, serving.user_salt_env) if os.environ.get(name)
+    }
+    apps = app_configs(home, queues.model_dump(mode="json"), serving, experiment, policy, secrets)
     client = _get_global_client()
     assert client is not None
-    client.deploy_apps(ServeDeploySchema.model_validate({"applications": [app_config]}), _blocking=True)
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": apps}), _blocking=True)
 
 
 def stop(started_ray: bool = True) -> None:

@@ -33,7 +33,7 @@ def ray_cluster(serve_port: int) -> Iterator[None]:
     import ray
 
     from serving.config import ServingConfig
-    from serving.launch import ray_env
+    from serving.ops.launch import ray_env
 
     if ray.is_initialized():  # another fixture or test already holds one: share it, leave it alone
         yield

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 
 from experiments.config import ExperimentConfig
-from serving import launch
 from serving.config import Home, ServingConfig, load_queues
 from serving.mail.text import PREPROCESSING_VERSION, model_text
 from serving.models.registry import ModelRegistry
+from serving.ops import launch
 from training.config import LinearConfig
 from training.linear import fit_linear
 from training.synth import generate
@@ -100,3 +100,32 @@ def running_app(
         from ray import serve
 
         serve.shutdown()
+
+
+_LOOP: Any = None
+
+
+def on_driver_loop(coro: Any) -> Any:
+    """Run a coroutine that uses Serve handles on one event loop kept for the whole test session: in Serve's
+    throughput mode a handle (and the router it shares) stays bound to the loop it first ran on."""
+    import asyncio
+    import threading
+
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = asyncio.new_event_loop()
+        threading.Thread(target=_LOOP.run_forever, name="serve-handles", daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coro, _LOOP).result(timeout=120)
+
+
+def set_fault(arm: str, fault: str | None) -> None:
+    """Inject a fault into every replica of an arm ('error', 'hang', 'nan'; None clears it)."""
+    from ray import serve
+
+    from serving.ops.apps import arm_app, arm_deployment
+
+    async def call() -> None:
+        handle = serve.get_deployment_handle(arm_deployment(arm), arm_app(arm))
+        await handle.broadcast("set_fault", fault).results_async()
+
+    on_driver_loop(call())

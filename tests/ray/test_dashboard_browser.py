@@ -6,7 +6,6 @@ The set-up installs Debian's `chromium` and `chromium-driver` when they are miss
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_app import TOKEN, register_models, running_app, small_serving_config, two_arm_experiment
+from serve_app import TOKEN, register_models, running_app, set_fault, small_serving_config, two_arm_experiment
 
 from monitoring.dashboard.data import DashboardSources
 from monitoring.dashboard.routes import standalone_app
@@ -70,17 +69,6 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def _set_fault(arm: str, fault: str | None) -> None:
-    from ray import serve
-
-    handle = serve.get_deployment_handle(f"arm-{arm}", "mailroute")
-
-    async def call() -> None:
-        await handle.set_fault.remote(fault)
-
-    asyncio.run(call())
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port: int) -> Iterator[dict[str, Any]]:
     """The app after 60 emails with agent feedback, one hostile subject, and one email that hit a failing arm."""
@@ -96,7 +84,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port:
             assert client.post("/v1/feedback", json=feedback).status_code == 200
         evil = {"user_id": "mallory", "subject": EVIL_SUBJECT, "body": "<b>bold</b> charged", "email_id": "evil-1"}
         running["evil"] = client.post("/v1/route", json=evil).json()
-        _set_fault("transformer", "error")
+        set_fault("transformer", "error")
         try:
             failed = {"user_id": "victim", "subject": "Crash", "body": "the app crashes on start",
                       "email_id": "faulty-1", "force_arm": "transformer"}  # fmt: skip
@@ -104,7 +92,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port:
                 "/v1/route", json=failed, headers={"Authorization": f"Bearer {TOKEN}"}
             ).json()
         finally:
-            _set_fault("transformer", None)
+            set_fault("transformer", None)
         assert running["faulty"]["reason"] == "fallback_to_linear:transformer_error"
         _scheduled_jobs(home, running["serving"], running["experiment"])
         yield running

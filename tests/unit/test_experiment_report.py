@@ -412,7 +412,7 @@ def test_bad_since_is_one_line_and_the_report_command_writes_its_files(tmp_path:
 
 def test_analysis_config_is_strict_and_the_runtime_change_path_still_validates() -> None:
     from experiments.assign import arm_ranges
-    from serving.control import merge_change
+    from serving.ops.admin import merge_change
 
     with pytest.raises(ConfigError, match=r"unknown key 'guardrails\.max_p99'"):
         parse_config({"guardrails": {"max_p99": 1}}, AnalysisConfig, "analysis")

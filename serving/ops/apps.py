@@ -1,0 +1,150 @@
+"""The Serve applications mailroute runs, as deploy configs: one for the router, one per arm (and the shadow).
+
+    mailroute              the FastAPI router (route prefix /); user_config: the experiment and the policy
+    mailroute-arm-<arm>    one arm's ModelServer, deployment `arm-<arm>` (no route); user_config: the pinned version
+    mailroute-shadow       the shadow model's ModelServer, deployment `shadow`, when the experiment has one
+
+Each arm is an application of its own so that an arm can be added (a canary) or removed (a finished rollout) without
+touching the router application: Serve rebuilds, and restarts, an application whose arguments change, but only
+reconfigures one whose `user_config` changes. Routers reach the arms by name (`serving.app.Router`).
+
+Versions are pinned when an arm is deployed: `model:champion` is resolved once, here, into `model:vN`, and that ref
+is what the arm's replicas load and what the running experiment records, so that a promotion in the registry never
+leaves one arm serving two versions (a replica that restarts loads the same pinned version as its siblings).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from experiments.config import ExperimentConfig
+from serving import clock
+from serving.config import Home, ModelServerSpec, PolicyConfig, ServingConfig, config_dir
+from serving.models.registry import ModelRegistry
+from serving.router import SHADOW
+
+APP_NAME = "mailroute"
+
+
+def arm_app(arm: str) -> str:
+    """The Serve application serving `arm` (or the shadow)."""
+    return f"{APP_NAME}-shadow" if arm == SHADOW else f"{APP_NAME}-arm-{arm}"
+
+
+def arm_deployment(arm: str) -> str:
+    """The deployment name inside that application, also the component name of its log lines."""
+    return "shadow" if arm == SHADOW else f"arm-{arm}"
+
+
+def arm_of_app(app: str) -> str | None:
+    """The arm an application serves, or None when it is not an arm application."""
+    if app == f"{APP_NAME}-shadow":
+        return SHADOW
+    prefix = f"{APP_NAME}-arm-"
+    return app.removeprefix(prefix) if app.startswith(prefix) else None
+
+
+def pin_versions(home: Home, experiment: ExperimentConfig) -> ExperimentConfig:
+    """The experiment with every arm's (and the shadow's) version resolved in the registry: `champion`, `latest`
+    or `canary` become `vN`. An unknown model or version raises RegistryError naming it."""
+    registry = ModelRegistry(home.registry)
+    data = experiment.model_dump(mode="json")
+    for spec in data["arms"].values():
+        spec["version"] = registry.resolve(f"{spec['model']}:{spec['version']}")[1]
+    if data.get("shadow"):
+        shadow = data["shadow"]
+        shadow["version"] = registry.resolve(f"{shadow['model']}:{shadow['version']}")[1]
+    return ExperimentConfig.model_validate(data)
+
+
+def arm_specs(experiment: ExperimentConfig) -> dict[str, tuple[str, str]]:
+    """arm -> (model, version) for every arm and the shadow."""
+    specs = {arm: (s.model, s.version) for arm, s in experiment.arms.items()}
+    if experiment.shadow is not None:
+        specs[SHADOW] = (experiment.shadow.model, experiment.shadow.version)
+    return specs
+
+
+def model_kind(home: Home, model: str, version: str) -> str:
+    return ModelRegistry(home.registry).read_meta(model, version).kind
+
+
+def arm_user_config(spec: ModelServerSpec, ref: str) -> dict[str, Any]:
+    return {
+        "ref": ref,
+        "threads": spec.threads,
+        "quantize": spec.quantize,
+        "max_batch_size": spec.max_batch_size,
+        "batch_wait_timeout_s": spec.batch_wait_timeout_s,
+    }
+
+
+def _runtime_env() -> dict[str, Any]:
+    # Every replica must stamp events on the driver's clock (a simulation runs on a scaled one).
+    env = clock.env()
+    return {"env_vars": env} if env else {}
+
+
+def router_app(
+    home: Home, queues: dict[str, Any], serving: ServingConfig, experiment: ExperimentConfig, policy: PolicyConfig,
+    secrets: dict[str, str],
+) -> dict[str, Any]:  # fmt: skip
+    """The router application's deploy config."""
+    return {
+        "name": APP_NAME,
+        "route_prefix": "/",
+        "import_path": "serving.app:build_app",
+        "runtime_env": _runtime_env(),
+        "args": {
+            "home": str(home.root),
+            "queues": queues,
+            "serving": serving.model_dump(mode="json"),
+            "config_dir": str(config_dir().absolute()),
+            "secrets": secrets,
+        },
+        "deployments": [
+            {
+                "name": "Router",
+                "user_config": {
+                    "experiment": experiment.model_dump(mode="json"),
+                    "policy": policy.model_dump(mode="json"),
+                    "version": 1,
+                },
+            }
+        ],
+    }
+
+
+def arm_app_config(
+    home: Home, queues: dict[str, Any], serving: ServingConfig, arm: str, model: str, version: str
+) -> dict[str, Any]:
+    """One arm's application deploy config, serving the pinned `model:version`."""
+    kind = model_kind(home, model, version)
+    spec = serving.transformer if kind == "transformer" else serving.linear
+    return {
+        "name": arm_app(arm),
+        "route_prefix": None,
+        "import_path": "serving.app:build_arm",
+        "runtime_env": _runtime_env(),
+        "args": {
+            "home": str(home.root),
+            "queues": queues,
+            "serving": serving.model_dump(mode="json"),
+            "arm": arm,
+            "kind": kind,
+        },
+        "deployments": [{"name": arm_deployment(arm), "user_config": arm_user_config(spec, f"{model}:{version}")}],
+    }
+
+
+def app_configs(
+    home: Home,
+    queues: dict[str, Any],
+    serving: ServingConfig,
+    experiment: ExperimentConfig,
+    policy: PolicyConfig,
+    secrets: dict[str, str],
+) -> list[dict[str, Any]]:
+    """Every application of a start: the router and one per arm, from an experiment whose versions are pinned."""
+    arms = [arm_app_config(home, queues, serving, arm, m, v) for arm, (m, v) in arm_specs(experiment).items()]
+    return [router_app(home, queues, serving, experiment, policy, secrets), *arms]

@@ -1,0 +1,283 @@
+"""Runtime changes of the running app, applied through Serve's config path so that no replica restarts.
+
+A change (`Change`) is planned from the live state under the change lock (`serving.ops.state.change_lock`), so two
+changes never interleave, and applied in an order that never fails a request:
+
+1. new arm applications (a canary) start, and arms whose pinned version changes load it through `reconfigure()`;
+   the change waits until every one of their replicas answers with the new version. If one does not come up in
+   time, those applications are put back as they were and the change fails having changed nothing;
+2. the router's `user_config` (experiment and decision policy) is replaced: Serve calls `reconfigure()` on the
+   running routers. Once Serve has the new config, the new state is saved (`<home>/experiment.json`,
+   `<home>/policy.json`) and the change is written to the audit log, and only then does the change wait for every
+   router replica to confirm it, so a slow confirmation never leaves a live change unrecorded;
+3. arm applications no router uses any more (a finished canary) are deleted.
+
+It runs wherever Ray runs: in a router replica for an admin call, in the scheduler actor for the rollout job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.assign import moved_share
+from experiments.config import ExperimentConfig
+from serving.api import ApiError
+from serving.config import Home, PolicyConfig, ServingConfig, config_dir, parse_config
+from serving.ops import state
+from serving.ops.apps import APP_NAME, arm_app, arm_app_config, arm_deployment, arm_user_config, model_kind
+
+log = logging.getLogger(__name__)
+LOCK_WAIT_S = 120.0
+
+
+@dataclass(frozen=True)
+class Live:
+    """The running app as Serve holds it: every application's config, and the router's experiment and policy."""
+
+    apps: dict[str, dict[str, Any]]
+    experiment: ExperimentConfig
+    policy: PolicyConfig
+    version: int  # of the router's user_config
+
+    def arm_ref(self, arm: str) -> str | None:
+        """The `model:version` an arm's replicas are configured to serve."""
+        app = self.apps.get(arm_app(arm))
+        for dep in (app or {}).get("deployments", []):
+            ref = (dep.get("user_config") or {}).get("ref")
+            if ref:
+                return str(ref)
+        return None
+
+
+@dataclass(frozen=True)
+class Change:
+    """What one runtime change does (the module docstring gives the order)."""
+
+    kind: str  # experiment | policy | rollout | rollback (the audit record's kind)
+    experiment: ExperimentConfig | None = None  # the routers' new experiment
+    policy: PolicyConfig | None = None  # the routers' new decision policy
+    start_arms: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # new arm -> (model, version)
+    set_versions: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # running arm -> (model, version)
+    remove_arms: tuple[str, ...] = ()
+    detail: str | None = None
+    # Run under the lock once the change is live and recorded: the caller's own bookkeeping (registry stages,
+    # the rollout file), so that no other change can come between the two.
+    commit: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who changes what: the home, the configs the app was started with, the acting person or job."""
+
+    home: Home
+    queues: dict[str, Any]
+    serving: ServingConfig
+    actor: str
+    config_dir: Path = field(default_factory=config_dir)  # where experiments.yaml (the rollout rule) is read
+    app_name: str = APP_NAME
+
+    @property
+    def router_replicas(self) -> int:
+        ingress = self.serving.ingress
+        return ingress.num_replicas if ingress.autoscaling is None else max(1, ingress.autoscaling.min_replicas)
+
+    @property
+    def timeout_s(self) -> float:
+        return max(30.0, self.serving.model_timeout_s * 15)
+
+
+async def read_live(app_name: str = APP_NAME) -> Live:
+    """The live configs from Serve's controller."""
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    configs = await controller.get_app_configs.remote()
+    apps = {name: cfg.model_dump(exclude_unset=True) for name, cfg in configs.items()}
+    router = apps.get(app_name)
+    if router is None:
+        raise ApiError(409, f"application '{app_name}' was not deployed from a config; restart with mailroute serve")
+    uc = next((d.get("user_config") or {} for d in router.get("deployments", []) if d["name"] == "Router"), {})
+    if "experiment" not in uc:
+        raise ApiError(409, f"application '{app_name}' has no experiment in its router config; restart it")
+    experiment = parse_config(uc["experiment"], ExperimentConfig, "the running experiment")
+    policy = parse_config(uc.get("policy") or {}, PolicyConfig, "the running policy")
+    return Live(apps, experiment, policy, int(uc.get("version", 0)))
+
+
+async def apply(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any]:
+    """Plan a change from the live state and apply it (module docstring), holding the change lock throughout.
+    `plan` raises ApiError to refuse. Returns what changed, for the caller's answer."""
+    lock = state.change_lock(ctx.home)
+    try:
+        await asyncio.to_thread(lock.acquire, timeout=LOCK_WAIT_S)
+    except TimeoutError:
+        raise ApiError(409, "another change to the running app is still being applied; try again") from None
+    try:
+        live = await read_live(ctx.app_name)
+        change = plan(live)
+        return await _apply(ctx, live, change)
+    finally:
+        await asyncio.to_thread(lock.release)
+
+
+async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
+    apps = {name: dict(cfg) for name, cfg in live.apps.items()}
+    arms_changed = {**change.start_arms, **change.set_versions}
+    if arms_changed:
+        for arm, (model, pinned) in change.start_arms.items():
+            apps[arm_app(arm)] = arm_app_config(ctx.home, ctx.queues, ctx.serving, arm, model, pinned)
+        for arm, (model, pinned) in change.set_versions.items():
+            apps[arm_app(arm)] = _with_ref(ctx, apps, arm, model, pinned)
+        await _deploy(list(apps.values()))
+        try:
+            await _wait_for_arms(ctx, {arm: f"{m}:{v}" for arm, (m, v) in arms_changed.items()}, apps)
+        except ApiError:
+            await _deploy(list(live.apps.values()))  # put the arms back as they were: nothing changed
+            raise
+    version = live.version
+    moved = None
+    if change.experiment is not None or change.policy is not None:
+        version += 1
+        experiment = change.experiment or live.experiment
+        policy = change.policy or live.policy
+        router = apps[ctx.app_name]
+        router["deployments"] = [
+            {**d, "user_config": {"experiment": experiment.model_dump(mode="json"),
+                                  "policy": policy.model_dump(mode="json"), "version": version}}
+            if d["name"] == "Router" else d
+            for d in router["deployments"]
+        ]  # fmt: skip
+        await _deploy(list(apps.values()))
+        _record(ctx, live, change)
+        if change.experiment is not None:
+            moved = moved_share(live.experiment.ranges(), change.experiment.ranges())
+        await _wait_for_routers(ctx, version)
+    elif arms_changed:
+        _record(ctx, live, change)
+    if change.remove_arms:
+        for arm in change.remove_arms:
+            apps.pop(arm_app(arm), None)
+        try:
+            await _deploy(list(apps.values()))
+        except Exception as err:  # the routers no longer use it: an idle leftover, not a broken change
+            log.warning("could not delete the applications of %s: %s", ", ".join(change.remove_arms), err)
+    log.info("%s change by %s applied (router config version %d)", change.kind, ctx.actor, version)
+    result: dict[str, Any] = {"kind": change.kind, "config_version": version}
+    if change.experiment is not None:
+        result.update(experiment=change.experiment.model_dump(mode="json"), moved_share=moved)
+    if change.policy is not None:
+        result["policy"] = change.policy.model_dump(mode="json")
+    return result
+
+
+def _record(ctx: Context, live: Live, change: Change) -> None:
+    """Save the new state and write the audit line: done once Serve holds the change, before waiting on replicas."""
+    if change.experiment is not None:
+        state.save_state(ctx.home, change.experiment)
+        moved = moved_share(live.experiment.ranges(), change.experiment.ranges())
+        old, new = live.experiment.model_dump(mode="json"), change.experiment.model_dump(mode="json")
+        state.audit(ctx.home, ctx.actor, old, new, moved, kind=change.kind, detail=change.detail)
+    if change.policy is not None:
+        state.save_policy(ctx.home, change.policy, _configured_policy(ctx))
+        old, new = live.policy.model_dump(mode="json"), change.policy.model_dump(mode="json")
+        state.audit(ctx.home, ctx.actor, old, new, kind="policy", detail=change.detail)
+    if change.experiment is None and change.policy is None:
+        old = {arm: live.arm_ref(arm) for arm in change.set_versions}
+        new = {arm: f"{m}:{v}" for arm, (m, v) in change.set_versions.items()}
+        state.audit(ctx.home, ctx.actor, {"versions": old}, {"versions": new}, kind=change.kind, detail=change.detail)
+    if change.commit is not None:
+        change.commit()
+
+
+def _configured_policy(ctx: Context) -> PolicyConfig:
+    return ctx.serving.policy
+
+
+def _with_ref(ctx: Context, apps: dict[str, dict[str, Any]], arm: str, model: str, version: str) -> dict[str, Any]:
+    app = apps.get(arm_app(arm))
+    if app is None:
+        raise ApiError(409, f"arm {arm} has no application running; restart with mailroute serve")
+    kind = model_kind(ctx.home, model, version)
+    if kind != app.get("args", {}).get("kind"):
+        raise ApiError(422, f"{model}:{version} is a {kind} model but arm {arm} runs {app['args'].get('kind')} models")
+    spec = ctx.serving.transformer if kind == "transformer" else ctx.serving.linear
+    deployments = [
+        {**d, "user_config": {**(d.get("user_config") or {}), **arm_user_config(spec, f"{model}:{version}")}}
+        for d in app.get("deployments", [])
+    ]
+    return {**app, "deployments": deployments}
+
+
+async def _deploy(apps: list[dict[str, Any]]) -> None:
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+    from ray.serve.schema import ServeDeploySchema
+
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    await controller.apply_config.remote(ServeDeploySchema.model_validate({"applications": apps}))
+
+
+def _replicas(ctx: Context, app: dict[str, Any]) -> int:
+    spec = ctx.serving.transformer if app.get("args", {}).get("kind") == "transformer" else ctx.serving.linear
+    return spec.num_replicas if spec.autoscaling is None else max(1, spec.autoscaling.min_replicas)
+
+
+async def _wait_for_arms(ctx: Context, refs: dict[str, str], apps: dict[str, dict[str, Any]]) -> None:
+    """Until every replica of each arm answers `ready()` with its target ref (a new application first has to come
+    up; a failed deployment ends the wait at once)."""
+    from ray import serve
+
+    deadline = time.monotonic() + ctx.timeout_s
+    pending = dict(refs)
+    while pending and time.monotonic() < deadline:
+        status = await asyncio.to_thread(serve.status)
+        for arm, ref in list(pending.items()):
+            app = status.applications.get(arm_app(arm))
+            if app is not None and app.status == "DEPLOY_FAILED":
+                why = " ".join(str(app.message).split())[:300]
+                raise ApiError(422, f"arm {arm} could not load {ref}: {why}")
+            if app is None or app.status != "RUNNING":
+                continue
+            handle = serve.get_deployment_handle(arm_deployment(arm), arm_app(arm))
+            try:
+                seen = await asyncio.wait_for(handle.broadcast("ready").results_async(), 10.0)
+            except Exception:  # a replica mid-update is briefly away; poll again
+                continue
+            if len(seen) >= _replicas(ctx, apps[arm_app(arm)]) and all(s == ref for s in seen):
+                pending.pop(arm)
+        if pending:
+            await asyncio.sleep(0.2)
+    if pending:
+        raise ApiError(
+            503,
+            f"{', '.join(f'arm {a} ({r})' for a, r in pending.items())} did not become ready within "
+            f"{ctx.timeout_s:.0f} s: nothing was changed",
+        )
+
+
+async def _wait_for_routers(ctx: Context, version: int) -> None:
+    """Until every router replica reports `version` (reconfigure reaches them one at a time, and a replica being
+    updated is briefly absent from broadcast, so the count matters as much as the versions)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Router", ctx.app_name)
+    deadline = time.monotonic() + ctx.timeout_s
+    while time.monotonic() < deadline:
+        try:
+            seen = await handle.broadcast("config_version_of_replica").results_async()
+            if len(seen) >= ctx.router_replicas and all(v == version for v in seen):
+                return
+        except Exception:  # a replica mid-update is briefly away from broadcast; keep polling
+            pass
+        await asyncio.sleep(0.05)
+    raise ApiError(
+        503,
+        f"the change is live and recorded, but not every router replica confirmed it within {ctx.timeout_s:.0f} s",
+    )

@@ -1,0 +1,137 @@
+"""The running app's state kept in the home folder: the user salt, the experiment and decision policy in force, the
+audit log of every change, and the lock that serialises changes.
+
+- `<home>/user_salt`: the salt of user pseudonyms, made once (0600) so every replica and restart agrees.
+- `<home>/experiment.json`: the running experiment with its pinned bucket layout and model versions, so a restart
+  keeps every user's arm and every arm's version.
+- `<home>/policy.json`: the decision policy set at runtime (`mailroute analyze apply-thresholds`), with the
+  `serving.yaml` policy it replaced; a restart keeps it unless `serving.yaml`'s policy was edited since, in which case
+  the edit (newer) wins and the start says so.
+- `<home>/audit.jsonl`: one JSON line per change (who, when, what kind, old, new, share of users moved).
+- `<home>/.control.lock`: held while a change is applied, so two changes (an admin's and the rollout job's, say)
+  never interleave their read-modify-write of the Serve config.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+from filelock import FileLock
+
+from experiments.config import ExperimentConfig
+from serving import clock
+from serving.config import ConfigError, Home, PolicyConfig, parse_config
+
+log = logging.getLogger(__name__)
+STATE_FILE = "experiment.json"
+POLICY_FILE = "policy.json"
+AUDIT_FILE = "audit.jsonl"
+SALT_FILE = "user_salt"
+LOCK_FILE = ".control.lock"
+
+
+def user_salt(home: Home) -> str:
+    """The salt of user pseudonyms: created once per home (0600), so every replica and restart agrees."""
+    path = home.root / SALT_FILE
+    home.root.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    for _ in range(100):  # another replica may have created it a moment ago and still be writing
+        salt = path.read_text().strip()
+        if salt:
+            return salt
+        time.sleep(0.01)
+    raise RuntimeError(f"{path} is empty")
+
+
+def _write_atomic(home: Home, name: str, data: Any) -> None:
+    home.root.mkdir(parents=True, exist_ok=True)
+    tmp = home.root / f".{name}.tmp"
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, home.root / name)
+
+
+def load_state(home: Home, configured: ExperimentConfig) -> ExperimentConfig:
+    """The saved running experiment if it is the configured one (same name and salt), else the configured one."""
+    path = home.root / STATE_FILE
+    if not path.exists():
+        return configured
+    try:
+        saved = parse_config(json.loads(path.read_text()), ExperimentConfig, str(path))
+    except (json.JSONDecodeError, ConfigError) as err:
+        log.warning("ignoring unreadable %s: %s", path, err)
+        return configured
+    if (saved.name, saved.salt) != (configured.name, configured.salt):
+        return configured
+    return saved
+
+
+def save_state(home: Home, experiment: ExperimentConfig) -> None:
+    _write_atomic(home, STATE_FILE, experiment.model_dump(mode="json"))
+
+
+def load_policy(home: Home, configured: PolicyConfig) -> tuple[PolicyConfig, str | None]:
+    """The policy to serve with, and a sentence when it is not serving.yaml's: the runtime one saved by a change,
+    unless serving.yaml's policy changed since that change (then the file's, a newer hand edit, wins)."""
+    path = home.root / POLICY_FILE
+    if not path.exists():
+        return configured, None
+    try:
+        data = json.loads(path.read_text())
+        saved = parse_config(data["policy"], PolicyConfig, str(path))
+        based_on = parse_config(data["based_on"], PolicyConfig, str(path))
+    except (json.JSONDecodeError, ConfigError, KeyError, TypeError) as err:
+        return configured, f"ignoring unreadable {path} ({' '.join(str(err).split())[:200]}): serving.yaml's policy"
+    if based_on != configured:
+        return configured, f"serving.yaml's policy was edited after the runtime change saved in {path}: the edit wins"
+    if saved == configured:
+        return configured, None
+    return saved, f"decision policy from {path} (set at runtime on {data.get('ts', '?')}), not serving.yaml's"
+
+
+def save_policy(home: Home, policy: PolicyConfig, based_on: PolicyConfig) -> None:
+    _write_atomic(
+        home,
+        POLICY_FILE,
+        {"ts": clock.now().isoformat(), "policy": policy.model_dump(mode="json"),
+         "based_on": based_on.model_dump(mode="json")},
+    )  # fmt: skip
+
+
+def audit(
+    home: Home,
+    actor: str,
+    old: dict[str, Any],
+    new: dict[str, Any],
+    moved: float | None = None,
+    *,
+    kind: str = "experiment",
+    detail: str | None = None,
+) -> None:
+    """Append one change to `<home>/audit.jsonl`. `kind`: experiment (old/new are experiments: the SRM check reads
+    their weights), policy, rollout or rollback."""
+    record: dict[str, Any] = {"ts": clock.now().isoformat(), "actor": actor, "kind": kind, "old": old, "new": new}
+    if moved is not None:
+        record["moved_share"] = moved
+    if detail:
+        record["detail"] = detail
+    home.root.mkdir(parents=True, exist_ok=True)
+    with (home.root / AUDIT_FILE).open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def change_lock(home: Home) -> FileLock:
+    """The lock every runtime change holds from reading the live config to recording the change. Not tied to a
+    thread: an asyncio caller takes and releases it from worker threads."""
+    home.root.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(home.root / LOCK_FILE), thread_local=False)
