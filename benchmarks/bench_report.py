@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.analysis_config import AnalysisConfig
+from experiments.analysis.config import AnalysisConfig
+from experiments.analysis.report import build_report
 from experiments.config import ExperimentConfig
-from experiments.report import build_report
 from serving.config import load_queues
 from serving.store.sqlite import SQLiteEventLog
 

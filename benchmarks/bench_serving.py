@@ -147,9 +147,9 @@ def main() -> int:
     os.environ.update({"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "MAILROUTE_ADMIN_TOKEN": TOKEN})
 
     from experiments.config import ExperimentConfig
-    from serving import launch
     from serving.config import Home, ServingConfig, load_queues
     from serving.mail.text import model_text
+    from serving.ops import launch
     from serving.store.eventlog import open_event_log
 
     home = Home(Path(tempfile.mkdtemp(prefix="mr-bench-")))

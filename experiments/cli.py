@@ -95,8 +95,8 @@ def report(
     html: Annotated[Path | None, typer.Option(help="also write a self-contained HTML page here")] = None,
     csv: Annotated[Path | None, typer.Option(help="also write the daily counts per queue as CSV here")] = None,
 ) -> None:
-    from experiments.days import ReportInputError
-    from experiments.report_command import report_command
+    from experiments.analysis.command import report_command
+    from experiments.analysis.days import ReportInputError
     from serving.cli import options
 
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from experiments.analysis_config import AnalysisConfig
+from experiments.analysis.config import AnalysisConfig
 from experiments.assign import HASH_VERSION, ArmRange, arm_ranges, shares, validate_ranges
 from experiments.rollout.config import RolloutConfig
 from serving.config import StrictModel, config_dir, load_config

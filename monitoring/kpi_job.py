@@ -1,4 +1,5 @@
-"""The scheduled KPI report: experiments.report's `build_report` run by the scheduler beside the monitoring job.
+"""The scheduled KPI report: `experiments.analysis.report.build_report` run by the scheduler beside the monitoring
+job.
 
 Each run writes `<home>/reports/experiments/<stamp>-kpi.{json,html}` (the last `retention.kpi` kept), records the
 SRM check and every guardrail as verdict rows of job "kpi" (scope: the arm, or "all" for SRM), and posts an SRM
@@ -46,9 +47,9 @@ def run_kpi_report(
 ) -> dict[str, Any] | None:
     """One KPI report of `experiment` (None: experiments.yaml's, with its saved runtime state); None when there is
     nothing to report on (no log file yet, or an in-memory log)."""
+    from experiments.analysis.render import render_html
+    from experiments.analysis.report import build_report
     from experiments.config import load_experiments
-    from experiments.render import render_html
-    from experiments.report import build_report
     from serving.config import load_queues
     from serving.ops.state import AUDIT_FILE, load_state
 

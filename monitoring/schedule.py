@@ -73,7 +73,7 @@ def run_monitor_job(
 def run_kpi_report_job(
     home: Home, config_dir: Path, serving: ServingConfig, experiment: ExperimentConfig | None = None
 ) -> dict[str, Any] | None:
-    """The KPI report of the running experiment (experiments.report) over its whole life so far: written under
+    """The KPI report of the running experiment (experiments.analysis.report) over its whole life so far: written under
     `<home>/reports/experiments/`, its SRM and guardrail results recorded as verdict rows (job "kpi"), and a broken
     guardrail or an SRM alarm posted to the webhook. `experiment` None: the configured one (with its saved state)."""
     from monitoring.kpi_job import run_kpi_report

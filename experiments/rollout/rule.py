@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from experiments.recommend import Guardrail, describe_difference
+from experiments.analysis.recommend import Guardrail, describe_difference
+from experiments.analysis.stats import Difference
 from experiments.rollout.config import RolloutConfig
-from experiments.stats import Difference
 from serving.clock import parse_duration
 
 WAIT, WIDEN, PROMOTE, ROLLBACK = "wait", "widen", "promote", "roll back"

@@ -9,7 +9,7 @@ Where each part comes from:
 - experiment: the running app's live config when served by the app; else `<home>/experiment.json` (the running
   layout `serving.ops.state` saves) when it is the configured experiment, else `configs/experiments.yaml`; the model
   versions from the registry; changes from `<home>/audit.jsonl`;
-- experiment report: `experiments.report` (KPIs, intervals, SRM, guardrails, recommendation);
+- experiment report: `experiments.analysis.report` (KPIs, intervals, SRM, guardrails, recommendation);
 - drift: the store's monitoring verdict rows, with links to the report files under `<home>/reports`;
 - logs: the store's `logs` table (every component's warnings, kept there by `serving.store.loghandler`), and the
   predictions table for fallbacks and low-confidence emails.
@@ -118,7 +118,7 @@ class SearchView:
 
 @dataclass(frozen=True)
 class ReportView:
-    report: Any  # experiments.report.ExperimentReport
+    report: Any  # experiments.analysis.report.ExperimentReport
     trends: str | None  # data: URI of the daily trend plots
     built: str  # when it was built (it is cached for REPORT_TTL_S)
 
@@ -372,9 +372,10 @@ def _audit_entry(record: dict[str, Any]) -> AuditEntry:
 
 # ---- the experiment report -------------------------------------------------------------------------------------
 def _report(sources: DashboardSources, experiment: ExperimentConfig | None) -> tuple[ReportView | None, str | None]:
-    """`experiments.report.build_report` over the whole log, cached for `report_ttl_s`; else a sentence saying why."""
+    """`experiments.analysis.report.build_report` over the whole log, cached for `report_ttl_s`; else a sentence
+    saying why."""
     try:
-        from experiments.report import build_report
+        from experiments.analysis.report import build_report
     except ImportError:
         return None, "No experiment report yet: the experiment analysis is not installed."
     store = sources.event_log
@@ -415,7 +416,7 @@ def _report(sources: DashboardSources, experiment: ExperimentConfig | None) -> t
 
 def _stored_report(sources: DashboardSources) -> tuple[ReportView | None, str | None]:
     """The newest report of the scheduled KPI job (monitoring.kpi_job), read once per file."""
-    from experiments.report import ExperimentReport
+    from experiments.analysis.report import ExperimentReport
     from monitoring.kpi_job import latest_report_file
 
     path = latest_report_file(sources.home)
@@ -445,7 +446,7 @@ def _stored_report(sources: DashboardSources) -> tuple[ReportView | None, str | 
 
 
 def _analysis(sources: DashboardSources) -> Any:
-    from experiments.analysis_config import AnalysisConfig
+    from experiments.analysis.config import AnalysisConfig
 
     try:
         file = load_experiments(_configs(sources) / "experiments.yaml")

@@ -108,7 +108,7 @@ def test_scheduled_runs_appear_without_anyone_calling_them(app: dict[str, Any]) 
     project = next(p for p in ws.list_projects() if p.name == "mailroute drift")
     assert ws.list_runs(project.id)
     # The KPI report ran unasked too, on the experiment the app runs (t-exp), not on experiments.yaml's.
-    from experiments.report import ExperimentReport
+    from experiments.analysis.report import ExperimentReport
     from monitoring.kpi_job import latest_report_file
 
     def latest() -> ExperimentReport | None:

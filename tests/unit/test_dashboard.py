@@ -241,7 +241,7 @@ def test_running_experiment_and_audit_log(home: Home) -> None:
 
 
 def test_the_experiment_report_shows_each_arms_kpis_and_the_recommendation(filled: Home) -> None:
-    pytest.importorskip("experiments.report", reason="the experiment report has not landed")
+    pytest.importorskip("experiments.analysis.report", reason="the experiment report has not landed")
     page = client(filled).get("/dashboard").text
     report = page.split('<section id="report">')[1].split("</section>")[0]
     # The transformer's only email was answered by a fallback: too few emails to judge a guardrail on.

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from experiments.analysis_config import AnalysisConfig
-from experiments.recommend import PROMOTE, ROLLBACK, guardrails, recommend
-from experiments.stats import Difference, Interval, SrmResult
+from experiments.analysis.config import AnalysisConfig
+from experiments.analysis.recommend import PROMOTE, ROLLBACK, guardrails, recommend
+from experiments.analysis.stats import Difference, Interval, SrmResult
 
 pytestmark = pytest.mark.unit
 CFG = AnalysisConfig()

@@ -15,13 +15,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from experiments.analysis_config import AnalysisConfig
+from experiments.analysis.config import AnalysisConfig
+from experiments.analysis.days import ReportInputError, local_days, parse_time
+from experiments.analysis.render import counts_csv, plot_daily, render_html, render_text
+from experiments.analysis.report import ExperimentReport, build_report
+from experiments.analysis.stats import srm_test
+from experiments.analysis.weights_history import expected_shares, read_changes, segments
 from experiments.config import ExperimentConfig
-from experiments.days import ReportInputError, local_days, parse_time
-from experiments.render import counts_csv, plot_daily, render_html, render_text
-from experiments.report import ExperimentReport, build_report
-from experiments.stats import srm_test
-from experiments.weights_history import expected_shares, read_changes, segments
 from serving.api import RouteRequest
 from serving.config import ConfigError, Home, ServingConfig, load_queues, parse_config
 from serving.router import ArmAnswer, RouterCore
@@ -79,7 +79,7 @@ def no_nan(r: ExperimentReport) -> None:
 
 @pytest.fixture
 def hand_log(tmp_path: Path) -> SQLiteEventLog:
-    """The worked example of experiments.kpi for the linear arm, plus four correct transformer emails."""
+    """The worked example of experiments.analysis.kpi for the linear arm, plus four correct transformer emails."""
     log = SQLiteEventLog(tmp_path / "events.db")
     lin = [
         pred("2026-03-01T10:00:00+00:00", "u1", "linear", "billing"),  # agent confirms: correct
@@ -391,7 +391,7 @@ def test_log_text_is_escaped_in_the_html(tmp_path: Path) -> None:
 
 
 def test_bad_since_is_one_line_and_the_report_command_writes_its_files(tmp_path: Path, monkeypatch: Any) -> None:
-    from experiments.report_command import report_command
+    from experiments.analysis.command import report_command
 
     monkeypatch.setenv("MAILROUTE_CONFIG_DIR", str(ROOT / "configs"))
     home = Home(tmp_path / "home")

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import statsmodels.api as sm
 
-from experiments.kpi import COLUMNS, Kpi, Term, evaluate, gradient, kpis
-from experiments.stats import (
+from experiments.analysis.kpi import COLUMNS, Kpi, Term, evaluate, gradient, kpis
+from experiments.analysis.stats import (
     Moments,
     cs_half_width,
     kpi_difference,
@@ -65,7 +65,8 @@ def test_ratio_variance_by_hand_and_equal_to_statsmodels_cluster_robust() -> Non
 
 
 def test_product_rule_gradient_and_net_saving_by_hand() -> None:
-    # net = (auto/n)(saved/verdict) - (auto/n)(mis/verdict) - 3 (triage/n): the worked example of experiments.kpi.
+    # net = (auto/n)(saved/verdict) - (auto/n)(mis/verdict) - 3 (triage/n): the worked example of
+    # experiments.analysis.kpi.
     net = kpis(QUEUES)["net_saving"]
     sums = dict.fromkeys(COLUMNS, 0.0) | {"n": 10, "auto": 8, "triage": 2, "verdict": 4, "saved_min": 7.5,
                                           "mis_min": 3.5 * 60 / 36}  # fmt: skip

@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import stats as sps
 
-from experiments.kpi import Kpi, evaluate, gradient
+from experiments.analysis.kpi import Kpi, evaluate, gradient
 
 
 @dataclass(frozen=True)

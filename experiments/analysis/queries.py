@@ -24,9 +24,9 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from experiments.days import Day
-from experiments.kpi import COLUMNS, kpis
-from experiments.stats import Moments
+from experiments.analysis.days import Day
+from experiments.analysis.kpi import COLUMNS, kpis
+from experiments.analysis.stats import Moments
 from serving.config import QueuesConfig
 
 P = sa.table(

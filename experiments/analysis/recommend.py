@@ -25,8 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from experiments.analysis_config import AnalysisConfig
-from experiments.stats import Difference, Interval, SrmResult
+from experiments.analysis.config import AnalysisConfig
+from experiments.analysis.stats import Difference, Interval, SrmResult
 
 KEEP, PROMOTE, ROLLBACK = "keep running", "promote", "roll back"
 RATE_GUARDRAILS = (

@@ -1,9 +1,10 @@
 """The experiment report: per-arm KPIs with intervals, daily counts, SRM, differences, guardrails, recommendation.
 
 `build_report(...)` is the one entry point (the CLI and the dashboard call it); it returns an `ExperimentReport`,
-a frozen value with `to_dict()`/`to_json()`, rendered by `experiments.render` as text, HTML or CSV. Definitions:
-`experiments.kpi` (KPIs), `experiments.stats` (intervals), `experiments.recommend` (rules), and
-README.md ("Experiment analysis"). Every figure that cannot be estimated is None and is printed as words, never as NaN.
+a frozen value with `to_dict()`/`to_json()`, rendered by `experiments.analysis.render` as text, HTML or CSV.
+Definitions: `experiments.analysis.kpi` (KPIs), `experiments.analysis.stats` (intervals),
+`experiments.analysis.recommend` (rules), and README.md ("Experiment analysis"). Every figure that cannot be
+estimated is None and is printed as words, never as NaN.
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from experiments import queries
-from experiments.analysis_config import AnalysisConfig
+from experiments.analysis import queries
+from experiments.analysis.config import AnalysisConfig
+from experiments.analysis.days import Day, local_days, log_ts, start_of_day
+from experiments.analysis.kpi import COLUMNS, kpis
+from experiments.analysis.recommend import RATE_GUARDRAILS, Guardrail, Recommendation, guardrails, overall, recommend
+from experiments.analysis.stats import Difference, Interval, Moments, SrmResult, kpi_difference, kpi_interval, srm_test
+from experiments.analysis.weights_history import expected_shares, read_changes, segments
 from experiments.config import ExperimentConfig
-from experiments.days import Day, local_days, log_ts, start_of_day
-from experiments.kpi import COLUMNS, kpis
-from experiments.recommend import RATE_GUARDRAILS, Guardrail, Recommendation, guardrails, overall, recommend
-from experiments.stats import Difference, Interval, Moments, SrmResult, kpi_difference, kpi_interval, srm_test
-from experiments.weights_history import expected_shares, read_changes, segments
 from serving import clock
 from serving.config import QueuesConfig
 

@@ -1,6 +1,6 @@
 """The KPIs of the experiment report, defined once: per-email quantities, and each KPI as a formula of their sums.
 
-Every email of an arm contributes a row of per-email quantities (SQL computes them, `experiments.queries`):
+Every email of an arm contributes a row of per-email quantities (SQL computes them, `experiments.analysis.queries`):
 
 | column      | per email                                                                                 |
 | ----------- | ----------------------------------------------------------------------------------------- |

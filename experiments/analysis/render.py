@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 from jinja2 import Environment, select_autoescape
 
-from experiments.report import ExperimentReport, KpiGroup
-from experiments.stats import Interval
+from experiments.analysis.report import ExperimentReport, KpiGroup
+from experiments.analysis.stats import Interval
 
 SHOWN = (
     ("accuracy", "share"), ("misroute_rate", "share"), ("judged_share", "share"), ("auto_route_coverage", "share"),

@@ -11,10 +11,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+from experiments.analysis.days import ReportInputError, parse_time
+from experiments.analysis.render import counts_csv, render_html, render_text
+from experiments.analysis.report import ExperimentReport, build_report
 from experiments.config import load_experiments
-from experiments.days import ReportInputError, parse_time
-from experiments.render import counts_csv, render_html, render_text
-from experiments.report import ExperimentReport, build_report
 from serving import clock
 from serving.config import Home, load_queues, load_serving
 
