@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 
+CHANGE_TIMEOUT_S = 180.0  # a change that starts an arm waits for its replicas to load the model
+
 
 class MailrouteError(Exception):
     """The service refused a request (4xx) or stayed unavailable; `status` and the one-line `detail`."""
@@ -37,15 +39,20 @@ class MailrouteClient:
         self.retries = retries
         self.backoff_s = backoff_s
 
-    def _call(self, method: str, path: str, json: Any = None) -> Any:
-        for attempt in range(self.retries + 1):
+    def _call(
+        self, method: str, path: str, json: Any = None, *, retry: bool = True, timeout_s: float | None = None
+    ) -> Any:
+        """One call; retried on 503 and transport errors unless `retry` is off (changes that must not run twice)."""
+        retries = self.retries if retry else 0
+        timeout = self._http.timeout if timeout_s is None else httpx.Timeout(timeout_s)
+        for attempt in range(retries + 1):
             try:
-                response = self._http.request(method, path, json=json)
+                response = self._http.request(method, path, json=json, timeout=timeout)
             except httpx.TransportError as err:
-                if attempt == self.retries:
+                if attempt == retries:
                     raise MailrouteError(503, f"cannot reach {self._http.base_url}: {err}") from None
             else:
-                if response.status_code != 503 or attempt == self.retries:
+                if response.status_code != 503 or attempt == retries:
                     break
             time.sleep(self.backoff_s * 2**attempt)
         if response.status_code >= 400:
@@ -97,6 +104,31 @@ class MailrouteClient:
 
     def change_experiment(self, name: str, change: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._call("PUT", f"/v1/experiments/{name}", change)
+        return result
+
+    def policy(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/policy")
+        return result
+
+    def change_policy(self, change: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PUT", "/v1/policy", change, retry=False, timeout_s=CHANGE_TIMEOUT_S)
+        return result
+
+    def rollout(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/rollout")
+        return result
+
+    def start_rollout(
+        self, version: str, canary_percent: float | None = None, arm: str | None = None
+    ) -> dict[str, Any]:
+        body = {"version": version, "canary_percent": canary_percent, "arm": arm}
+        body = {k: v for k, v in body.items() if v is not None}
+        result: dict[str, Any] = self._call("POST", "/v1/rollout", body, retry=False, timeout_s=CHANGE_TIMEOUT_S)
+        return result
+
+    def rollback(self, arm: str | None = None) -> dict[str, Any]:
+        body = {} if arm is None else {"arm": arm}
+        result: dict[str, Any] = self._call("POST", "/v1/rollback", body, retry=False, timeout_s=CHANGE_TIMEOUT_S)
         return result
 
     def close(self) -> None:
