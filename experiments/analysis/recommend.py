@@ -102,7 +102,9 @@ def guardrails(
         if not iv.known or iv.estimate is None:
             out.append(Guardrail(arm, key, None, limit, "no data", f"{arm}: no {label} (no emails)"))
             continue
-        above = iv.lo is not None and iv.lo > limit
+        # Every user alike (se 0: all failed, say) gives no interval, but the estimate is then the whole story.
+        lo = iv.lo if iv.lo is not None else (iv.estimate if iv.se == 0 else None)
+        above = lo is not None and lo > limit
         if not above:
             status = "at risk" if iv.estimate > limit else "ok"
         elif control is None:

@@ -64,3 +64,16 @@ def test_an_outage_both_arms_share_does_not_roll_back_the_challenger() -> None:
     rec = recommend("transformer", "linear", emails=5000, verdicts=verdicts, primary=CLEAR_GAIN,
                     primary_unit="min/email", rails=[*healthy, *own], srm=SRM_OK, cfg=CFG)  # fmt: skip
     assert rec.action == ROLLBACK
+
+
+def test_an_arm_whose_every_email_fails_breaks_its_guardrail() -> None:
+    # Found when a canary failed every one of its emails: every user's rate is 1, so the clustered interval has
+    # no width and was left out ("no interval"), and the guardrail said only "at risk": nothing rolled it back.
+    control = guardrails("linear", rates(Interval(0.0, 0.0)), 20.0, emails=199, users=199, cfg=CFG)
+    canary = guardrails(
+        "linear-canary", rates(Interval(1.0, 0.0)), 20.0, emails=157, users=157, cfg=CFG,
+        control=(control, {"fallback_rate": Difference("fallback_rate", Interval(1.0, 0.0), Interval(1.0, 0.0), 156)}),
+    )  # fmt: skip
+    fallback = next(g for g in canary if g.name == "fallback_rate")
+    assert fallback.status == "broken", fallback.text
+    assert next(g for g in control if g.name == "fallback_rate").status == "ok"
