@@ -139,3 +139,17 @@ class MailrouteClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def admin_client(url: str, *, needed_for: str | None = None, retries: int = 1) -> MailrouteClient:
+    """A client with the admin token from the environment variable that serving.yaml names. With `needed_for`, a
+    missing token is a one-line error before anything is sent."""
+    import os
+
+    from serving.config import load_serving
+
+    env = load_serving().admin_token_env
+    token = os.environ.get(env)
+    if needed_for and not token:
+        raise MailrouteError(401, f"{needed_for} needs the admin token in ${env}")
+    return MailrouteClient(url, admin_token=token, retries=retries)

@@ -8,7 +8,8 @@ broken config, a model missing from the registry) becomes a sentence on the page
 Where each part comes from:
 - experiment: the running app's live config when served by the app; else `<home>/experiment.json` (the running
   layout `serving.ops.state` saves) when it is the configured experiment, else `configs/experiments.yaml`; the model
-  versions from the registry; changes from `<home>/audit.jsonl`;
+  versions from the registry; changes from `<home>/audit.jsonl` and the rollout from `<home>/rollout.json`
+  (`monitoring.dashboard.changes`);
 - experiment report: `experiments.analysis.report` (KPIs, intervals, SRM, guardrails, recommendation);
 - drift: the store's monitoring verdict rows, with links to the report files under `<home>/reports`;
 - logs: the store's `logs` table (every component's warnings, kept there by `serving.store.loghandler`), and the
@@ -17,7 +18,6 @@ Where each part comes from:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -30,6 +30,8 @@ from typing import Any
 from urllib.parse import quote
 
 from experiments.config import ExperimentConfig, load_experiments
+from experiments.rollout.state import RolloutState
+from monitoring.dashboard.changes import AuditEntry, read_audit, read_rollout
 from serving import clock
 from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, config_dir, load_queues, load_serving
 from serving.ops.state import AUDIT_FILE, STATE_FILE, load_state
@@ -53,8 +55,6 @@ FLAGGED_DAYS = 7  # ... from this many days back: bounds the index scan when fla
 SEARCH_LOG_LIMIT = 500  # log lines shown for one email
 VERDICT_LIMIT = 500  # verdict rows read (latest per check + history)
 HISTORY_LIMIT = 60  # verdict rows listed in the history table
-AUDIT_LIMIT = 50  # experiment changes shown
-AUDIT_TAIL_BYTES = 256 * 1024  # read at most this much of the end of audit.jsonl
 MAX_QUERY_CHARS = 200
 LOG_LEVEL_CHOICES = ("WARNING", "ERROR", "INFO")
 REPORTS_URL = "/dashboard/reports/"
@@ -83,14 +83,6 @@ class ExperimentView:
     fallback_order: list[str] | None
     shadow: str | None
     arms: list[ArmView]
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    ts: str
-    actor: str
-    summary: str
-    moved_share: float | None
 
 
 @dataclass(frozen=True)
@@ -137,6 +129,8 @@ class Page:
     experiment: ExperimentView | None
     experiment_note: str | None
     audit: list[AuditEntry]
+    rollout: RolloutState | None  # the last rollout, running or finished
+    rollout_note: str | None  # why the rollout file could not be read
     report: ReportView | None
     report_note: str | None
     drift: DriftView
@@ -205,6 +199,7 @@ def gather(
     experiment = None if config is None else _experiment_view(sources.home, config, experiment_source)
     log_filter = LogFilter(level if level in LOG_LEVEL_CHOICES else "WARNING", component or None)
     report, report_note = _report(sources, config)
+    rollout, rollout_note = read_rollout(sources.home)
     store = sources.event_log
     logs: list[LogRecord] = []
     flagged: list[PredictionEvent] = []
@@ -227,6 +222,8 @@ def gather(
         experiment=experiment,
         experiment_note=experiment_note,
         audit=read_audit(sources.home),
+        rollout=rollout,
+        rollout_note=rollout_note,
         report=report,
         report_note=report_note,
         drift=drift,
@@ -320,53 +317,6 @@ def _experiment_view(home: Home, config: ExperimentConfig, source: str) -> Exper
         fallback_order=config.fallback_order,
         shadow=None if shadow is None else f"{shadow.model}:{shadow.version} on {shadow.sample_rate:.0%} of requests",
         arms=arms,
-    )
-
-
-def read_audit(home: Home, limit: int = AUDIT_LIMIT) -> list[AuditEntry]:
-    """The newest experiment changes, from the tail of `<home>/audit.jsonl` (never the whole file)."""
-    path = home.root / AUDIT_FILE
-    try:
-        with path.open("rb") as fh:
-            size = fh.seek(0, 2)
-            fh.seek(max(0, size - AUDIT_TAIL_BYTES))
-            tail = fh.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
-    lines = tail.splitlines()
-    if len(tail) >= AUDIT_TAIL_BYTES:
-        lines = lines[1:]  # the first line was cut by the seek
-    entries = []
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            entries.append(_audit_entry(record))
-        if len(entries) >= limit:
-            break
-    return entries
-
-
-def _audit_entry(record: dict[str, Any]) -> AuditEntry:
-    old, new = record.get("old") or {}, record.get("new") or {}
-    changes = []
-    old_arms, new_arms = old.get("arms") or {}, new.get("arms") or {}
-    for arm in sorted(set(old_arms) | set(new_arms)):
-        a, b = old_arms.get(arm) or {}, new_arms.get(arm) or {}
-        for key in ("weight", "model", "version"):
-            if a.get(key) != b.get(key):
-                changes.append(f"{arm} {key} {a.get(key)} → {b.get(key)}")
-    for key in ("coverage", "active", "holdout_arm", "fallback_order", "shadow"):
-        if old.get(key) != new.get(key):
-            changes.append(f"{key} {old.get(key)} → {new.get(key)}")
-    moved = record.get("moved_share")
-    return AuditEntry(
-        ts=str(record.get("ts", "")),
-        actor=str(record.get("actor", "")),
-        summary="; ".join(changes) or "no field changed",
-        moved_share=float(moved) if isinstance(moved, int | float) else None,
     )
 
 

@@ -3,6 +3,7 @@
     GET /dashboard                    the page (?q= an id to search; ?component=, ?level= filter the log list)
     GET /dashboard/reports/<path>     a file under <home>/reports (the full Evidently reports); anything else is 404
     POST /dashboard/login             the admin token from the login form; sets the session cookie
+    GET, POST /dashboard/label        the labelling view (monitoring.dashboard.labelling)
 
 Access: the page shows emails' text (as redacted by the text policy) and the audit log, so when an admin token is
 configured (`admin_token_env` in serving.yaml) every dashboard path needs it: an `Authorization: Bearer <token>`
@@ -66,7 +67,10 @@ def _require_access(request: Request) -> None:
 
 def install(app: FastAPI) -> None:
     """Include the dashboard's routes in `app` (which sets `app.state.dashboard`), with its login answer."""
+    from monitoring.dashboard.labelling import router as labelling_router  # it imports this module's pieces
+
     app.include_router(router)
+    app.include_router(labelling_router)
 
     @app.exception_handler(_SignIn)
     async def _sign_in(request: Request, exc: _SignIn) -> HTMLResponse:
