@@ -21,14 +21,10 @@ app = typer.Typer(help="read or change the running experiment")
 NameOption = Annotated[str | None, typer.Option(help="experiment name (default: the running one)", show_default=False)]
 
 
-def _admin_client(url: str) -> MailrouteClient:
-    """A client with the admin token from the environment variable that serving.yaml names."""
-    import os
+def _admin_client(url: str, needed_for: str | None = None) -> MailrouteClient:
+    from serving.client import admin_client
 
-    from serving.client import MailrouteClient
-    from serving.config import load_serving
-
-    return MailrouteClient(url, admin_token=os.environ.get(load_serving().admin_token_env), retries=1)
+    return admin_client(url, needed_for=needed_for)
 
 
 @app.command("show", help="show the running experiment")
@@ -69,7 +65,7 @@ def set_weights(
     name: NameOption = None,
 ) -> None:
     arms = {arm: float(value) for arm, _, value in (item.partition("=") for item in weights)}
-    with _admin_client(url) as client:
+    with _admin_client(url, "changing weights") as client:
         name = name or client.experiment()["experiment"]["name"]
         result = client.change_experiment(name, {"arms": arms})
     print(f"experiment {name}: weights {arms}; {result['moved_share']:.2%} of users changed arm")
@@ -77,7 +73,7 @@ def set_weights(
 
 @app.command("stop", help="stop the experiment: everyone gets the holdout arm")
 def stop(url: UrlOption = DEFAULT_URL, name: NameOption = None) -> None:
-    with _admin_client(url) as client:
+    with _admin_client(url, "stopping the experiment") as client:
         name = name or client.experiment()["experiment"]["name"]
         client.change_experiment(name, {"active": False})
     print(f"experiment {name} stopped: every user is served by the holdout arm")

@@ -1,5 +1,7 @@
 """Jobs that run by themselves: the monitoring run and the KPI report, on the intervals of
-`configs/monitoring.yaml`.
+`configs/monitoring.yaml`, and beside the app the rollout checks, every `rollout.check_every` of
+`configs/experiments.yaml` (`experiments.rollout.job`). Intervals are in the app's time (`serving.clock`): a
+simulation on a scaled clock runs them that much more often on the wall clock.
 
 Three ways to run the same job function (`run_monitor_job`):
 
@@ -103,11 +105,44 @@ def live_experiment(app_name: str) -> ExperimentConfig | None:
 JobFunc = Callable[[Home, Path, ServingConfig, "ExperimentConfig | None"], "dict[str, Any] | None"]
 
 
-def jobs(cfg: MonitoringConfig, monitor_every_s: float | None = None) -> dict[str, tuple[JobFunc, float]]:
-    """The scheduled jobs and their intervals in seconds (`monitor_every_s` overrides the config's)."""
-    every = monitor_every_s or parse_duration(cfg.schedule.monitor_every).total_seconds()
-    kpi_every = parse_duration(cfg.schedule.kpi_report_every).total_seconds()
-    return {"monitor": (run_monitor_job, every), "kpi_report": (run_kpi_report_job, kpi_every)}
+def run_rollout_check(
+    home: Home, config_dir: Path, serving: ServingConfig, experiment: ExperimentConfig | None = None
+) -> dict[str, Any] | None:
+    """One check of the running rollout (experiments.rollout.job): widen, promote, roll back or wait."""
+    from experiments.rollout.job import run_rollout_job
+
+    return run_rollout_job(home, config_dir, serving, experiment)
+
+
+def wall_seconds(duration: str) -> float:
+    """A configured duration in wall-clock seconds: intervals are in the app's time, which a simulation scales."""
+    return clock.current().real_seconds(parse_duration(duration).total_seconds())
+
+
+def rollout_every(config_dir: Path) -> str | None:
+    """experiments.yaml's rollout.check_every, or None when the file is missing or unreadable (no rollout job)."""
+    from experiments.config import load_experiments
+
+    path = Path(config_dir) / "experiments.yaml"
+    try:
+        return load_experiments(path).rollout.check_every if path.exists() else None
+    except Exception as err:  # the rollout job then waits for a readable file; the other jobs run
+        log.warning("no rollout checks: %s", err)
+        return None
+
+
+def jobs(
+    cfg: MonitoringConfig, monitor_every_s: float | None = None, rollout_check: str | None = None
+) -> dict[str, tuple[JobFunc, float]]:
+    """The scheduled jobs and their intervals in wall-clock seconds (`monitor_every_s` overrides the config's)."""
+    every = monitor_every_s or wall_seconds(cfg.schedule.monitor_every)
+    found: dict[str, tuple[JobFunc, float]] = {
+        "monitor": (run_monitor_job, every),
+        "kpi_report": (run_kpi_report_job, wall_seconds(cfg.schedule.kpi_report_every)),
+    }
+    if rollout_check is not None:
+        found["rollout"] = (run_rollout_check, wall_seconds(rollout_check))
+    return found
 
 
 @dataclass
@@ -121,7 +156,9 @@ class Ticker:
 
     def due(self, intervals: dict[str, float], now: float) -> list[str]:
         for name, interval in intervals.items():
-            self.next_due.setdefault(name, self.start + self.first_after_s)
+            # A rollout check never waits longer than its own interval: a broken canary must not wait an hour.
+            first = min(self.first_after_s, interval) if name == "rollout" else self.first_after_s
+            self.next_due.setdefault(name, self.start + first)
             self.intervals[name] = interval
         return [name for name in intervals if self.next_due[name] <= now]
 
@@ -183,11 +220,13 @@ def run_due(
     monitor_every_s: float | None = None,
     experiment: Callable[[], ExperimentConfig | None] | None = None,
     nice: int | None = None,
+    rollout: bool = False,
 ) -> None:
     """Run every due job once, each in its own thread with `schedule.job_timeout` (at OS priority `nice` where
     given); failures and timeouts are logged and recorded, never raised. After a monitoring-job run, component log
     records past `retention.logs_days` are deleted. `experiment` gives the running experiment (the scheduler beside
-    the app asks Serve); None: the configured one."""
+    the app asks Serve); None: the configured one. `rollout`: also the rollout checks (they change the running app,
+    so only the scheduler beside it runs them)."""
     from monitoring.job import report_failure
 
     try:
@@ -196,8 +235,8 @@ def run_due(
         report_failure(home, serving, err, job="scheduler")
         ticker.postpone_all(now, RETRY_AFTER_S)
         return
-    timeout_s = parse_duration(cfg.schedule.job_timeout).total_seconds()
-    for name, (func, interval) in jobs(cfg, monitor_every_s).items():
+    timeout_s = wall_seconds(cfg.schedule.job_timeout)
+    for name, (func, interval) in jobs(cfg, monitor_every_s, rollout_every(config_dir) if rollout else None).items():
         if name not in ticker.due({name: interval}, now):
             continue
         state = states.setdefault(name, JobState())
@@ -264,7 +303,7 @@ def run_forever(
     stop = stop or threading.Event()
     ticker = Ticker(first_after_s=0.0, start=time.monotonic())
     states: dict[str, JobState] = {}
-    override = parse_duration(every).total_seconds() if every else None
+    override = wall_seconds(every) if every else None
     while not stop.is_set():
         before = sum(state.runs for state in states.values())
         run_due(home, config_dir, serving, ticker, states, time.monotonic(), override)
@@ -287,7 +326,7 @@ class SchedulerActor:
 
     async def start(self) -> bool:
         cfg = monitoring_config(self.config_dir)
-        first = parse_duration(cfg.schedule.first_run_after).total_seconds()
+        first = wall_seconds(cfg.schedule.first_run_after)
         self.ticker = Ticker(first_after_s=first, start=time.monotonic())
         self.task = asyncio.get_running_loop().create_task(self._loop())
         return True
@@ -305,7 +344,7 @@ class SchedulerActor:
             try:
                 await asyncio.to_thread(
                     run_due, self.home, self.config_dir, self.serving, self.ticker, self.states, time.monotonic(),
-                    None, lambda: live_experiment(self.app_name), JOB_NICE,
+                    None, lambda: live_experiment(self.app_name), JOB_NICE, True,
                 )  # fmt: skip
             except Exception:  # run_due records job failures itself; this is a bug in the loop: keep ticking
                 log.exception("scheduler tick failed")
@@ -332,7 +371,10 @@ def start_scheduler(home: Home, config_dir: Path, serving: ServingConfig, app_na
         log.info("scheduled jobs are off (monitoring.yaml schedule.enabled: false)")
         return None
     actor_cls = ray.remote(num_cpus=0, max_restarts=0)(SchedulerActor)
-    handle: Any = actor_cls.options(name=ACTOR_NAME).remote(
+    options: dict[str, Any] = {"name": ACTOR_NAME}
+    if clock.env():  # the jobs must stamp and schedule on the app's clock
+        options["runtime_env"] = {"env_vars": clock.env()}
+    handle: Any = actor_cls.options(**options).remote(
         str(home.root), str(Path(config_dir).absolute()), serving.model_dump(mode="json"), app_name
     )
     ray.get(handle.start.remote(), timeout=60)

@@ -81,11 +81,15 @@ def _global_options(
 def build_app() -> typer.Typer:
     """The whole command line. Each package's Typer app is imported here, not at module level, so that the package
     modules can import this one's shared pieces."""
+    from experiments.analyze_cli import app as analyze_app
     from experiments.cli import app as experiment_app
+    from experiments.rollout.cli import app as rollout_app
+    from experiments.rollout.cli import rollback
     from monitoring.cli import app as monitor_app
     from monitoring.dashboard.cli import dashboard
     from serving.commands import app as serving_app
     from training.cli import app as training_app
+    from training.labels.cli import app as label_app
 
     app = typer.Typer(
         name="mailroute",
@@ -97,7 +101,11 @@ def build_app() -> typer.Typer:
     app.add_typer(training_app)  # data, train, evaluate: merged into the top level
     app.add_typer(serving_app)  # serve, models, replay, log
     app.add_typer(experiment_app, name="experiment")
+    app.add_typer(analyze_app, name="analyze")
+    app.add_typer(rollout_app, name="rollout")
+    app.command("rollback")(rollback)  # the rollout's, or an arm's previous champion: one command, one meaning
     app.add_typer(monitor_app, name="monitor")
+    app.add_typer(label_app, name="label")
     # Top-level commands that belong to no group are added here from their package.
     app.command("dashboard")(dashboard)  # the ops page from the files alone (monitoring/dashboard)
     return app

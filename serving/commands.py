@@ -1,4 +1,4 @@
-"""Serving's commands: `mailroute serve`, `models list|show|promote|rollback`, `replay` and `log stats`.
+"""Serving's commands: `mailroute serve`, `models list|show|promote`, `replay` and `log stats`.
 
 The registry commands read the registry folder directly (no server needed); `serve` starts Ray Serve and blocks;
 `replay` plays a labelled file against a running server. Each command imports what it needs in its body, so
@@ -102,7 +102,11 @@ def models_show(
         print(f"WARNING: {warning}")
 
 
-@models_app.command("promote", help="make a version champion (or canary)")
+@models_app.command(
+    "promote",
+    help="mark a version champion (or canary) in the registry only; the running app keeps the versions it pinned "
+    "(put a version in front of users with: mailroute rollout start)",
+)
 def models_promote(
     ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="name:vN, name:latest, ...")],
@@ -110,12 +114,6 @@ def models_promote(
 ) -> None:
     info = _registry(ctx).promote(model, stage)
     print(f"{info.meta.name}:{info.meta.version} is now {info.stage}")
-
-
-@models_app.command("rollback", help="restore the previous champion")
-def models_rollback(ctx: typer.Context, name: Annotated[str, typer.Argument(help="model name")]) -> None:
-    info = _registry(ctx).rollback(name)
-    print(f"{info.meta.name}:{info.meta.version} is champion again")
 
 
 # ---- serving -------------------------------------------------------------------------------------------------

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from experiments.assign import moved_share
 from experiments.config import ExperimentConfig
@@ -34,6 +35,7 @@ from serving.ops.apps import APP_NAME, arm_app, arm_app_config, arm_deployment, 
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_S = 120.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,21 @@ class Context:
     @property
     def timeout_s(self) -> float:
         return max(30.0, self.serving.model_timeout_s * 15)
+
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a change from synchronous code (the rollout job's thread) on one event loop kept for the process: Serve's
+    handles stay bound to the loop they first ran on, so a fresh loop per call (asyncio.run) would strand them."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None:
+            _LOOP = asyncio.new_event_loop()
+            threading.Thread(target=_LOOP.run_forever, name="mailroute-changes", daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coro, _LOOP).result()
 
 
 async def read_live(app_name: str = APP_NAME) -> Live:

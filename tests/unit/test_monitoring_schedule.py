@@ -62,7 +62,9 @@ def test_a_failing_job_is_logged_and_the_others_still_run(tmp_path: Path, monkey
         calls.append("monitor")
         return {"run_id": "r1"}
 
-    monkeypatch.setattr(schedule, "jobs", lambda cfg, every=None: {"kpi_report": (boom, 10.0), "monitor": (fine, 10.0)})
+    monkeypatch.setattr(
+        schedule, "jobs", lambda cfg, every=None, rollout=None: {"kpi_report": (boom, 10.0), "monitor": (fine, 10.0)}
+    )
     ticker, states = Ticker(first_after_s=0, start=time.monotonic()), dict[str, JobState]()
     run_due(home, configs, serving, ticker, states, time.monotonic())
     assert calls == ["kpi", "monitor"]
@@ -125,7 +127,7 @@ def test_kpi_report_job_without_a_log_does_nothing(tmp_path: Path) -> None:
 
 
 def _fake_jobs(monitor: schedule.JobFunc) -> object:
-    return lambda cfg, every=None: {"monitor": (monitor, 10.0)}
+    return lambda cfg, every=None, rollout=None: {"monitor": (monitor, 10.0)}
 
 
 def test_component_logs_past_their_retention_go_once_per_monitoring_run(
