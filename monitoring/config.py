@@ -113,10 +113,11 @@ class QualityCheck(StrictModel):
     )
     min_feedback: int = Field(30, ge=1, description="Fewer feedback records than this in a scope: check skipped.")
     sources: tuple[Literal["agent", "audit", "labelling"], ...] = Field(
-        ("audit", "labelling"),
+        ("audit",),
         min_length=1,
-        description="Feedback sources counted. Agents mostly send corrections, which biases accuracy low, so "
-        "agent feedback is left out by default; add agent only where agents confirm right answers too.",
+        description="Feedback sources counted. Agents mostly send corrections, which biases accuracy low, and the "
+        "labelling view picks the emails the model was least sure of, so both are left out by default; add agent "
+        "only where agents confirm right answers too.",
     )
 
 
