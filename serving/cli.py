@@ -90,6 +90,7 @@ def build_app() -> typer.Typer:
     from serving.commands import app as serving_app
     from training.cli import app as training_app
     from training.labels.cli import app as label_app
+    from training.retrain.cli import retrain
 
     app = typer.Typer(
         name="mailroute",
@@ -102,6 +103,7 @@ def build_app() -> typer.Typer:
     app.add_typer(serving_app)  # serve, models, replay, log
     app.add_typer(experiment_app, name="experiment")
     app.add_typer(analyze_app, name="analyze")
+    app.command("retrain")(retrain)  # from the feedback in the event log, gated against the champion
     app.add_typer(rollout_app, name="rollout")
     app.command("rollback")(rollback)  # the rollout's, or an arm's previous champion: one command, one meaning
     app.add_typer(monitor_app, name="monitor")

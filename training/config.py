@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from serving.config import StrictModel, config_dir, load_config
+from training.retrain.config import RetrainConfig
 from training.transformer_config import TransformerConfig
 
 
@@ -49,6 +50,9 @@ class TrainingConfig(StrictModel):
     linear: LinearConfig = Field(default_factory=LinearConfig, description="Linear model settings.")
     transformer: TransformerConfig = Field(
         default_factory=TransformerConfig, description="Transformer fine-tuning settings (Ray Train)."
+    )
+    retrain: RetrainConfig = Field(
+        default_factory=RetrainConfig, description="Retraining from feedback (mailroute retrain)."
     )
 
 

@@ -46,6 +46,18 @@ class DataSpec:
     text_col: str | None = None
     label_col: str = "label"
 
+    def to_json(self) -> dict[str, Any]:
+        """What a version records of its training data (`params.base_data`): retraining reads the same file again."""
+        return {"path": str(Path(self.path).absolute()), "text_col": self.text_col, "label_col": self.label_col}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> DataSpec | None:
+        """The training data a version recorded; versions from before `base_data` recorded only the path."""
+        base = params.get("base_data")
+        if isinstance(base, dict) and base.get("path"):
+            return cls(Path(base["path"]), base.get("text_col"), base.get("label_col") or "label")
+        return cls(Path(params["data"])) if params.get("data") else None
+
 
 @dataclass(frozen=True)
 class TrainOutcome:
@@ -135,6 +147,8 @@ def train_linear(
         params={
             **cfg.linear.model_dump(),
             "data": str(spec.path),
+            "base_data": spec.to_json(),
+            "split": cfg.split.model_dump(),
             "rows": len(texts),
             "train_rows": len(split.train),
             "test_rows": len(split.test),
@@ -162,8 +176,7 @@ def train_transformer_job(
     """
     import shutil
 
-    from serving.models.transformer import TransformerPredictor, blend
-    from training.transformer import train_transformer
+    from serving.models.transformer import blend
 
     reference_spec()  # monitoring.yaml read now: a broken one is a ConfigError before any training
     started = time.perf_counter()
@@ -176,21 +189,11 @@ def train_transformer_job(
     # The transformer holds out its own validation split for early stopping; calib rows join training.
     train_idx = sorted([*split.train, *split.calib])
     fp = fingerprint(texts, labels)
-    # Post-training options stay out of the run's name: changing them must not retrain the transformer.
-    settings = hashlib.sha256(cfg.transformer.model_dump_json(exclude={"linear_blend"}).encode()).hexdigest()[:8]
-    run_dir = home.runs / f"{name}-{fp.removeprefix('sha256:')[:12]}-{settings}"
-    result = train_transformer(
-        [texts[i] for i in train_idx],
-        [labels[i] for i in train_idx],
-        cfg.transformer,
-        run_dir=run_dir,
-        label_names=sorted(set(labels)),
-        timeout_s=timeout_s,
-        on_progress=on_progress,
-        show_ray_logs=show_ray_logs,
-    )
-    predictor = TransformerPredictor.load(result.export_dir, threads=max(1, cfg.transformer.threads_per_worker))
-    check = _check_and_blend(predictor, result.export_dir, texts, labels, train_idx, cfg)
+    fitted = fit_transformer(
+        [texts[i] for i in train_idx], [labels[i] for i in train_idx], cfg, run_dir=run_folder(home, name, fp, cfg),
+        label_names=sorted(set(labels)), timeout_s=timeout_s, on_progress=on_progress, show_ray_logs=show_ray_logs,
+    )  # fmt: skip
+    predictor, check, result, run_dir = fitted.predictor, fitted.check, fitted.result, fitted.run_dir
     threshold = load_serving().policy.confidence_threshold
     test_texts, test_labels = [texts[i] for i in split.test], [labels[i] for i in split.test]
     alone, companion = predictor.proba_parts(test_texts)
@@ -203,7 +206,7 @@ def train_transformer_job(
     seconds = time.perf_counter() - started
 
     def copy_export(folder: Path) -> None:
-        shutil.copytree(result.export_dir, folder, dirs_exist_ok=True)
+        shutil.copytree(fitted.export_dir, folder, dirs_exist_ok=True)
 
     reference = training_reference(data.frame, split.test, proba, predictor.labels)  # for drift monitoring
     meta = ModelRegistry(home.registry).register(
@@ -225,6 +228,8 @@ def train_transformer_job(
         params={
             **cfg.transformer.model_dump(mode="json"),
             "data": str(spec.path),
+            "base_data": spec.to_json(),
+            "split": cfg.split.model_dump(),
             "rows": len(texts),
             "train_rows": len(train_idx),
             "test_rows": len(split.test),
@@ -236,6 +241,49 @@ def train_transformer_job(
     for warning in check.warnings:
         log.warning("%s:%s: %s", meta.name, meta.version, warning)
     return _train_outcome(home, spec, meta, test, seconds, len(data.skipped))
+
+
+@dataclass(frozen=True)
+class FittedTransformer:
+    """A fine-tuned transformer with its calibration and (optionally) its linear companion, ready to register."""
+
+    predictor: TransformerPredictor
+    export_dir: Path
+    check: _Check
+    result: Any  # training.transformer.TransformerRunResult
+    run_dir: Path
+
+
+def run_folder(home: Home, name: str, fp: str, cfg: TrainingConfig) -> Path:
+    """The run folder, named after the data fingerprint and the settings, so the same command resumes a run."""
+    # Post-training options stay out of the run's name: changing them must not retrain the transformer.
+    settings = hashlib.sha256(cfg.transformer.model_dump_json(exclude={"linear_blend"}).encode()).hexdigest()[:8]
+    return home.runs / f"{name}-{fp.removeprefix('sha256:')[:12]}-{settings}"
+
+
+def fit_transformer(
+    texts: list[str],
+    labels: list[str],
+    cfg: TrainingConfig,
+    *,
+    run_dir: Path,
+    label_names: list[str],
+    timeout_s: float | None = None,
+    on_progress: Callable[[TrainProgress], None] | None = None,
+    show_ray_logs: bool = True,
+) -> FittedTransformer:
+    """Fine-tune with Ray Train on every given row (it holds out its own validation split), then calibrate, check
+    against a linear baseline and blend (`_check_and_blend`). `train transformer` and `retrain` both call this."""
+    from serving.models.transformer import TransformerPredictor
+    from training.transformer import train_transformer
+
+    result = train_transformer(
+        texts, labels, cfg.transformer, run_dir=run_dir, label_names=label_names, timeout_s=timeout_s,
+        on_progress=on_progress, show_ray_logs=show_ray_logs,
+    )  # fmt: skip
+    predictor = TransformerPredictor.load(result.export_dir, threads=max(1, cfg.transformer.threads_per_worker))
+    check = _check_and_blend(predictor, result.export_dir, texts, labels, list(range(len(texts))), cfg)
+    return FittedTransformer(predictor, result.export_dir, check, result, run_dir)
 
 
 @dataclass(frozen=True)

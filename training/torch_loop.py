@@ -72,6 +72,10 @@ def build_model(cfg: TransformerConfig, label_names: Sequence[str], vocab_size: 
     label2id = {name: i for i, name in id2label.items()}
     # Seeding here makes the fresh head (and the tiny model) identical on every worker and every run.
     torch.manual_seed(cfg.seed)
+    if cfg.init_from is not None:  # a warm start from a version of the same labels (tiny or not)
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(cfg.init_from), num_labels=len(label_names), id2label=id2label, label2id=label2id
+        )
     if cfg.tiny:
         config = BertConfig(
             vocab_size=vocab_size,

