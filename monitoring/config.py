@@ -191,7 +191,9 @@ class ScheduleSpec(StrictModel):
     kpi_report_every: str = Field("1h", description="Interval between scheduled KPI reports of the experiment.")
     first_run_after: str = Field("5m", description="Delay before the first runs after start.")
     job_timeout: str = Field(
-        "15m", description="A job run longer than this is logged as failed and the loop goes on (its thread may go on)."
+        "15m",
+        description="A job run longer than this (wall-clock time, even on a simulation's fast clock) is logged as "
+        "failed and the loop goes on (its thread may go on).",
     )
 
     @field_validator("monitor_every", "kpi_report_every", "first_run_after", "job_timeout")

@@ -235,7 +235,7 @@ def run_due(
         report_failure(home, serving, err, job="scheduler")
         ticker.postpone_all(now, RETRY_AFTER_S)
         return
-    timeout_s = wall_seconds(cfg.schedule.job_timeout)
+    timeout_s = parse_duration(cfg.schedule.job_timeout).total_seconds()  # wall clock: it bounds work, not waiting
     for name, (func, interval) in jobs(cfg, monitor_every_s, rollout_every(config_dir) if rollout else None).items():
         if name not in ticker.due({name: interval}, now):
             continue

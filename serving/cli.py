@@ -87,6 +87,7 @@ def build_app() -> typer.Typer:
     from experiments.rollout.cli import rollback
     from monitoring.cli import app as monitor_app
     from monitoring.dashboard.cli import dashboard
+    from monitoring.demo.run import demo
     from serving.commands import app as serving_app
     from training.cli import app as training_app
     from training.labels.cli import app as label_app
@@ -110,6 +111,7 @@ def build_app() -> typer.Typer:
     app.add_typer(label_app, name="label")
     # Top-level commands that belong to no group are added here from their package.
     app.command("dashboard")(dashboard)  # the ops page from the files alone (monitoring/dashboard)
+    app.command("demo")(demo)  # the whole loop on a fast clock (monitoring/demo)
     return app
 
 

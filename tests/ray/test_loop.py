@@ -1,0 +1,67 @@
+"""The loop end to end on small data, through the demo's own driver (`monitoring.demo.run` on its QUICK plan): a real
+`mailroute serve` with its local Ray on a fast clock, customers and agents over HTTP, drift injected, the scheduled
+monitoring job alarms, `mailroute retrain` registers a candidate that scores higher than the old champion on the
+drifted emails, `mailroute rollout start` canaries it and the rollout job promotes it by the rule."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from serve_app import REPO
+
+from experiments.rollout import state as rollout_state
+from monitoring.demo.plan import QUICK
+from monitoring.demo.run import DemoError, run_demo
+from serving import clock
+from serving.config import Home
+from serving.models.registry import ModelRegistry
+from serving.store.eventlog import open_event_log
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_drift_is_caught_the_model_retrained_canaried_and_promoted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = Home(tmp_path / "demo")
+    code = run_demo(home, port=_free_port(), wait=False, plan=QUICK, configs_from=REPO / "configs")
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert clock.ENV not in os.environ  # the demo's fast clock does not outlive it
+    # The scheduled monitoring job (nobody called it) alarmed on the drifted mail.
+    store = open_event_log(f"sqlite:///{home.event_log}")
+    assert any(v.alarm for v in store.verdicts(job="drift", limit=2000))
+    # The retrained candidate beat the champion on the recent (drifted) emails and became champion.
+    registry = ModelRegistry(home.registry)
+    v2 = registry.get("linear:v2", verify=True)
+    recent = v2.meta.metrics["evaluation"]["recent"]
+    assert recent["candidate"]["accuracy"] > recent["champion"]["accuracy"], recent
+    assert v2.stage == "champion" and v2.meta.parent == "linear:v1"
+    rs = rollout_state.load(home)
+    assert rs is not None and rs.status == "promoted"
+    assert rs.history[0].action == "start" and rs.history[-1].action == "promote"
+    assert {s.actor for s in rs.history[1:]} == {"rollout-job"}  # widened and promoted by the rule, not by hand
+    # After the promotion the arm serves the candidate: emails answered by linear:v2 on the linear arm.
+    frame = store.predictions_frame()
+    after = frame[frame["ts"] > rs.history[-1].ts]
+    assert (after[after["arm"] == "linear"]["model_version"] == "v2").mean() > 0.9
+    # The summary came out, with its phases and the lineage.
+    assert "== [8/8] summary" in out and "after the rollout's promote" in out and "parent linear:v1" in out
+    # A second run refuses to overwrite the first without --reset, and anything not a demo at all.
+    with pytest.raises(DemoError, match="--reset"):
+        run_demo(home, port=_free_port(), wait=False, plan=QUICK, configs_from=REPO / "configs")
+    other = tmp_path / "not-a-demo"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(DemoError, match="something other than a demo"):
+        run_demo(Home(other), port=_free_port(), wait=False, plan=QUICK, reset=True, configs_from=REPO / "configs")
+    assert (other / "keep.txt").read_text() == "mine"
