@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-CHANGE_TIMEOUT_S = 180.0  # a change that starts an arm waits for its replicas to load the model
+CHANGE_TIMEOUT_S = 300.0  # longer than the server's worst case: the change lock, then the arms, then the routers
 
 
 class MailrouteError(Exception):
@@ -103,7 +103,9 @@ class MailrouteClient:
         return result
 
     def change_experiment(self, name: str, change: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("PUT", f"/v1/experiments/{name}", change)
+        result: dict[str, Any] = self._call(
+            "PUT", f"/v1/experiments/{name}", change, retry=False, timeout_s=CHANGE_TIMEOUT_S
+        )
         return result
 
     def policy(self) -> dict[str, Any]:

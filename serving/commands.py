@@ -112,6 +112,13 @@ def models_promote(
     model: Annotated[str, typer.Argument(help="name:vN, name:latest, ...")],
     stage: Annotated[Literal["champion", "canary"], typer.Option()] = "champion",
 ) -> None:
+    from experiments.rollout import state as rollout_state
+
+    rollout = rollout_state.load(options(ctx).resolve_home())
+    if rollout is not None and rollout.running and model.partition(":")[0] == rollout.model:
+        raise ValueError(
+            f"a rollout of {rollout.ref} is running: it promotes the candidate itself, or `mailroute rollback` ends it"
+        )
     info = _registry(ctx).promote(model, stage)
     print(f"{info.meta.name}:{info.meta.version} is now {info.stage}")
 

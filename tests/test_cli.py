@@ -72,7 +72,7 @@ def test_train_evaluate_and_registry(capsys: pytest.CaptureFixture[str], corpus:
     assert stages == {"linear:v1": "archived", "linear:v2": "champion"}
     # The registry-only rollback is gone: `mailroute rollback` changes what the running app serves (tests/ray).
     code, _, err = run(capsys, "--home", str(home), "models", "rollback", "linear")
-    assert code == 2 and "No such command" in err
+    assert code == 2 and "no such command" in err.lower()
     code, out, _ = run(capsys, "--home", str(home), "models", "show", "linear", "--json")
     shown = json.loads(out)
     assert shown["version"] == "v2" and shown["stage"] == "champion"

@@ -7,6 +7,7 @@ check by the rule in `experiments.rollout.rule`, on the experiment report's figu
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -65,6 +66,6 @@ class RolloutConfig(StrictModel):
     @field_validator("canary_suffix")
     @classmethod
     def _suffix_is_slug_tail(cls, value: str) -> str:
-        if not value or not all(c.isalnum() or c in "-_" for c in value) or value != value.lower():
-            raise ValueError("canary_suffix: lowercase letters, digits, '-' and '_' only, e.g. -canary")
+        if not re.fullmatch(r"(?:[-_][a-z0-9]+)+", value):  # appended to an arm's slug, it must keep it a slug
+            raise ValueError("canary_suffix: '-' or '_' then lowercase letters or digits, e.g. -canary")
         return value

@@ -12,6 +12,8 @@ them back to the arm still serving the previous version. Each step is audited (k
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +23,13 @@ from experiments.rollout.rule import PROMOTE, ROLLBACK, WIDEN
 from experiments.rollout.state import RolloutState, Step
 from serving import clock
 from serving.api import ApiError
-from serving.config import ConfigError
+from serving.config import ConfigError, parse_config
 from serving.models.registry import ModelRegistry, RegistryError
 from serving.ops import changes
 from serving.ops.admin import servable
 from serving.ops.changes import Change, Context, Live
+
+log = logging.getLogger(__name__)
 
 
 def experiments_file(config_dir: Path) -> ExperimentsFile:
@@ -60,7 +64,10 @@ def _experiment(live: Live, arms: dict[str, Any], **changes_: Any) -> Experiment
     fallback = data.get("fallback_order")
     if fallback:
         data["fallback_order"] = [a for a in fallback if a in arms]
-    return ExperimentConfig.model_validate(data).pinned(live.experiment.ranges())
+    try:
+        return parse_config(data, ExperimentConfig, "experiment").pinned(live.experiment.ranges())
+    except (ConfigError, ValueError) as err:
+        raise ApiError(422, str(err).removeprefix("experiment: ")) from None
 
 
 def _step(action: str, percent: float, actor: str, reason: str) -> Step:
@@ -96,14 +103,15 @@ def plan_start(ctx: Context, live: Live, ref: str, percent: float | None, arm: s
     served = serving_it[arm].version
     if served == version:
         raise ApiError(409, f"{model}:{version} already serves arm {arm}: it is the champion there")
+    if not live.experiment.active or serving_it[arm].weight == 0:
+        raise ApiError(
+            422, f"arm {arm} serves no user now (weight 0, or the experiment is stopped): a canary needs users"
+        )
     try:
-        champion = registry.get(f"{model}:champion", verify=False)
         old = registry.read_meta(model, served)
         new = registry.read_meta(model, version)
     except RegistryError as err:
         raise ApiError(422, str(err)) from None
-    if champion.meta.version == version:
-        raise ApiError(409, f"{model}:{version} is already the champion in the registry")
     if set(new.labels) != set(old.labels):
         only_new = sorted(set(new.labels) - set(old.labels))
         only_old = sorted(set(old.labels) - set(new.labels))
@@ -128,8 +136,8 @@ def plan_start(ctx: Context, live: Live, ref: str, percent: float | None, arm: s
     started = rs.model_copy(update={"history": (_step("start", percent, ctx.actor, reason),)})
 
     def commit() -> None:
-        registry.promote(f"{model}:{version}", "canary")
-        rollout_state.save(ctx.home, started)
+        rollout_state.save(ctx.home, started)  # first: the rollout file is what the job and rollback go by
+        _quietly(registry.promote, f"{model}:{version}", "canary")
 
     return Change(
         "rollout", experiment=_experiment(live, _weights(live, rs, percent)), start_arms={canary: (model, version)},
@@ -158,7 +166,7 @@ def plan_step(ctx: Context, live: Live, expected: RolloutState, action: str, rea
     if (rs.ref, rs.step, rs.started) != (expected.ref, expected.step, expected.started):
         raise ApiError(409, "the rollout moved on since it was checked; check again")
     if rs.canary_arm not in live.experiment.arms:
-        raise ApiError(409, f"the running experiment has no arm {rs.canary_arm}: was the app restarted from a config?")
+        return _ended_elsewhere(ctx, rs)
     registry = ModelRegistry(ctx.home.registry)
     if action == WIDEN:
         nxt = rs.steps[rs.step + 1]
@@ -174,8 +182,9 @@ def plan_step(ctx: Context, live: Live, expected: RolloutState, action: str, rea
                                      "history": (*rs.history, _step(PROMOTE, 100.0, ctx.actor, reason))})  # fmt: skip
 
         def promoted() -> None:
-            registry.promote(rs.ref, "champion")
             rollout_state.save(ctx.home, done)
+            if registry.get(f"{rs.model}:champion", verify=False).meta.version != rs.candidate:
+                _quietly(registry.promote, rs.ref, "champion")
 
         return Change("rollout", experiment=_experiment(live, arms), set_versions={rs.arm: (rs.model, rs.candidate)},
                       remove_arms=(rs.canary_arm,), detail=f"rollout promote {rs.ref}: {reason}",
@@ -191,8 +200,8 @@ def _plan_rollback_canary(ctx: Context, live: Live, rs: RolloutState, reason: st
                                  "history": (*rs.history, _step(ROLLBACK, 0.0, ctx.actor, reason))})  # fmt: skip
 
     def rolled_back() -> None:
-        registry.retire(rs.ref)
         rollout_state.save(ctx.home, done)
+        _quietly(registry.retire, rs.ref)
 
     return Change("rollback", experiment=_experiment(live, _weights(live, rs, 0.0)), remove_arms=(rs.canary_arm,),
                   detail=f"rollout of {rs.ref} rolled back: {reason}", commit=rolled_back)  # fmt: skip
@@ -208,6 +217,8 @@ def plan_rollback(ctx: Context, live: Live, arm: str | None) -> Change:
     `arm`'s model on that arm."""
     rs = _load(ctx)
     if rs is not None and rs.running and (arm is None or arm in (rs.arm, rs.canary_arm)):
+        if rs.canary_arm not in live.experiment.arms:
+            return _ended_elsewhere(ctx, rs)
         return _plan_rollback_canary(ctx, live, rs, f"rolled back by {ctx.actor}")
     if arm is None:
         arms = ", ".join(sorted(live.experiment.arms))
@@ -234,7 +245,24 @@ def plan_rollback(ctx: Context, live: Live, arm: str | None) -> Change:
 
 
 def _restore(registry: ModelRegistry, model: str) -> None:
-    registry.rollback(model)
+    _quietly(registry.rollback, model)
+
+
+def _quietly(step: Callable[..., Any], *args: Any) -> None:
+    """A registry stage change after the app changed: the app is what users see, so a stage that is already as
+    wanted (a champion promoted by hand, say) is logged and the rollout goes on."""
+    try:
+        step(*args)
+    except RegistryError as err:
+        log.warning("registry left as it was: %s", err)
+
+
+def _ended_elsewhere(ctx: Context, rs: RolloutState) -> Change:
+    """The canary arm is gone from the running app (a restart from a config, a hand edit): the rollout is over."""
+    reason = f"the running experiment no longer has arm {rs.canary_arm}: the rollout ended outside the rollout job"
+    done = rs.model_copy(update={"status": "rolled back",
+                                 "history": (*rs.history, _step(ROLLBACK, 0.0, ctx.actor, reason))})  # fmt: skip
+    return Change("rollback", detail=reason, commit=lambda: rollout_state.save(ctx.home, done))
 
 
 async def rollback(ctx: Context, arm: str | None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import hmac
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -27,6 +28,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse,
 
 from monitoring.dashboard.data import DashboardSources
 from monitoring.dashboard.routes import PAGE_CSP, _require_access, _sources, environment
+from serving import clock
 from serving.config import ConfigError, QueuesConfig, config_dir, load_queues
 from serving.store.eventlog import EventLog, EventLogError, utc_now
 
@@ -39,6 +41,7 @@ RESULT_MESSAGE = b"mailroute-dashboard-labelling-result\x00"
 MAX_FORM_BYTES = 256 * 1024  # two lists of at most PAGE_ROWS rows, each with its ids and a select
 MAX_RESULT_CHARS = 500
 PAGE_ROWS = 100
+SINCE_DAYS = 7  # emails routed this recently are listed
 MAX_AGENT_CHARS = 100  # as training.labels.labelling's, which refuses a longer name
 MAX_QUERY_CHARS = 200
 DEFAULT_AGENT = "dashboard"
@@ -95,7 +98,9 @@ def gather_labelling(
         if store is None:
             note = f"No event log yet at {sources.store_label}: nothing has been routed, so there is nothing to label."
         else:
-            batch = next_batch(store, queues, n=PAGE_ROWS, query=query)
+            # Bounded like the rest of the dashboard: the newest week, so a big log is never scanned whole.
+            since = (clock.now() - timedelta(days=SINCE_DAYS)).isoformat()
+            batch = next_batch(store, queues, n=PAGE_ROWS, query=query, since=since)
     except (ConfigError, OSError) as err:
         note = f"The queues could not be read: {err}"
     except LabellingError as err:

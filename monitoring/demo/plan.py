@@ -26,7 +26,8 @@ class DemoPlan:
     monitoring: dict[str, Any] = field(default_factory=dict)  # overrides of monitoring.yaml
     analysis: dict[str, Any] = field(default_factory=dict)  # overrides of experiments.yaml's analysis
     rollout: dict[str, Any] = field(default_factory=dict)  # experiments.yaml's rollout rule for the demo
-    retrain_validation: dict[str, Any] = field(default_factory=dict)
+    # The demo's agents report on every email they handle, right or wrong: their feedback is an unbiased sample.
+    retrain: dict[str, Any] = field(default_factory=lambda: {"recent_sources": ["agent", "audit"]})
 
     @property
     def planned_h(self) -> float:
@@ -96,7 +97,10 @@ QUICK = DemoPlan(
         "non_inferiority_margin": 1.0,
         "promote_requires": "non_inferior",
     },
-    retrain_validation={"min_feedback": 50, "min_train_per_queue": 10, "min_feedback_per_queue": 3},
+    retrain={
+        "recent_sources": ["agent", "audit"],
+        "validation": {"min_feedback": 50, "min_train_per_queue": 10, "min_feedback_per_queue": 3},
+    },
 )
 
 

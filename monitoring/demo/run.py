@@ -73,7 +73,7 @@ def demo_configs(home: Home, source: Path, plan: DemoPlan) -> Path:
     changes = {
         "monitoring.yaml": plan.monitoring,
         "experiments.yaml": {"analysis": plan.analysis, "rollout": plan.rollout},
-        "training.yaml": {"transformer": plan.transformer, "retrain": {"validation": plan.retrain_validation}},
+        "training.yaml": {"transformer": plan.transformer, "retrain": plan.retrain},
     }
     for name, change in changes.items():
         path = out / name
@@ -153,6 +153,8 @@ def run_demo(
             for line in summary(home, files, queues, _phases(home, start, plan), url):
                 _say(line)
             _say(f"-- the admin token of this run (the dashboard's sign-in, the admin API): {token}")
+            _say(f"-- the app's clock (commands that read this home agree with the server when it is set): "
+                 f"export {clock.ENV}={fast.to_env()}")  # fmt: skip
             _say(f"== the demo took {(time.monotonic() - began) / 60:.1f} minutes")
             if wait:
                 _say(f"the server and the dashboard stay up at {url}/dashboard until Ctrl-C (on the demo's fast "
@@ -277,16 +279,17 @@ def _follow_rollout(home: Home, start: datetime, plan: DemoPlan, progress: Any, 
     seen = 1
     deadline = clock.now() + timedelta(hours=plan.rollout_within_h)
     rs = rollout_state.load(home)
-    last = time.monotonic()
+    last, shown_check = time.monotonic(), ""
     while rs is not None and rs.running and clock.now() < deadline:
         time.sleep(1)
         rs = rollout_state.load(home)
         for step in rs.history[seen:] if rs else ():
             _say(f"   {step.ts[:16]} {step.action} -> {step.percent:g}% of {rs.arm}'s users: {step.reason}")
         seen = len(rs.history) if rs else seen
-        if time.monotonic() - last > 15 and rs is not None and rs.last_check is not None:
-            _say(f"   {rs.last_check.ts[:16]} {rs.last_check.reason}")
-            last = time.monotonic()
+        check = rs.last_check if rs is not None else None
+        if check is not None and time.monotonic() - last > 15 and check.ts > shown_check and check.ts > rs.step_started:
+            _say(f"   {check.ts[:16]} {check.reason}")
+            shown_check, last = check.ts, time.monotonic()
     if rs is None or rs.status != "promoted":
         _say(f"   the rollout ended {rs.status if rs else 'nowhere'} within {plan.rollout_within_h:g} simulated hours")
         return 1

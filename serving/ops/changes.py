@@ -130,7 +130,12 @@ async def read_live(app_name: str = APP_NAME) -> Live:
 
 async def apply(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any]:
     """Plan a change from the live state and apply it (module docstring), holding the change lock throughout.
-    `plan` raises ApiError to refuse. Returns what changed, for the caller's answer."""
+    `plan` raises ApiError to refuse. Returns what changed, for the caller's answer. Shielded: a caller that gives
+    up (a client that disconnects) does not stop a change half way; it runs to its end and releases the lock."""
+    return await asyncio.shield(asyncio.ensure_future(_locked(ctx, plan)))
+
+
+async def _locked(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any]:
     lock = state.change_lock(ctx.home)
     try:
         await asyncio.to_thread(lock.acquire, timeout=LOCK_WAIT_S)
@@ -138,7 +143,7 @@ async def apply(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any]:
         raise ApiError(409, "another change to the running app is still being applied; try again") from None
     try:
         live = await read_live(ctx.app_name)
-        change = plan(live)
+        change = await asyncio.to_thread(plan, live)  # it reads the registry and configs: off the event loop
         return await _apply(ctx, live, change)
     finally:
         await asyncio.to_thread(lock.release)
@@ -160,6 +165,7 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
             raise
     version = live.version
     moved = None
+    unconfirmed: ApiError | None = None
     if change.experiment is not None or change.policy is not None:
         version += 1
         experiment = change.experiment or live.experiment
@@ -173,18 +179,26 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
         ]  # fmt: skip
         await _deploy(list(apps.values()))
         _record(ctx, live, change)
+        _commit(change)
         if change.experiment is not None:
             moved = moved_share(live.experiment.ranges(), change.experiment.ranges())
-        await _wait_for_routers(ctx, version)
-    elif arms_changed:
-        _record(ctx, live, change)
-    if change.remove_arms:
+        try:
+            await _wait_for_routers(ctx, version)
+        except ApiError as err:
+            unconfirmed = err
+    else:
+        if arms_changed:
+            _record(ctx, live, change)
+        _commit(change)
+    if change.remove_arms and unconfirmed is None:  # a router that has not switched yet may still call them
         for arm in change.remove_arms:
             apps.pop(arm_app(arm), None)
         try:
             await _deploy(list(apps.values()))
         except Exception as err:  # the routers no longer use it: an idle leftover, not a broken change
             log.warning("could not delete the applications of %s: %s", ", ".join(change.remove_arms), err)
+    if unconfirmed is not None:
+        raise unconfirmed
     log.info("%s change by %s applied (router config version %d)", change.kind, ctx.actor, version)
     result: dict[str, Any] = {"kind": change.kind, "config_version": version}
     if change.experiment is not None:
@@ -209,8 +223,16 @@ def _record(ctx: Context, live: Live, change: Change) -> None:
         old = {arm: live.arm_ref(arm) for arm in change.set_versions}
         new = {arm: f"{m}:{v}" for arm, (m, v) in change.set_versions.items()}
         state.audit(ctx.home, ctx.actor, {"versions": old}, {"versions": new}, kind=change.kind, detail=change.detail)
-    if change.commit is not None:
+
+
+def _commit(change: Change) -> None:
+    """The caller's bookkeeping once the change is live: a failure there is logged, never undoes the change."""
+    if change.commit is None:
+        return
+    try:
         change.commit()
+    except Exception as err:
+        log.error("%s change applied, but its bookkeeping failed: %s: %s", change.kind, type(err).__name__, err)
 
 
 def _configured_policy(ctx: Context) -> PolicyConfig:

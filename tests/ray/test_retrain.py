@@ -35,7 +35,8 @@ def _configs(tmp: Path, training_edit: tuple[str, str] | None = None) -> Path:
 
 
 def _home_with_feedback(tmp: Path, drifted: int, seed: int = 81) -> Home:
-    """linear:v1 champion trained on clean mail, and `drifted` drifted emails routed by it with feedback on 60%."""
+    """linear:v1 champion trained on clean mail, and `drifted` drifted emails routed by it with audit feedback (a
+    random 60% reviewed)."""
     home = Home(tmp / "home")
     base = tmp / "base.jsonl"
     write_corpus(generate(1500, seed=seed), base)
@@ -49,7 +50,7 @@ def _home_with_feedback(tmp: Path, drifted: int, seed: int = 81) -> Home:
         start = datetime.now(UTC) - timedelta(days=2)
         arms = [Arm("linear", predictor, "linear", meta.version)]
         preds, fb = route_frame(frame, arms, start=start, span=timedelta(days=1), policy=PolicyConfig(),
-                                feedback_share=0.6, experiment="e")  # fmt: skip
+                                feedback_share=0.6, feedback_source="audit", experiment="e")  # fmt: skip
         store = SQLiteEventLog(home.event_log)
         fill(store, preds, fb)
         store.close()
@@ -86,9 +87,19 @@ def test_retrain_registers_a_better_candidate_with_its_lineage(
 def test_a_candidate_that_does_not_beat_the_champion_is_not_registered(
     tmp_path: Path, ray_cluster: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    home = _home_with_feedback(tmp_path, drifted=600)
-    configs = _configs(tmp_path, ("    margin: 0.005", "    margin: 0.5"))  # half the emails better: impossible
-    code, out, err = _run(capsys, home, configs, "--model", "linear")
+    home = _home_with_feedback(tmp_path, drifted=0)
+    # Feedback whose labels are noise (a broken export, say): what the candidate learns from it makes it worse.
+    predictor, meta = load_version(ModelRegistry(home.registry), "linear:v1")
+    frame = generate(1500, seed=97)
+    frame["queue"] = frame["queue"].sample(frac=1.0, random_state=3).to_numpy()
+    arms = [Arm("linear", predictor, "linear", meta.version)]
+    start = datetime.now(UTC) - timedelta(days=2)
+    preds, fb = route_frame(frame, arms, start=start, span=timedelta(days=1), policy=PolicyConfig(),
+                            feedback_share=0.9, feedback_source="audit", experiment="e")  # fmt: skip
+    store = SQLiteEventLog(home.event_log)
+    fill(store, preds, fb)
+    store.close()
+    code, out, err = _run(capsys, home, _configs(tmp_path), "--model", "linear")
     assert code == 3, err
     assert "nothing registered" in err and "does not beat the champion's" in out
     assert out.strip().splitlines()[-1] == "no linear candidate registered"

@@ -79,6 +79,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port:
     ModelRegistry(home.registry).promote("linear:v1")
     candidate = _register_linear(home, seed=51)  # linear:v2, same queues
     other_labels = _register_linear(home, seed=52, drop="sales")  # linear:v3, one queue fewer
+    another = _register_linear(home, seed=53)  # linear:v4
     configs = tmp_path_factory.mktemp("rollout-configs")
     for name in ("queues.yaml", "serving.yaml", "training.yaml"):
         shutil.copy(REPO / "configs" / name, configs / name)
@@ -89,7 +90,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MAILROUTE_CONFIG_DIR", str(configs))
         with running_app(home, serve_port, small_serving_config(), experiment) as running:
-            running.update(candidate=candidate, other_labels=other_labels, configs=configs)
+            running.update(candidate=candidate, other_labels=other_labels, another=another, configs=configs)
             yield running
 
 
@@ -214,6 +215,13 @@ def test_rollback_under_concurrent_traffic_loses_nothing(app: dict[str, Any]) ->
         t.start()
     try:
         time.sleep(1.0)
+        # A canary rolled back while customers write: its application is deleted under their feet.
+        assert _start(app, version=app["another"], canary_percent=40).status_code == 200
+        time.sleep(1.0)
+        canary_back = app["client"].post("/v1/rollback", json={}, headers=AUTH, timeout=120)
+        assert canary_back.status_code == 200, canary_back.text
+        time.sleep(1.0)
+        # Then the champion itself back to the previous one.
         started = time.monotonic()
         response = app["client"].post("/v1/rollback", json={"arm": "linear"}, headers=AUTH, timeout=120)
         took = time.monotonic() - started
@@ -227,7 +235,8 @@ def test_rollback_under_concurrent_traffic_loses_nothing(app: dict[str, Any]) ->
     statuses = {status for status, _ in answers}
     assert statuses == {200}, statuses
     versions = [v for _, v in answers if v.startswith("linear:")]
-    assert "linear:v2" in versions and versions[-1] == "linear:v1"
+    assert {"linear:v2", "linear:v4"} <= set(versions) and versions[-1] == "linear:v1"
+    assert _rollout(app) is not None and _rollout(app).status == "rolled back"  # type: ignore[union-attr]
     assert _arms(app)["linear"]["version"] == "v1"
     assert ModelRegistry(app["home"].registry).get("linear:champion", verify=False).meta.version == "v1"
     # Every answered email has exactly one record (the email_id path writes before answering).

@@ -101,5 +101,7 @@ def test_steps_must_increase_to_100(steps: list[float], words: str) -> None:
 def test_durations_and_suffix_are_checked() -> None:
     with pytest.raises(ConfigError, match="not a duration"):
         parse_config({"check_every": "soon"}, RolloutConfig, "rollout")
-    with pytest.raises(ConfigError, match="canary_suffix"):
-        parse_config({"canary_suffix": "-Canary!"}, RolloutConfig, "rollout")
+    for bad in ("-Canary!", "-canary-", "_", "--c", "canary"):  # each would make an invalid arm name
+        with pytest.raises(ConfigError, match="canary_suffix"):
+            parse_config({"canary_suffix": bad}, RolloutConfig, "rollout")
+    assert parse_config({"canary_suffix": "_new-2"}, RolloutConfig, "rollout").canary_suffix == "_new-2"

@@ -84,7 +84,9 @@ def retrain(
                                               show_ray_logs=options(ctx).verbose))  # fmt: skip
             except RetrainStopped as stopped:
                 print(f"{name}: data checks", file=sys.stderr)
-                print("\n".join(stopped.report.lines()), file=sys.stderr)
+                print("\n".join([*stopped.report.lines(), *(f"  note: {n}" for n in stopped.notes)]), file=sys.stderr)
+                for outcome in outcomes:  # the models retrained before this one keep their candidates
+                    print(outcome.candidate or f"no {outcome.model} candidate registered")
                 raise
     finally:
         store.close()

@@ -61,6 +61,13 @@ class RetrainConfig(StrictModel):
         "champion sees now); the rest trains.",
     )
     max_recent: int = Field(5000, ge=1, description="At most this many recent emails held out.")
+    recent_sources: tuple[Literal["agent", "audit", "labelling"], ...] = Field(
+        ("audit",),
+        min_length=1,
+        description="Feedback sources whose newest emails are held out. Only an unbiased sample makes a fair test: "
+        "agents mostly send corrections (the champion's own mistakes) and labelling picks its least certain "
+        "emails, either of which would make the champion look worse than it is. Other feedback trains.",
+    )
     linear_alphas: tuple[float, ...] = Field(
         (1e-5, 3e-5, 1e-4, 3e-4),
         min_length=1,

@@ -17,7 +17,9 @@ conflicts, resolved by the majority (base, import) or the newest (feedback), and
 
 Held out for evaluation, the same for the candidate and the champion: the base rows the champion's own split held
 out (`stratified_split` with the split it recorded), and the newest `recent_share` of the feedback-labelled emails
-that arrived after the champion's own feedback (the mail it actually sees now). Everything else trains.
+that arrived after the champion's own feedback (the mail it actually sees now), from the unbiased sources only
+(`recent_sources`: audits by default; agents mostly send corrections, which would make the champion look worse than
+it is). Everything else trains.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from training.pipeline import DataSpec
 from training.retrain.config import RetrainConfig
 from training.split import stratified_split
 
-COLUMNS = ["text", "label", "origin", "email_id", "subject", "body", "ts"]
+COLUMNS = ["text", "label", "origin", "email_id", "subject", "body", "ts", "source"]
 PRIORITY = {"base": 0, "import": 1, "feedback": 2}
 
 
@@ -112,7 +114,8 @@ def read_sources(store: EventLog, champion: ModelMeta, split: SplitConfig) -> So
             no_text += 1
             continue
         rows.append({"text": text, "label": str(r["true_queue"]), "origin": "feedback", "email_id": r["email_id"],
-                     "subject": r["subject"], "body": r["body"], "ts": normalize_ts(r["ts"].isoformat())})  # fmt: skip
+                     "subject": r["subject"], "body": r["body"], "ts": normalize_ts(r["ts"].isoformat()),
+                     "source": r["feedback_source"]})  # fmt: skip
     imported: list[dict[str, Any]] = []
     for r in store.labelled_frame().to_dict("records"):
         text = model_text(r["subject"] or "", r["body"] or "")
@@ -158,12 +161,16 @@ def assemble(sources: Sources, cfg: RetrainConfig, *, champion_feedback_until: s
     winners = winners.sort_values("_rank", ascending=False, kind="stable")
     with_id = winners["email_id"].notna() & winners["email_id"].isin(fb_ids | set(imported["email_id"].dropna()))
     by_email = winners[with_id].drop_duplicates("email_id")
-    merged = pd.concat([by_email, winners[~with_id]]).drop_duplicates("text")
+    merged = (
+        pd.concat([by_email, winners[~with_id]])
+        .sort_values("_rank", ascending=False, kind="stable")
+        .drop_duplicates("text")
+    )
     overridden = len(base) + len(imported) + len(feedback) - len(merged)
     # Held out: the champion's own held-out base rows, and the newest feedback that came after its own.
     is_base = merged["origin"] == "base"
     base_held = is_base & merged["_row"].isin(sources.base_held_out)
-    fresh = merged[(merged["origin"] == "feedback")]
+    fresh = merged[(merged["origin"] == "feedback") & merged["source"].isin(cfg.recent_sources)]
     if champion_feedback_until:
         fresh = fresh[fresh["ts"] > champion_feedback_until]
     n_recent = min(cfg.max_recent, math.ceil(len(fresh) * cfg.recent_share)) if len(fresh) else 0

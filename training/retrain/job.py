@@ -44,9 +44,10 @@ STAGES = 5
 class RetrainStopped(ValueError):
     """The data checks failed: nothing was trained or registered. The message is one line; `report` the whole."""
 
-    def __init__(self, model: str, report: ValidationReport) -> None:
+    def __init__(self, model: str, report: ValidationReport, notes: tuple[str, ...] = ()) -> None:
         super().__init__(f"retrain of {model} stopped before training: {report.summary()}")
         self.report = report
+        self.notes = notes
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def retrain_model(
     report = validate(data, queues, cfg.retrain.validation)
     if report.failed:
         stage(2, report.summary(), t)
-        raise RetrainStopped(name, report)
+        raise RetrainStopped(name, report, data.notes)
     t = stage(2, report.summary(), t)
 
     from training.transformer import connect_ray

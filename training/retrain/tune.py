@@ -92,7 +92,7 @@ def tune_linear(
             raise RuntimeError(f"a Ray Tune trial failed: {type(result.error).__name__}: {result.error}")
         config, metrics = result.config or {}, result.metrics or {}
         trials.append(Trial(float(config["alpha"]), float(metrics[METRIC]), float(metrics["accuracy"])))
-    best = max(trials, key=lambda t: (t.macro_f1, -t.alpha))  # ties: the stronger regularisation
+    best = max(trials, key=lambda t: (t.macro_f1, t.alpha))  # ties: the stronger regularisation (larger alpha)
     final = ray.remote(num_cpus=1)(_final_fit)
     model = ray.get(final.remote(texts, labels, cfg.model_copy(update={"alpha": best.alpha, "n_jobs": 1}), split.calib))
     return TuneOutcome(model, best.alpha, tuple(sorted(trials, key=lambda t: t.alpha)))
