@@ -48,20 +48,22 @@ DEMO = DemoPlan(
     drift_after_h=48.0,
     after_promotion_h=24.0,
     detect_within_h=40.0,
-    rollout_within_h=96.0,
+    rollout_within_h=120.0,
     monitoring={
         "window": "12h",
         "schedule": {"monitor_every": "12h", "kpi_report_every": "24h", "first_run_after": "1h"},
         "checks": {"quality": {"sources": ["agent", "audit"]}},
     },
     analysis={"min_verdicts": 60, "sequential_planned_users": 600},
+    # The canary starts at 25% of the linear arm's users (about 75 customers), enough to judge it within a few
+    # simulated days; the shipped rule starts at 10% and waits a day per step.
     rollout={
-        "steps": [10, 25, 50, 100],
+        "steps": [25, 50, 100],
         "check_every": "1h",
         "min_step_duration": "2h",
         "min_emails": 40,
         "min_verdicts": 60,
-        "non_inferiority_margin": 0.5,
+        "non_inferiority_margin": 0.75,
         "promote_requires": "non_inferior",
     },
 )

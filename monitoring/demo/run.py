@@ -255,11 +255,11 @@ def _loop(home: Home, configs: Path, url: str, start: datetime, plan: DemoPlan, 
         if not alarms:
             _say(f"   no monitoring run alarmed within {plan.detect_within_h:g} simulated hours: the loop stops here")
             return 1
-        run = [v for v in alarms if v.run_id == alarms[0].run_id]
-        shown = ", ".join(f"{v.scope}/{v.check}" for v in run[:6]) + (
-            f" and {len(run) - 6} more" if len(run) > 6 else ""
-        )
-        _say(f"   the monitoring run of {alarms[0].ts[:16]} alarmed: {shown}")
+        first = min(alarms, key=lambda v: v.ts)  # the store lists the newest first
+        run = [v for v in alarms if v.run_id == first.run_id]
+        more = f" and {len(run) - 6} more" if len(run) > 6 else ""
+        shown = ", ".join(f"{v.scope}/{v.check}" for v in run[:6]) + more
+        _say(f"   the monitoring run of {first.ts[:16]} alarmed: {shown}")
         _stage(6, "retraining the linear model from the agents' feedback: a Ray Tune search and a Ray task (on a "
                   "cluster, RAY_ADDRESS sends the same program there)", began)  # fmt: skip
         candidate = _cli(home, configs, "retrain", "--model", "linear").strip().splitlines()[-1]
