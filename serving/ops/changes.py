@@ -216,7 +216,7 @@ def _record(ctx: Context, live: Live, change: Change) -> None:
         old, new = live.experiment.model_dump(mode="json"), change.experiment.model_dump(mode="json")
         state.audit(ctx.home, ctx.actor, old, new, moved, kind=change.kind, detail=change.detail)
     if change.policy is not None:
-        state.save_policy(ctx.home, change.policy, _configured_policy(ctx))
+        state.save_policy(ctx.home, change.policy, ctx.serving.policy)  # serving.yaml's, which it replaces
         old, new = live.policy.model_dump(mode="json"), change.policy.model_dump(mode="json")
         state.audit(ctx.home, ctx.actor, old, new, kind="policy", detail=change.detail)
     if change.experiment is None and change.policy is None:
@@ -233,10 +233,6 @@ def _commit(change: Change) -> None:
         change.commit()
     except Exception as err:
         log.error("%s change applied, but its bookkeeping failed: %s: %s", change.kind, type(err).__name__, err)
-
-
-def _configured_policy(ctx: Context) -> PolicyConfig:
-    return ctx.serving.policy
 
 
 def _with_ref(ctx: Context, apps: dict[str, dict[str, Any]], arm: str, model: str, version: str) -> dict[str, Any]:
