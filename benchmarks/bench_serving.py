@@ -32,7 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-TOKEN = "bench-token"
+TOKEN = "bench-admin-token-0123456789"
 
 
 def free_port() -> int:

@@ -17,10 +17,11 @@ from serving.mail.text import model_text
 class ApiError(Exception):
     """A request the service refuses; becomes `{"detail": ...}` with `status`."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, retry_after_s: int | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.retry_after_s = retry_after_s  # a 503's Retry-After
 
 
 class _Request(BaseModel):

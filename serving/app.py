@@ -19,16 +19,16 @@ import asyncio
 import json
 import logging
 import math
-import os
-import secrets
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPBearer
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -36,12 +36,13 @@ from experiments.config import ExperimentConfig
 from monitoring.dashboard.data import DashboardSources
 from monitoring.dashboard.routes import install as install_dashboard
 from serving.api import ApiError, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
+from serving.auth import AUTH_OFF_WARNING, AuthError, Principal, Right, TokenStore, resolve_user_salt
 from serving.batcher import CallBatcher
 from serving.config import Home, PolicyConfig, QueuesConfig, ServingConfig, config_dir, parse_config
 from serving.metrics import merge, render
 from serving.models.predictor import check_servable, load_version
 from serving.models.registry import ModelRegistry
-from serving.ops import admin, state
+from serving.ops import admin
 from serving.ops.apps import APP_NAME, SHADOW, arm_app, arm_deployment
 from serving.ops.changes import Context
 from serving.router import ArmAnswer, ArmRequest, RouterCore
@@ -178,6 +179,9 @@ class ModelServer:
 
 api = FastAPI(title="mailroute", description="Routes customer emails to specialist queues.", version="1")
 install_dashboard(api)  # GET /dashboard, over this replica's event log and live experiment
+# Declares the bearer scheme in the OpenAPI schema (so /docs can send a token); the check itself is
+# `Router._require`, against the token store, which knows the holders and their roles.
+BEARER = [Security(HTTPBearer(auto_error=False, description="A token of the client, agent or admin role."))]
 
 
 def _refuse(request: Request, status: int, detail: str) -> JSONResponse:
@@ -199,7 +203,18 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return _refuse(request, exc.status, exc.detail)
+    answer = _refuse(request, exc.status, exc.detail)
+    if exc.retry_after_s is not None:
+        answer.headers["Retry-After"] = str(exc.retry_after_s)
+    return answer
+
+
+@api.exception_handler(AuthError)
+async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
+    answer = _refuse(request, exc.status, exc.detail)
+    if exc.status == 401:
+        answer.headers["WWW-Authenticate"] = "Bearer"
+    return answer
 
 
 async def _json_body(request: Request, default: bytes = b"null") -> Any:
@@ -217,12 +232,15 @@ class Router:
         self.serving = parse_config(settings["serving"], ServingConfig, "serving")
         self.config_dir = Path(settings.get("config_dir") or config_dir()).absolute()
         self.handles: dict[str, DeploymentHandle] = {}  # arm -> its deployment, looked up by name on first use
-        self.admin_token = os.environ.get(self.serving.admin_token_env) or None
-        salt = os.environ.get(self.serving.user_salt_env) or state.user_salt(self.home)
+        self.tokens = TokenStore(self.serving, self.home)
+        if not self.tokens.enabled:
+            log.warning("%s", AUTH_OFF_WARNING)
+        salt = resolve_user_salt(self.serving, self.home, self.tokens)
         store_url = _store_url(self.serving, self.home)
         event_log = open_event_log(store_url)
         self.log_handler = _store_logging(event_log, "router")
-        writer = BufferedWriter(event_log, flush_interval_ms=self.serving.event_log.flush_interval_ms)
+        spec = self.serving.event_log
+        writer = BufferedWriter(event_log, flush_interval_ms=spec.flush_interval_ms, max_pending=spec.max_pending)
         calls = self.serving.arm_calls
         self.batcher: CallBatcher[ArmAnswer, ArmRequest] = CallBatcher(
             self._call_arm_batch,
@@ -239,7 +257,7 @@ class Router:
             store_url,
             live_experiment=lambda: self.core.experiment if self.core else None,
             queues=self.queues,
-            admin_token=self.admin_token,
+            tokens=self.tokens,
             build_report=False,
         )
         # Serve buffers request-path log records (1,000 in throughput mode) with no time limit: flush every second,
@@ -279,78 +297,76 @@ class Router:
     async def _call_arm_batch(self, arm: str, emails: list[ArmRequest]) -> list[ArmAnswer]:
         return await self._handle(arm).predict.remote(emails)
 
-    def _context(self, request: Request) -> Context:
-        actor = request.headers.get("x-actor", "admin")[:100]
+    def _require(self, request: Request, right: Right, what: str) -> Principal:
+        return self.tokens.require(request.headers.get("authorization"), right, what)
+
+    def _admin(self, request: Request, what: str) -> Context:
+        """The context of an admin's change: who acts is the token's holder, never a header the caller chooses."""
+        actor = self._require(request, "admin", what).holder
         return Context(self.home, self.queues.model_dump(mode="json"), self.serving, actor, self.config_dir)
 
-    def _require_admin(self, request: Request, what: str) -> None:
-        if not self._is_admin(request):
-            raise ApiError(401 if not request.headers.get("authorization") else 403, f"{what} needs the admin token")
-
-    def _is_admin(self, request: Request) -> bool:
-        if not self.admin_token:
-            return False
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        return secrets.compare_digest(given, self.admin_token)
-
     # ---- routes --------------------------------------------------------------------------------------------
-    @api.post("/v1/route", response_model=RouteResponse)
+    @api.post("/v1/route", response_model=RouteResponse, dependencies=BEARER)
     async def route(self, req: RouteRequest, request: Request) -> RouteResponse:
         assert self.core is not None
-        return await self.core.route(req, is_admin=self._is_admin(request))
+        return await self.core.route(req, self._require(request, "route", "routing"))
 
-    @api.post("/v1/route/batch", response_model=list[RouteResponse])
+    @api.post("/v1/route/batch", response_model=list[RouteResponse], dependencies=BEARER)
     async def route_batch(self, reqs: list[RouteRequest], request: Request) -> list[RouteResponse]:
         assert self.core is not None
         if len(reqs) > 1000:
             raise ApiError(413, f"batch of {len(reqs)} emails; the limit is 1000")
-        admin = self._is_admin(request)
-        return list(await asyncio.gather(*(self.core.route(r, is_admin=admin) for r in reqs)))
+        caller = self._require(request, "route", "routing")
+        return list(await asyncio.gather(*(self.core.route(r, caller) for r in reqs)))
 
-    @api.post("/v1/feedback", response_model=FeedbackResponse)
+    @api.post("/v1/feedback", response_model=FeedbackResponse, dependencies=BEARER)
     async def feedback(self, req: FeedbackRequest, request: Request) -> FeedbackResponse:
         assert self.core is not None
-        return await self.core.feedback(req)
+        return await self.core.feedback(req, self._require(request, "feedback", "feedback"))
 
-    @api.get("/v1/experiments")
-    async def experiments(self) -> dict[str, Any]:
+    @api.get("/v1/experiments", dependencies=BEARER)
+    async def experiments(self, request: Request) -> dict[str, Any]:
         assert self.core is not None
-        exp = self.core.experiment
+        self._require(request, "admin", "reading the experiment")
+        exp = self.core.experiment.model_dump(mode="json", exclude={"salt"})  # the salt stays a secret
         return {
-            "experiment": exp.model_dump(mode="json"),
+            "experiment": exp,
             "ranges": [{"arm": r.arm, "start": r.start, "end": r.end} for r in self.core.ranges],
             "config_version": self.config_version,
         }
 
-    @api.put("/v1/experiments/{name}")
+    @api.put("/v1/experiments/{name}", dependencies=BEARER)
     async def change_experiment(self, name: str, request: Request) -> dict[str, Any]:
-        self._require_admin(request, "changing experiments")
-        return await admin.change_experiment(self._context(request), name, await _json_body(request))
+        ctx = self._admin(request, "changing experiments")
+        answer = await admin.change_experiment(ctx, name, await _json_body(request))
+        if isinstance(answer.get("experiment"), dict):
+            answer["experiment"].pop("salt", None)
+        return answer
 
-    @api.get("/v1/policy")
-    async def policy(self) -> dict[str, Any]:
+    @api.get("/v1/policy", dependencies=BEARER)
+    async def policy(self, request: Request) -> dict[str, Any]:
         assert self.core is not None
+        self._require(request, "admin", "reading the decision policy")
         return {"policy": self.core.policy.model_dump(mode="json"), "config_version": self.config_version}
 
-    @api.put("/v1/policy")
+    @api.put("/v1/policy", dependencies=BEARER)
     async def change_policy(self, request: Request) -> dict[str, Any]:
-        self._require_admin(request, "changing the decision policy")
-        return await admin.change_policy(self._context(request), await _json_body(request), self.queues.names)
+        ctx = self._admin(request, "changing the decision policy")
+        return await admin.change_policy(ctx, await _json_body(request), self.queues.names)
 
-    @api.get("/v1/rollout")
+    @api.get("/v1/rollout", dependencies=BEARER)
     async def rollout(self, request: Request) -> dict[str, Any]:
-        self._require_admin(request, "reading the rollout")
-        return await admin.rollout_status(self._context(request))
+        return await admin.rollout_status(self._admin(request, "reading the rollout"))
 
-    @api.post("/v1/rollout")
+    @api.post("/v1/rollout", dependencies=BEARER)
     async def start_rollout(self, request: Request) -> dict[str, Any]:
-        self._require_admin(request, "starting a rollout")
-        return await admin.start_rollout(self._context(request), await _json_body(request))
+        ctx = self._admin(request, "starting a rollout")
+        return await admin.start_rollout(ctx, await _json_body(request))
 
-    @api.post("/v1/rollback")
+    @api.post("/v1/rollback", dependencies=BEARER)
     async def rollback(self, request: Request) -> dict[str, Any]:
-        self._require_admin(request, "a rollback")
-        return await admin.rollback(self._context(request), await _json_body(request, default=b"{}"))
+        ctx = self._admin(request, "a rollback")
+        return await admin.rollback(ctx, await _json_body(request, default=b"{}"))
 
     def config_version_of_replica(self) -> int:
         return int(self.config_version)
@@ -369,22 +385,30 @@ class Router:
                 loaded[arm] = await asyncio.wait_for(self._handle(arm).ready.remote(), 5.0)
             except Exception as err:
                 return JSONResponse({"status": "not ready", "detail": f"arm {arm}: {_one_line(err)}"}, status_code=503)
-        return JSONResponse({"status": "ready", "arms": loaded})
+        stats = self._writer.stats()
+        store = {"status": "failing" if stats.failing else "ok", "buffered": stats.pending, "dropped": stats.dropped}
+        if stats.failing and self.serving.event_log.on_store_failure == "refuse":
+            detail = "the event log is failing and on_store_failure is refuse"
+            return JSONResponse({"status": "not ready", "detail": detail, "event_log": store}, status_code=503)
+        # buffer mode: still ready (routing goes on, records wait in memory), and says the store is failing
+        return JSONResponse({"status": "ready", "arms": loaded, "event_log": store})
 
     def metrics_snapshot(self) -> dict[str, Any]:
         assert self.core is not None
-        return self.core.metrics.snapshot()
+        return {**self.core.metrics.snapshot(), "writer": asdict(self._writer.stats())}
 
     @api.get("/metrics", response_class=PlainTextResponse)
-    async def metrics(self) -> str:
+    async def metrics(self) -> PlainTextResponse:
         assert self.core is not None
         try:
             me = serve.get_deployment_handle("Router", APP_NAME)
             snapshots = await me.broadcast("metrics_snapshot").results_async()
-        except Exception as err:  # during a rolling update some replica may be away: show this one's counts
-            log.warning("metrics broadcast failed (%s); serving this replica's counts", _one_line(err))
-            snapshots = [self.core.metrics.snapshot()]
-        return render(merge(snapshots), self.core.experiment.name)
+        except Exception as err:
+            # During a rolling update some replica may be away. One replica's counts would look like a counter
+            # reset to Prometheus; a failed scrape is only a gap.
+            log.warning("metrics broadcast failed (%s); answering 503", _one_line(err))
+            raise ApiError(503, "not every router replica answered; scrape again", 1) from None
+        return PlainTextResponse(render(merge(snapshots), self.core.experiment.name))
 
     async def __del__(self) -> None:
         if self.core is not None:
@@ -409,12 +433,14 @@ def _deployment_options(spec: Any, name: str, serving: ServingConfig) -> dict[st
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Builder for `import_path: serving.app:build_app`, the router. args: home, queues, serving, secrets."""
+    """Builder for `import_path: serving.app:build_app`, the router. args: home, queues, serving, config_dir.
+
+    No secret travels here: Serve shows an application's args and runtime environment in its config API and
+    dashboard. Tokens and the user salt reach the replicas from the secrets file or the environment of the Ray
+    processes (`serving.auth`)."""
     serving_cfg = parse_config(args["serving"], ServingConfig, "serving")
     router: Any = serve.deployment(Router)
     options = _deployment_options(serving_cfg.ingress, "Router", serving_cfg)
-    # The admin token and the user salt reach the router replicas wherever Ray places them.
-    options["ray_actor_options"]["runtime_env"] = {"env_vars": dict(args.get("secrets", {}))}
     return router.options(**options).bind({k: args.get(k) for k in ("home", "queues", "serving", "config_dir")})
 
 

@@ -1,6 +1,6 @@
 """A small Python client for the HTTP API, with timeouts and retries on 503 (load shedding, rolling updates).
 
-client = MailrouteClient("http://127.0.0.1:8000")
+client = MailrouteClient("http://127.0.0.1:8000", token=os.environ["MAILROUTE_TOKEN"])
 answer = client.route("user-17", subject="Refund", body="I was charged twice")
 client.feedback(answer["request_id"], "billing", handling_seconds=42)
 """
@@ -32,9 +32,9 @@ class MailrouteClient:
         timeout_s: float = 10.0,
         retries: int = 3,
         backoff_s: float = 0.2,
-        admin_token: str | None = None,
+        token: str | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
         self.retries = retries
         self.backoff_s = backoff_s
@@ -42,19 +42,23 @@ class MailrouteClient:
     def _call(
         self, method: str, path: str, json: Any = None, *, retry: bool = True, timeout_s: float | None = None
     ) -> Any:
-        """One call; retried on 503 and transport errors unless `retry` is off (changes that must not run twice)."""
+        """One call; retried on 503, 429 and transport errors unless `retry` is off (changes that must not run
+        twice), waiting what the server's Retry-After asks (at most 30 s) or the backoff."""
         retries = self.retries if retry else 0
         timeout = self._http.timeout if timeout_s is None else httpx.Timeout(timeout_s)
         for attempt in range(retries + 1):
+            wait = self.backoff_s * 2**attempt
             try:
                 response = self._http.request(method, path, json=json, timeout=timeout)
             except httpx.TransportError as err:
                 if attempt == retries:
                     raise MailrouteError(503, f"cannot reach {self._http.base_url}: {err}") from None
             else:
-                if response.status_code != 503 or attempt == retries:
+                if response.status_code not in (429, 503) or attempt == retries:
                     break
-            time.sleep(self.backoff_s * 2**attempt)
+                after = response.headers.get("retry-after", "")
+                wait = min(30.0, float(after)) if after.isdigit() else wait
+            time.sleep(wait)
         if response.status_code >= 400:
             try:
                 detail = str(response.json().get("detail", response.text))
@@ -143,15 +147,24 @@ class MailrouteClient:
         self.close()
 
 
-def admin_client(url: str, *, needed_for: str | None = None, retries: int = 1) -> MailrouteClient:
-    """A client with the admin token from the environment variable that serving.yaml names. With `needed_for`, a
-    missing token is a one-line error before anything is sent."""
+TOKEN_ENV = "MAILROUTE_TOKEN"
+
+
+def env_token() -> tuple[str | None, str]:
+    """The caller's token for the command line: $MAILROUTE_TOKEN, else the admin token variable serving.yaml names;
+    and where it was looked for, for the error message."""
     import os
 
     from serving.config import load_serving
 
-    env = load_serving().admin_token_env
-    token = os.environ.get(env)
+    admin_env = load_serving().admin_token_env
+    return os.environ.get(TOKEN_ENV) or os.environ.get(admin_env), f"${TOKEN_ENV} or ${admin_env}"
+
+
+def admin_client(url: str, *, needed_for: str | None = None, retries: int = 1) -> MailrouteClient:
+    """A client with the token from the environment (`env_token`). With `needed_for`, a missing token is a one-line
+    error before anything is sent."""
+    token, where = env_token()
     if needed_for and not token:
-        raise MailrouteError(401, f"{needed_for} needs the admin token in ${env}")
-    return MailrouteClient(url, admin_token=token, retries=retries)
+        raise MailrouteError(401, f"{needed_for} needs an admin token in {where}")
+    return MailrouteClient(url, token=token, retries=retries)

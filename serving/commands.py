@@ -1,4 +1,4 @@
-"""Serving's commands: `mailroute serve`, `models list|show|promote`, `replay` and `log stats`.
+"""Serving's commands: `mailroute serve`, `models list|show|promote`, `replay`, `log stats`, `tokens`.
 
 The registry commands read the registry folder directly (no server needed); `serve` starts Ray Serve and blocks;
 `replay` plays a labelled file against a running server. Each command imports what it needs in its body, so
@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 app = typer.Typer()
 models_app = typer.Typer(help="the model registry")
 log_app = typer.Typer(help="the event log")
+tokens_app = typer.Typer(help="access tokens in the secrets file (client, agent, admin); no restart needed")
 app.add_typer(models_app, name="models")
 app.add_typer(log_app, name="log")
+app.add_typer(tokens_app, name="tokens")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
 UrlOption = Annotated[str, typer.Option(help="the running service")]
@@ -179,13 +181,13 @@ def replay(
         ),
     ] = FeedbackSource.agent,
 ) -> None:
-    from serving.client import MailrouteClient
+    from serving.client import MailrouteClient, env_token
     from training.data import read_dataset
 
     loaded = read_dataset(data, label_col=label_col, require_labels=feedback)
     frame = loaded.frame.head(n) if n else loaded.frame
     routed = correct = triaged = 0
-    with MailrouteClient(url, retries=3) as client:
+    with MailrouteClient(url, retries=3, token=env_token()[0]) as client:
         for row in frame.itertuples():
             user = str(row.user_id or f"replay-{row.Index}")
             answer = client.route(user, subject=str(row.subject), body=str(row.body), email_id=str(row.email_id))
@@ -194,9 +196,8 @@ def replay(
             correct += answer["queue"] == row.label
             if feedback:
                 client.feedback(
-                    answer["request_id"], str(row.label), handling_seconds=30.0, agent_id="replay",
-                    source=feedback_source.value,
-                )  # fmt: skip
+                    answer["request_id"], str(row.label), handling_seconds=30.0, source=feedback_source.value
+                )
     auto = routed - triaged
     print(f"routed {routed} emails: {auto} auto-routed ({correct} to the right queue), {triaged} to triage"
           + (f"; sent {routed} feedback records" if feedback else ""))  # fmt: skip
@@ -225,3 +226,54 @@ def log_stats(ctx: typer.Context, as_json: JsonOption = False) -> None:
         )
     if stats.feedback_accuracy is not None:
         print(f"  accuracy on feedback: {stats.feedback_accuracy:.4f}")
+
+
+# ---- access tokens ---------------------------------------------------------------------------------------------
+class RoleName(str, Enum):
+    client = "client"
+    agent = "agent"
+    admin = "admin"
+
+
+def _secrets_path(ctx: typer.Context) -> Path:
+    from serving.auth import secrets_path
+    from serving.config import load_serving
+
+    return secrets_path(load_serving(), options(ctx).resolve_home())
+
+
+@tokens_app.command("add", help="make a token for a holder (replacing its old one) and print it once")
+def tokens_add(
+    ctx: typer.Context,
+    holder: Annotated[str, typer.Option(help="who holds it: a client system, an agent, an admin")],
+    role: Annotated[RoleName, typer.Option(help="what it may do")],
+) -> None:
+    from serving.auth import add_token
+
+    path = _secrets_path(ctx)
+    token = add_token(path, holder, role.value)
+    print(token)
+    print(f"{holder} ({role.value}): token written to {path} as its SHA-256; it is shown only now", file=sys.stderr)
+
+
+@tokens_app.command("revoke", help="remove a holder's token; running servers stop accepting it within a second")
+def tokens_revoke(ctx: typer.Context, holder: Annotated[str, typer.Option(help="whose token")]) -> None:
+    from serving.auth import revoke_token
+
+    path = _secrets_path(ctx)
+    if not revoke_token(path, holder):
+        raise typer.BadParameter(f"{path} has no token for '{holder}'", param_hint="--holder")
+    print(f"revoked the token of {holder}")
+
+
+@tokens_app.command("list", help="the holders and their roles (never the tokens)")
+def tokens_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
+    from serving.auth import read_secrets
+
+    tokens = read_secrets(_secrets_path(ctx)).tokens
+    rows = {holder: spec.role for holder, spec in sorted(tokens.items())}
+    if as_json:
+        print_json(rows)
+        return
+    for holder, role in rows.items():
+        print(f"{holder}\t{role}")

@@ -195,6 +195,36 @@ class EventLogSpec(StrictModel):
         "redacted", description="Email text kept in the log: full, redacted (addresses, phones, cards masked) or none."
     )
     flush_interval_ms: int = Field(100, ge=1, description="Longest time an event waits in a replica's buffer.")
+    on_store_failure: Literal["buffer", "refuse"] = Field(
+        "buffer",
+        description="While the store fails: buffer (keep routing; records wait in memory, up to max_pending, and "
+        "are written when the store is back; past that 503) or refuse (503 with Retry-After at once).",
+    )
+    max_pending: int = Field(
+        100_000, ge=1, description="Most records a router replica holds while the store is slow or failing."
+    )
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        le=36_500,
+        description="Days the email text (subject, body) is kept; `mailroute privacy retain` blanks older text and "
+        "keeps every other field (docs/privacy.md). None: kept forever.",
+    )
+
+
+class AuthConfig(StrictModel):
+    """Access by role (`serving.auth`): tokens come from a secrets file or the environment, never from this file."""
+
+    enabled: bool = Field(
+        True, description="Require a token on every call but the health checks; off warns loudly at every start."
+    )
+    secrets_file: str | None = Field(
+        None,
+        description="The secrets file (tokens, user salt); default $MAILROUTE_SECRETS_FILE, else <home>/secrets.yaml.",
+    )
+    token_env_prefix: str = Field(
+        "MAILROUTE_TOKEN_", description="Environment variables <prefix><HOLDER>=<role>:<token> add tokens."
+    )
 
 
 class ServingConfig(StrictModel):
@@ -216,7 +246,10 @@ class ServingConfig(StrictModel):
     )
     max_body_bytes: int = Field(262_144, ge=1024, description="Largest accepted email (subject + body, or raw).")
     model_timeout_s: float = Field(2.0, gt=0, description="An arm slower than this counts as failed; fallback.")
-    admin_token_env: str = Field("MAILROUTE_ADMIN_TOKEN", description="Env var holding the admin token.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="Access by role.")
+    admin_token_env: str = Field(
+        "MAILROUTE_ADMIN_TOKEN", description="Env var holding a token of the admin role (holder 'admin')."
+    )
     user_salt_env: str = Field(
         "MAILROUTE_USER_SALT", description="Env var holding the salt of the stored user pseudonyms."
     )

@@ -24,6 +24,8 @@ class RouterMetrics:
     latency_sum: dict[str, float] = field(default_factory=dict)
     latency_count: Counter[str] = field(default_factory=Counter)
     versions: dict[str, str] = field(default_factory=dict)  # arm -> model:version
+    # The event-log writers' counts (serving.store.writer.WriterStats), summed over replicas.
+    events: Counter[str] = field(default_factory=Counter)
 
     def record(self, arm: str, queue: str, latency_ms: float, fallback_reason: str | None, version: str) -> None:
         self.requests[(arm, queue)] += 1
@@ -66,6 +68,8 @@ def merge(snapshots: Iterable[Mapping[str, Any]]) -> RouterMetrics:
             total.latency_sum[a] = total.latency_sum.get(a, 0.0) + v
         total.latency_count.update(snap["latency_count"])
         total.versions.update(snap["versions"])
+        writer = snap.get("writer") or {}
+        total.events.update({k: int(v) for k, v in writer.items()})
     return total
 
 
@@ -105,6 +109,14 @@ def render(m: RouterMetrics, experiment: str) -> str:
         out.append(f"mailroute_latency_ms_bucket{inf} {m.latency_count[arm]}")
         out.append(f"mailroute_latency_ms_sum{_labels(experiment=experiment, arm=arm)} {m.latency_sum[arm]:.3f}")
         out.append(f"mailroute_latency_ms_count{_labels(experiment=experiment, arm=arm)} {m.latency_count[arm]}")
+    family("mailroute_events_written_total", "counter", "Prediction records and shadow results written to the log.")
+    out.append(f"mailroute_events_written_total {m.events['written']}")
+    family("mailroute_events_dropped_total", "counter", "Records that could never be written (the store refused them).")
+    out.append(f"mailroute_events_dropped_total {m.events['dropped']}")
+    family("mailroute_events_pending", "gauge", "Records waiting in the routers' write buffers.")
+    out.append(f"mailroute_events_pending {m.events['pending']}")
+    family("mailroute_event_log_failing", "gauge", "Router replicas whose event-log writes are failing right now.")
+    out.append(f"mailroute_event_log_failing {m.events['failing']}")
     family("mailroute_model_info", "gauge", "The model version each arm served last (value 1).")
     for arm, version in sorted(m.versions.items()):
         out.append(f"mailroute_model_info{_labels(experiment=experiment, arm=arm, model=version)} 1")

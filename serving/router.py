@@ -12,14 +12,18 @@ every warning about an email — an arm's failure or timeout, a fallback, a non-
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from experiments.assign import bucket, choose_arm
 from experiments.config import ExperimentConfig
@@ -32,10 +36,20 @@ from serving.api import (
     email_from_request,
     text_for_model,
 )
+from serving.auth import ANONYMOUS, Principal
 from serving.config import PolicyConfig, QueuesConfig, ServingConfig
 from serving.metrics import RouterMetrics
 from serving.policy import Decision, decide, failed_reason, fallback_chain, triage_decision
-from serving.store.eventlog import EventLog, FeedbackEvent, PredictionEvent, UnknownRequestError, user_key, utc_now
+from serving.store.eventlog import (
+    EventLog,
+    EventLogError,
+    FeedbackEvent,
+    PredictionEvent,
+    StoreUnavailableError,
+    UnknownRequestError,
+    user_key,
+    utc_now,
+)
 from serving.store.loghandler import log_ids
 from serving.store.redact import apply_policy
 from serving.store.writer import BufferedWriter
@@ -43,6 +57,9 @@ from serving.store.writer import BufferedWriter
 log = logging.getLogger(__name__)
 SHADOW = "shadow"  # the shadow model's deployment key among the arm callers
 ROUTE_LOGGER = "mailroute.routed"  # one record per routed email (the Serve app hands in Serve's replica logger)
+STORE_RETRY_S = 1.0  # how long a request retries a failing store before answering 503
+RETRY_AFTER_S = 2  # what a 503 tells the client to wait
+PENDING_S = 600  # a record this young may still wait in a replica's buffer: feedback for it is 503, not 404
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,14 @@ class ArmRequest:
 
 
 ArmCaller = Callable[[str, ArmRequest], Awaitable[ArmAnswer]]  # (arm or SHADOW, the email) -> answer
+T = TypeVar("T")
+
+
+def _passing(err: BaseException) -> bool:
+    """A store failure that may pass (a locked or full disk, an unopenable file), not a refusal of the data."""
+    return isinstance(err, StoreUnavailableError | OSError) or (
+        not isinstance(err, EventLogError) and type(err).__module__.startswith(("sqlite3", "sqlalchemy", "psycopg"))
+    )
 
 
 class RouterCore:
@@ -91,6 +116,8 @@ class RouterCore:
         self.route_log = route_log or logging.getLogger(ROUTE_LOGGER)
         self.metrics = RouterMetrics()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[tuple[str, str], asyncio.Future[RouteResponse]] = {}  # (client, email_id) -> answer
+        self._id_key = hmac.new(user_salt.encode(), b"mailroute-request-id", hashlib.sha256).digest()
         self.set_experiment(experiment)
 
     def set_experiment(self, experiment: ExperimentConfig) -> None:
@@ -139,16 +166,78 @@ class RouterCore:
             self.metrics.arm_errors[(arm, failures[-1][1])] += 1
         return None, None, failures
 
-    async def route(self, req: RouteRequest, *, is_admin: bool = False) -> RouteResponse:
+    def new_request_id(self) -> str:
+        """32 hex characters: the issue time (8, unix seconds), 16 random, then 8 of an HMAC keyed by the (shared,
+        secret) user salt, so that every replica can tell a recent id this service issued (`issued_recently`)."""
+        nonce = f"{int(time.time()) & 0xFFFFFFFF:08x}{uuid.uuid4().hex[:16]}"
+        return nonce + hmac.new(self._id_key, nonce.encode(), hashlib.sha256).hexdigest()[:8]
+
+    def issued_recently(self, request_id: str) -> bool:
+        """Whether this service issued the id (its HMAC holds) within the last PENDING_S seconds: a record that may
+        still wait in some replica's write buffer."""
+        nonce, tag = request_id[:24], request_id[24:]
+        expected = hmac.new(self._id_key, nonce.encode(), hashlib.sha256).hexdigest()[:8]
+        if len(request_id) != 32 or not hmac.compare_digest(tag, expected):
+            return False
+        return time.time() - int(nonce[:8], 16) < PENDING_S
+
+    async def route(self, req: RouteRequest, caller: Principal = ANONYMOUS) -> RouteResponse:
         started = time.perf_counter()
         email = email_from_request(req, self.serving.max_body_bytes)
         text = text_for_model(email)
-        if req.email_id is not None:
-            seen = self.writer.find_by_email_id(req.email_id)
-            if seen is not None:
-                return _response(seen)
-        arm, in_experiment = self._assign(req, is_admin)
-        email_ref = ArmRequest(text, uuid.uuid4().hex, req.email_id)
+        arm, in_experiment = self._assign(req, caller.can("admin"))  # force_arm is checked before any cached answer
+        if req.email_id is None:
+            return await self._route(req, caller, text, email.subject, email.body, arm, in_experiment, started)
+        # An idempotency key is the client's own: another client's email_id never reaches its answer.
+        key = (caller.holder, req.email_id)
+        running = self._in_flight.get(key)
+        if running is None:  # else the same email is being routed right now here: one model call, one answer
+            running = asyncio.ensure_future(
+                self._route_once(req, caller, text, email.subject, email.body, arm, in_experiment, started)
+            )
+            self._in_flight[key] = running
+            running.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(running)
+
+    async def _route_once(self, req: RouteRequest, caller: Principal, *args: Any) -> RouteResponse:
+        """The first answer to this client's email_id if there is one, else a new one."""
+        assert req.email_id is not None
+        seen = await self._store_call(self.writer.find_by_email_id, req.email_id, caller.holder)
+        if seen is not None:
+            return _response(seen)
+        return await self._route(req, caller, *args)
+
+    async def _store_call(self, call: Callable[..., T], *args: object) -> T:
+        """A store call off the event loop, retried briefly while the store fails for a reason that can pass; a
+        503 with Retry-After when it does not come back in time (the client retries; nothing half-done)."""
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_passing),
+                wait=wait_exponential(multiplier=0.05, max=0.5),
+                stop=stop_after_delay(STORE_RETRY_S),
+                reraise=True,
+            ):
+                with attempt:
+                    return await asyncio.to_thread(call, *args)
+        except Exception as err:
+            if not _passing(err):
+                raise
+            log.warning("event log unavailable: %s: %s", type(err).__name__, err)
+            raise ApiError(503, "the event log is unavailable; try again shortly", RETRY_AFTER_S) from None
+        raise AssertionError("unreachable")  # AsyncRetrying either returns or raises
+
+    async def _route(
+        self,
+        req: RouteRequest,
+        caller: Principal,
+        text: str,
+        subject: str,
+        body: str,
+        arm: str,
+        in_experiment: bool,
+        started: float,
+    ) -> RouteResponse:
+        email_ref = ArmRequest(text, self.new_request_id(), req.email_id)
         served_by, answer, failures = await self._ask(
             fallback_chain(arm, list(self.experiment.arms), self.experiment.fallback_order), email_ref
         )
@@ -163,16 +252,17 @@ class RouterCore:
             where = f"answered by arm {served_by}" if served_by else f"sent to {decision.queue}: no arm answered"
             log.warning("fallback: %s (%s)", where, reason, extra=log_ids(email_ref.request_id, req.email_id))
         latency_ms = (time.perf_counter() - started) * 1000
-        event = self._event(email_ref.request_id, req, email.subject, email.body, arm, in_experiment, decision,
+        event = self._event(email_ref.request_id, req, caller, subject, body, arm, in_experiment, decision,
                             reason, bool(failures), model_name, model_version, latency_ms, answer)  # fmt: skip
         if req.email_id is None:
-            self.writer.submit(event)
+            self._submit(event)
         else:
             # An idempotency key must hold across replicas: write now, and answer with whatever record won
-            # (the event log keeps one per email_id; a racing replica's copy is dropped by the store).
-            await asyncio.to_thread(self.event_log.record_predictions, [event])
-            stored = await asyncio.to_thread(self.event_log.find_by_email_id, req.email_id)
-            event = stored if stored is not None else event
+            # (the event log keeps one per client and email_id; a racing replica's copy is dropped by the store).
+            await self._store_call(self.event_log.record_predictions, [event])
+            stored = await self._store_call(self.event_log.find_by_email_id, event.email_id, event.client)
+            if stored is not None and stored.request_id != event.request_id:
+                return _response(stored)  # another replica's answer won: ours is not an answer, count nothing
         self.metrics.record(
             arm, decision.queue, latency_ms, reason if failures else None, f"{model_name}:{model_version}"
         )
@@ -193,6 +283,7 @@ class RouterCore:
         self,
         request_id: str,
         req: RouteRequest,
+        caller: Principal,
         subject: str,
         body: str,
         arm: str,
@@ -226,7 +317,19 @@ class RouterCore:
             subject=apply_policy(subject, policy),
             body=apply_policy(body, policy),
             proba=proba,
+            client=caller.holder,
         )
+
+    def _submit(self, event: PredictionEvent) -> None:
+        """Into the write buffer, or a 503: an answer whose record cannot be kept is not given (nothing is lost)."""
+        if self.serving.event_log.on_store_failure == "refuse" and self.writer.stats().failing:
+            raise ApiError(503, "the event log is failing; try again shortly", RETRY_AFTER_S)
+        try:
+            accepted = self.writer.submit(event)
+        except EventLogError:  # the writer is closed: this replica is shutting down
+            raise ApiError(503, "this server is shutting down; try again", RETRY_AFTER_S) from None
+        if not accepted:
+            raise ApiError(503, "the event log is behind (its write buffer is full); try again shortly", RETRY_AFTER_S)
 
     def _maybe_shadow(self, email: ArmRequest) -> None:
         shadow = self.experiment.shadow
@@ -244,10 +347,10 @@ class RouterCore:
         except Exception as err:  # the shadow never affects anyone: log and move on
             why = f"{type(err).__name__}: {err}"[:200]
             log.warning("shadow failed: %s", why, extra=log_ids(request_id, email.email_id))
-            self.writer.submit_shadow(request_id, {"error": why})
+            self._submit_shadow(request_id, {"error": why})
             return
         d = decide(answer.labels, np.asarray(answer.proba), self.policy, self.queues.triage_queue)
-        self.writer.submit_shadow(
+        self._submit_shadow(
             request_id,
             {
                 "model": answer.model_name,
@@ -258,23 +361,33 @@ class RouterCore:
             },
         )
 
+    def _submit_shadow(self, request_id: str, result: dict[str, object]) -> None:
+        try:
+            if not self.writer.submit_shadow(request_id, result):
+                log.warning("shadow result not kept: the write buffer is full", extra=log_ids(request_id, None))
+        except EventLogError as err:  # a closed writer (shutting down): a shadow result is never worth an error
+            log.warning("shadow result not kept: %s", err, extra=log_ids(request_id, None))
+
     # ---- feedback ----------------------------------------------------------------------------------------------
-    async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
+    async def feedback(self, req: FeedbackRequest, caller: Principal = ANONYMOUS) -> FeedbackResponse:
         if req.true_queue not in self.queues.queues:
             known = ", ".join(self.queues.names)
             raise ApiError(422, f"true_queue: '{req.true_queue}' is not a queue of the taxonomy ({known})")
+        if req.agent_id is not None and req.agent_id != caller.holder and caller is not ANONYMOUS:
+            raise ApiError(403, f"agent_id: feedback is recorded as your token's holder '{caller.holder}'")
         event = FeedbackEvent(
             request_id=req.request_id,
             ts=utc_now(),
             true_queue=req.true_queue,
             handling_seconds=None if req.handling_seconds is None else float(req.handling_seconds),
-            agent_id=req.agent_id,
+            agent_id=req.agent_id if caller is ANONYMOUS else caller.holder,
             source=req.source,
         )
         # The prediction may still sit in a replica's write buffer: flush ours, then give the others one interval.
-        for attempt in range(3):
+        pending = self.issued_recently(req.request_id)
+        for attempt in range(3 if pending else 1):
             try:
-                result = await asyncio.to_thread(self.event_log.record_feedback, event)
+                result = await self._store_call(self.event_log.record_feedback, event)
                 return FeedbackResponse(
                     request_id=req.request_id, created=result.created, true_queue=result.event.true_queue
                 )
@@ -283,7 +396,11 @@ class RouterCore:
                     await asyncio.to_thread(self.writer.flush, 5.0)
                 else:
                     await asyncio.sleep(self.serving.event_log.flush_interval_ms / 1000 * 2)
-        raise ApiError(404, f"unknown request_id '{req.request_id}': no routed email has this id")
+        if not pending:  # made up, mistyped, deleted (privacy), or older than any buffer holds
+            raise ApiError(404, f"unknown request_id '{req.request_id[:64]}': no routed email has this id")
+        # This service issued the id minutes ago (its signature holds), so the prediction exists but is not written
+        # yet: it waits in another replica's buffer behind a slow or failing store. Not unknown: come back shortly.
+        raise ApiError(503, f"request_id '{req.request_id}' is not in the event log yet; try again", RETRY_AFTER_S)
 
     async def close(self) -> None:
         if self._shadow_tasks:

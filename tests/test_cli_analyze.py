@@ -101,8 +101,8 @@ class FakeClient:
     sent: ClassVar[list[dict[str, Any]]] = []
     live = PolicyConfig(confidence_threshold=0.6, queue_thresholds={"shipping": 0.9})
 
-    def __init__(self, url: str, *, admin_token: str | None = None, **kw: Any) -> None:
-        assert admin_token == "secret"
+    def __init__(self, url: str, *, token: str | None = None, **kw: Any) -> None:
+        assert token == "secret"
 
     def policy(self) -> dict[str, Any]:
         return {"policy": self.live.model_dump(mode="json"), "config_version": 3}
@@ -182,7 +182,7 @@ def test_apply_thresholds_sends_what_the_server_accepts(
 
 def test_apply_thresholds_needs_the_admin_token(capsys: pytest.CaptureFixture[str], home: Path) -> None:
     code, _, err = run(capsys, home, "analyze", "apply-thresholds")
-    assert code == 1 and "needs the admin token in $MAILROUTE_ADMIN_TOKEN" in one_line(err)
+    assert code == 1 and "needs an admin token in $MAILROUTE_TOKEN or $MAILROUTE_ADMIN_TOKEN" in one_line(err)
 
 
 def test_explicit_thresholds_without_a_log(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

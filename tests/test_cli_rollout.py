@@ -27,7 +27,7 @@ def test_without_the_admin_token_nothing_is_sent(
     monkeypatch.delenv("MAILROUTE_ADMIN_TOKEN", raising=False)
     code, err = _run(capsys, *args, "--url", "http://127.0.0.1:9")
     assert code == 1 and len(err.splitlines()) == 1
-    assert "needs the admin token in $MAILROUTE_ADMIN_TOKEN" in err
+    assert "needs an admin token in $MAILROUTE_TOKEN or $MAILROUTE_ADMIN_TOKEN" in err
 
 
 def test_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,7 +19,6 @@ Where each part comes from:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from experiments.config import ExperimentConfig, load_experiments
 from experiments.rollout.state import RolloutState
 from monitoring.dashboard.changes import AuditEntry, read_audit, read_rollout
 from serving import clock
+from serving.auth import TokenStore
 from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, config_dir, load_queues, load_serving
 from serving.ops.state import AUDIT_FILE, STATE_FILE, load_state
 from serving.policy import LOW_CONFIDENCE
@@ -154,7 +154,7 @@ class DashboardSources:
     live_experiment: Callable[[], ExperimentConfig | None] | None = None
     queues: QueuesConfig | None = None
     report_ttl_s: float = REPORT_TTL_S
-    admin_token: str | None = None  # when set, every dashboard path needs it (monitoring.dashboard.routes)
+    tokens: TokenStore | None = None  # who may open which page (monitoring.dashboard.routes); None: nobody
     # False inside the Serve app: the page shows the scheduled KPI job's latest report instead of building one in
     # a router replica (a build reads the whole log: seconds of CPU beside the routing path).
     build_report: bool = True
@@ -175,19 +175,19 @@ class DashboardSources:
     def from_files(cls, home: Home, configs: Path | None = None) -> DashboardSources:
         """For `mailroute dashboard`: no Ray, no server, the files only. A missing SQLite file is not created."""
         configs = configs or config_dir()
-        url, token_env = None, ServingConfig().admin_token_env
+        serving = ServingConfig()
         try:
             serving = load_serving(configs / "serving.yaml")
-            url, token_env = serving.event_log.url, serving.admin_token_env
         except (ConfigError, OSError) as err:
             log.warning("dashboard: using the default event log (%s)", err)
-        token = os.environ.get(token_env) or None
+        tokens = TokenStore(serving, home)  # a secrets file that does not parse is a ConfigError, not an open page
+        url = serving.event_log.url
         if url is None or url.startswith("sqlite:") or "://" not in url:
             path = home.event_log if url is None else Path(url.split("://", 1)[-1].removeprefix("/"))
             if not path.exists():
-                return cls(home, None, f"{path} (not created yet)", configs, admin_token=token)
+                return cls(home, None, f"{path} (not created yet)", configs, tokens=tokens)
             url = f"sqlite:///{path}"
-        return cls(home, open_event_log(url), url, configs, admin_token=token)
+        return cls(home, open_event_log(url), url, configs, tokens=tokens)
 
 
 # ---- the page -------------------------------------------------------------------------------------------------------

@@ -5,11 +5,12 @@
                                    selected"), as feedback with source "labelling"; answers 303 back to the list
 
 The lists and the writes are `training.labels.labelling`'s (imported in the handlers, so a router replica loads
-them only when someone labels), the same the `mailroute label` commands use. Access is the dashboard's
-(`routes._require_access`). The page has no script (its CSP forbids them), so a POST is a form submission, and
-because it writes, it is guarded against cross-site requests twice over: a hidden token, an HMAC of a fixed string
-keyed by the admin token (else the home's user salt), compared in constant time; and a request whose Origin (or
-Sec-Fetch-Site) says it came from another site is refused. The one-line result travels back in the redirect's
+them only when someone labels), the same the `mailroute label` commands use. It needs the label right (an agent's
+or an admin's token, `routes.require_labelling`), and the feedback it writes names the token's holder as the agent.
+The page has no script (its CSP forbids them), so a POST is a form submission, and because it writes, it is
+guarded against cross-site requests twice over: a hidden token, an HMAC of a fixed string keyed by the signed-in
+token's digest (the home's user salt when authentication is off), compared in constant time; and a request whose
+Origin (or Sec-Fetch-Site) says it came from another site is refused. The one-line result travels back in the redirect's
 query string with an HMAC of its own, so a crafted link cannot put words on the page.
 """
 
@@ -23,12 +24,13 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from monitoring.dashboard.data import DashboardSources
-from monitoring.dashboard.routes import PAGE_CSP, _require_access, _sources, environment
+from monitoring.dashboard.routes import PAGE_CSP, Labeller, _sources, environment
 from serving import clock
+from serving.auth import Principal
 from serving.config import ConfigError, QueuesConfig, config_dir, load_queues
 from serving.store.eventlog import EventLog, EventLogError, utc_now
 
@@ -63,21 +65,21 @@ class LabellingPage:
     note: str | None
 
 
-def _key(sources: DashboardSources) -> bytes:
-    if sources.admin_token:
-        return sources.admin_token.encode()
+def _key(sources: DashboardSources, viewer: Principal) -> bytes:
+    if viewer.key:
+        return viewer.key.encode()
     from serving.ops.state import user_salt
 
     return user_salt(sources.home).encode()
 
 
-def csrf_token(sources: DashboardSources) -> str:
-    """The hidden token every labelling form carries: HMAC-SHA256 of a fixed string, keyed by a server secret."""
-    return hmac.new(_key(sources), CSRF_MESSAGE, hashlib.sha256).hexdigest()
+def csrf_token(sources: DashboardSources, viewer: Principal) -> str:
+    """The hidden token every labelling form carries: HMAC-SHA256 of a fixed string, keyed by the viewer's token."""
+    return hmac.new(_key(sources, viewer), CSRF_MESSAGE, hashlib.sha256).hexdigest()
 
 
-def _result_signature(sources: DashboardSources, text: str) -> str:
-    return hmac.new(_key(sources), RESULT_MESSAGE + text.encode(), hashlib.sha256).hexdigest()
+def _result_signature(sources: DashboardSources, viewer: Principal, text: str) -> str:
+    return hmac.new(_key(sources, viewer), RESULT_MESSAGE + text.encode(), hashlib.sha256).hexdigest()
 
 
 def _queues(sources: DashboardSources) -> QueuesConfig:
@@ -85,7 +87,12 @@ def _queues(sources: DashboardSources) -> QueuesConfig:
 
 
 def gather_labelling(
-    sources: DashboardSources, *, query: str | None = None, agent: str | None = None, result: str | None = None
+    sources: DashboardSources,
+    viewer: Principal,
+    *,
+    query: str | None = None,
+    agent: str | None = None,
+    result: str | None = None,
 ) -> LabellingPage:
     """What the labelling page shows; a part that cannot be read becomes the page's note."""
     from training.labels.labelling import LabellingError, next_batch
@@ -116,23 +123,29 @@ def gather_labelling(
         batch=batch,
         queues=names,
         triage_queue=triage,
-        csrf=csrf_token(sources) if batch is not None else None,
+        csrf=csrf_token(sources, viewer) if batch is not None else None,
         result=result,
         note=note,
     )
 
 
-@router.get(PATH, response_class=HTMLResponse, include_in_schema=False, dependencies=[Depends(_require_access)])
+@router.get(PATH, response_class=HTMLResponse, include_in_schema=False)
 def labelling_page(
-    request: Request, q: str | None = None, agent: str | None = None, result: str | None = None, sig: str = ""
+    request: Request,
+    viewer: Labeller,
+    q: str | None = None,
+    agent: str | None = None,
+    result: str | None = None,
+    sig: str = "",
 ) -> HTMLResponse:
     sources = _sources(request)
     shown = None
     if result and sources.event_log is not None and len(result) <= MAX_RESULT_CHARS:
-        expected = _result_signature(sources, result)
+        expected = _result_signature(sources, viewer, result)
         shown = result if hmac.compare_digest(sig.encode(), expected.encode()) else None
-    page = gather_labelling(sources, query=q, agent=(agent or "")[:MAX_AGENT_CHARS] or None, result=shown)
-    html = environment().get_template("labelling.html").render(page=page)
+    agent = _agent(viewer, agent)
+    page = gather_labelling(sources, viewer, query=q, agent=agent, result=shown)
+    html = environment().get_template("labelling.html").render(page=page, viewer=viewer)
     return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"})
 
 
@@ -188,8 +201,15 @@ def _label(sources: DashboardSources, store: EventLog, pairs: list[tuple[str, st
         return f"not labelled: {err}"
 
 
-@router.post(PATH, include_in_schema=False, dependencies=[Depends(_require_access)])
-async def label(request: Request) -> Response:
+def _agent(viewer: Principal, named: str | None) -> str:
+    """Who the labels are recorded as: the token's holder; only with authentication off, the name typed in."""
+    if viewer.key:
+        return viewer.holder[:MAX_AGENT_CHARS]
+    return (named or "").strip()[:MAX_AGENT_CHARS] or DEFAULT_AGENT
+
+
+@router.post(PATH, include_in_schema=False)
+async def label(request: Request, viewer: Labeller) -> Response:
     sources = _sources(request)
     store = sources.event_log
     if _cross_site(request):
@@ -199,14 +219,14 @@ async def label(request: Request) -> Response:
     form = await _form(request)
     if form is None:
         return _refuse(413, f"refused: the form is over {MAX_FORM_BYTES} bytes")
-    token = await asyncio.to_thread(csrf_token, sources)
+    token = await asyncio.to_thread(csrf_token, sources, viewer)
     if not hmac.compare_digest(form.get("csrf", [""])[0].encode(), token.encode()):
         return _refuse(403, "refused: the form's token is missing or wrong; reload the labelling page and try again")
-    agent = form.get("agent", [""])[0].strip() or DEFAULT_AGENT
+    agent = _agent(viewer, form.get("agent", [""])[0])
     pairs = _assignments(form)
     # A plain thread for the store writes, as the GET handlers run on FastAPI's pool: never block the event loop.
     result = pairs if isinstance(pairs, str) else await asyncio.to_thread(_label, sources, store, pairs, agent)
     result = " ".join(result.split())[:MAX_RESULT_CHARS]
     back = {"q": form.get("q", [""])[0][:MAX_QUERY_CHARS], "agent": agent[:MAX_AGENT_CHARS], "result": result}
-    back["sig"] = await asyncio.to_thread(_result_signature, sources, result)
+    back["sig"] = await asyncio.to_thread(_result_signature, sources, viewer, result)
     return RedirectResponse(f"{PATH}?{urlencode({k: v for k, v in back.items() if v})}", status_code=303)

@@ -2,13 +2,14 @@
 
     GET /dashboard                    the page (?q= an id to search; ?component=, ?level= filter the log list)
     GET /dashboard/reports/<path>     a file under <home>/reports (the full Evidently reports); anything else is 404
-    POST /dashboard/login             the admin token from the login form; sets the session cookie
+    POST /dashboard/login             a token from the login form; sets the session cookie
     GET, POST /dashboard/label        the labelling view (monitoring.dashboard.labelling)
 
-Access: the page shows emails' text (as redacted by the text policy) and the audit log, so when an admin token is
-configured (`admin_token_env` in serving.yaml) every dashboard path needs it: an `Authorization: Bearer <token>`
-header, or the login form, which sets an HttpOnly, SameSite=Strict cookie holding an HMAC of the token (never the
-token itself). Without a configured token (a laptop on loopback) the page is open, and says so.
+Access: the page shows emails' text (as redacted by the text policy) and the audit log, so every dashboard path
+needs a token of the agent or admin role (`serving.auth`): an `Authorization: Bearer <token>` header, or the login
+form, which sets an HttpOnly, SameSite=Strict cookie holding the holder's name and an HMAC keyed by the token's
+digest (never the token itself; revoking the token ends the session). A client token is refused (403). Only when
+serving.yaml switches authentication off is the page open, and it says so on every page.
 
 The router reads its `DashboardSources` from `app.state.dashboard`, which the including app sets. The page is
 rendered by Jinja2 with autoescaping on, so every text that came from an email (subjects, bodies, the log lines
@@ -20,10 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
+import html
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -31,6 +32,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from monitoring.dashboard.data import DashboardSources, gather, report_file
+from serving.auth import ANONYMOUS, Principal, Right
 from serving.store.eventlog import MonitorVerdict
 
 PAGE_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'"
@@ -38,31 +40,60 @@ REPORT_CSP = "sandbox allow-scripts allow-popups"
 COOKIE = "mailroute_dashboard"
 LOGIN_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>mailroute dashboard: sign in</title></head>
 <body><h1>mailroute dashboard</h1><p>{message}</p>
-<form method="post" action="/dashboard/login"><label>admin token <input type="password" name="token"
+<form method="post" action="/dashboard/login"><label>token <input type="password" name="token"
 autocomplete="current-password" autofocus></label> <button type="submit">sign in</button></form></body></html>"""
 router = APIRouter()
 
 
-def session_value(token: str) -> str:
-    """What the session cookie holds: an HMAC of the admin token, so the cookie never carries the token."""
-    return hmac.new(token.encode(), b"mailroute-dashboard-session", hashlib.sha256).hexdigest()
+def session_value(principal: Principal) -> str:
+    """What the session cookie holds: the holder, and an HMAC keyed by the token's digest (never the token)."""
+    mac = hmac.new(principal.key.encode(), b"mailroute-dashboard-session", hashlib.sha256).hexdigest()
+    return f"{principal.holder}:{mac}"
 
 
-def _authorized(request: Request, token: str) -> bool:
-    given = request.headers.get("authorization", "")
-    if given.startswith("Bearer ") and secrets.compare_digest(given.removeprefix("Bearer ").strip(), token):
-        return True
-    return secrets.compare_digest(request.cookies.get(COOKIE, ""), session_value(token))
+def caller(request: Request) -> Principal | None:
+    """Who is asking: by bearer token, else by session cookie; ANONYMOUS when authentication is off."""
+    tokens = _sources(request).tokens
+    if tokens is None or not tokens.enabled:
+        return ANONYMOUS
+    header = request.headers.get("authorization")
+    if header:
+        return tokens.authenticate(header)
+    holder, _, _ = request.cookies.get(COOKIE, "").partition(":")
+    principal = tokens.by_holder(holder) if holder else None
+    if principal is not None and hmac.compare_digest(request.cookies.get(COOKIE, ""), session_value(principal)):
+        return principal
+    return None
 
 
 class _SignIn(Exception):
-    """Raised by the access check; answered with the login form (401)."""
+    """Raised by the access check; answered with the login form (401), or a refusal (403) for a known caller."""
+
+    def __init__(self, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
 
 
-def _require_access(request: Request) -> None:
-    token = _sources(request).admin_token
-    if token and not _authorized(request, token):
-        raise _SignIn
+def _need(request: Request, right: Right) -> Principal:
+    principal = caller(request)
+    if principal is None:
+        raise _SignIn("The dashboard shows customers' emails: sign in with an agent's or an admin's token.")
+    if not principal.can(right):
+        raise _SignIn(f"'{principal.holder}' holds a {principal.role} token, which cannot open this page.", 403)
+    return principal
+
+
+def _require_access(request: Request) -> Principal:
+    return _need(request, "dashboard")
+
+
+def require_labelling(request: Request) -> Principal:
+    return _need(request, "label")
+
+
+Viewer = Annotated[Principal, Depends(_require_access)]
+Labeller = Annotated[Principal, Depends(require_labelling)]
 
 
 def install(app: FastAPI) -> None:
@@ -74,8 +105,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(_SignIn)
     async def _sign_in(request: Request, exc: _SignIn) -> HTMLResponse:
-        page = LOGIN_PAGE.format(message="The dashboard shows customers' emails: sign in with the admin token.")
-        return HTMLResponse(page, status_code=401, headers={"Content-Security-Policy": PAGE_CSP})
+        page = LOGIN_PAGE.format(message=html.escape(exc.message, quote=False))
+        return HTMLResponse(page, status_code=exc.status, headers={"Content-Security-Policy": PAGE_CSP})
 
 
 def _when(ts: str | None) -> str:
@@ -119,8 +150,8 @@ def environment() -> Environment:
     return env
 
 
-def render_page(sources: DashboardSources, **params: Any) -> str:
-    return environment().get_template("dashboard.html").render(page=gather(sources, **params))
+def render_page(sources: DashboardSources, viewer: Principal = ANONYMOUS, **params: Any) -> str:
+    return environment().get_template("dashboard.html").render(page=gather(sources, **params), viewer=viewer)
 
 
 def _sources(request: Request) -> DashboardSources:
@@ -132,24 +163,30 @@ def _sources(request: Request) -> DashboardSources:
 
 @router.post("/dashboard/login", include_in_schema=False)
 async def login(request: Request) -> Response:
-    token = _sources(request).admin_token
-    given = parse_qs((await request.body())[:4096].decode("utf-8", "replace")).get("token", [""])[0]
-    if token and not secrets.compare_digest(given, token):
-        page = LOGIN_PAGE.format(message="That is not the admin token.")
-        return HTMLResponse(page, status_code=401, headers={"Content-Security-Policy": PAGE_CSP})
+    tokens = _sources(request).tokens
     response = RedirectResponse("/dashboard", status_code=303)
-    if token:
-        response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict", path="/dashboard")
+    if tokens is None or not tokens.enabled:
+        return response
+    given = parse_qs((await request.body())[:4096].decode("utf-8", "replace")).get("token", [""])[0]
+    principal = tokens.by_token(given) if given else None
+    if principal is None or not principal.can("dashboard"):
+        page = LOGIN_PAGE.format(message="That token does not open the dashboard (agents' and admins' tokens do).")
+        return HTMLResponse(page, status_code=401, headers={"Content-Security-Policy": PAGE_CSP})
+    response.set_cookie(COOKIE, session_value(principal), httponly=True, samesite="strict", path="/dashboard")
     return response
 
 
 # Plain `def`: FastAPI runs these on its thread pool, so the store reads never block an event loop that routes mail.
-@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False, dependencies=[Depends(_require_access)])
+@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
 def dashboard(
-    request: Request, q: str | None = None, component: str | None = None, level: str | None = None
+    request: Request,
+    viewer: Viewer,
+    q: str | None = None,
+    component: str | None = None,
+    level: str | None = None,
 ) -> HTMLResponse:
-    html = render_page(_sources(request), query=q, component=component, level=level)
-    return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"})
+    page = render_page(_sources(request), viewer, query=q, component=component, level=level)
+    return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"})
 
 
 @router.get("/dashboard/reports/{path:path}", include_in_schema=False, dependencies=[Depends(_require_access)])

@@ -46,6 +46,10 @@ class DemoError(RuntimeError):
     """A stage of the demo failed; one line."""
 
 
+DEMO_CLIENT_ENV = "MAILROUTE_TOKEN_DEMO_GATEWAY"  # holder demo-gateway, the client role
+DEMO_AGENT_ENV = "MAILROUTE_TOKEN_DEMO_AGENT"  # holder demo-agent, the agent role
+
+
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -134,8 +138,14 @@ def run_demo(
 
     fast = clock.scaled(clock.now() - timedelta(hours=plan.planned_h), plan.speed)
     token = secrets.token_urlsafe(24)
-    # This process, the server and every command below share the clock and the admin token (until the demo ends).
-    with _environment({clock.ENV: fast.to_env(), "MAILROUTE_ADMIN_TOKEN": token, "MAILROUTE_CONFIG_DIR": str(configs)}):
+    # This process, the server and every command below share the clock and the tokens (until the demo ends): the
+    # admin's, the mail gateway's (holder demo-gateway, client role) and the agents' (demo-agent, agent role).
+    tokens = {
+        "MAILROUTE_ADMIN_TOKEN": token,
+        DEMO_CLIENT_ENV: f"client:{secrets.token_urlsafe(24)}",
+        DEMO_AGENT_ENV: f"agent:{secrets.token_urlsafe(24)}",
+    }
+    with _environment({clock.ENV: fast.to_env(), "MAILROUTE_CONFIG_DIR": str(configs), **tokens}):
         url = f"http://127.0.0.1:{port}"
         _stage(3, f"the Serve app (50/50 linear/transformer) on port {port}, on a clock {plan.speed:g} times faster "
                   "than the wall clock", began)  # fmt: skip
@@ -224,7 +234,11 @@ def _loop(home: Home, configs: Path, url: str, start: datetime, plan: DemoPlan, 
     data = home.root / "data"
     fresh, drifted = (pd.read_json(data / f"{n}.jsonl", lines=True) for n in ("fresh", "drifted"))
     drift_at = start + timedelta(hours=plan.drift_after_h)
-    traffic = Traffic(url, fresh, drifted, drift_at=drift_at, users=plan.users, senders=plan.senders)
+    traffic = Traffic(
+        url, fresh, drifted, drift_at=drift_at, users=plan.users, senders=plan.senders,
+        client_token=os.environ[DEMO_CLIENT_ENV].partition(":")[2],
+        agent_token=os.environ[DEMO_AGENT_ENV].partition(":")[2],
+    )  # fmt: skip
 
     def progress() -> None:
         s = traffic.stats

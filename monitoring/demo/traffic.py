@@ -52,8 +52,12 @@ class Traffic:
         senders: int = 4,
         feedback_delay_h: tuple[float, float] = (0.5, 3.0),
         seed: int = 7,
+        client_token: str | None = None,
+        agent_token: str | None = None,
     ) -> None:
         self.url = url
+        self.route_headers = {"Authorization": f"Bearer {client_token}"} if client_token else {}
+        self.agent_headers = {"Authorization": f"Bearer {agent_token}"} if agent_token else {}
         self.pools = {False: fresh.reset_index(drop=True), True: drifted.reset_index(drop=True)}
         self.drift_at = drift_at
         self.users = users
@@ -98,7 +102,7 @@ class Traffic:
         return email, str(row["queue"]), drifted
 
     def _send_loop(self, worker: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as http:
+        with httpx.Client(base_url=self.url, timeout=30, headers=self.route_headers) as http:
             while not self._stop.is_set():
                 email, truth, drifted = self._pick()
                 try:
@@ -118,7 +122,7 @@ class Traffic:
                     heapq.heappush(self._due, (due.timestamp(), self._seq, answer["request_id"], truth))
 
     def _agent_loop(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as http:
+        with httpx.Client(base_url=self.url, timeout=30, headers=self.agent_headers) as http:
             while not self._stop.is_set():
                 now = clock.now().timestamp()
                 with self._lock:
@@ -127,8 +131,7 @@ class Traffic:
                         ready.append(heapq.heappop(self._due))
                 for _, _, request_id, truth in ready:
                     handling = round(max(20.0, self.rng.gauss(95, 35)), 1)
-                    body = {"request_id": request_id, "true_queue": truth, "handling_seconds": handling,
-                            "agent_id": "demo-agent"}  # fmt: skip
+                    body = {"request_id": request_id, "true_queue": truth, "handling_seconds": handling}
                     ok = False
                     try:
                         ok = http.post("/v1/feedback", json=body).status_code == 200

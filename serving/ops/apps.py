@@ -86,9 +86,8 @@ def _runtime_env() -> dict[str, Any]:
 
 
 def router_app(
-    home: Home, queues: dict[str, Any], serving: ServingConfig, experiment: ExperimentConfig, policy: PolicyConfig,
-    secrets: dict[str, str],
-) -> dict[str, Any]:  # fmt: skip
+    home: Home, queues: dict[str, Any], serving: ServingConfig, experiment: ExperimentConfig, policy: PolicyConfig
+) -> dict[str, Any]:
     """The router application's deploy config."""
     return {
         "name": APP_NAME,
@@ -100,7 +99,6 @@ def router_app(
             "queues": queues,
             "serving": serving.model_dump(mode="json"),
             "config_dir": str(config_dir().absolute()),
-            "secrets": secrets,
         },
         "deployments": [
             {
@@ -143,8 +141,7 @@ def app_configs(
     serving: ServingConfig,
     experiment: ExperimentConfig,
     policy: PolicyConfig,
-    secrets: dict[str, str],
 ) -> list[dict[str, Any]]:
     """Every application of a start: the router and one per arm, from an experiment whose versions are pinned."""
     arms = [arm_app_config(home, queues, serving, arm, m, v) for arm, (m, v) in arm_specs(experiment).items()]
-    return [router_app(home, queues, serving, experiment, policy, secrets), *arms]
+    return [router_app(home, queues, serving, experiment, policy), *arms]

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 from experiments.config import ExperimentConfig
 from serving import clock
-from serving.config import Home, QueuesConfig, ServingConfig, config_dir
+from serving.auth import AUTH_OFF_WARNING, TokenStore, resolve_user_salt
+from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, config_dir
 from serving.ops import state
 from serving.ops.apps import APP_NAME, app_configs, pin_versions
 
 log = logging.getLogger(__name__)
+DIRECT_PORTS = 200  # replica ports per instance (replicas of every application, with restarts)
 BASE_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}
 
 
@@ -77,6 +79,10 @@ def _proxy_env(port: int, binary: str) -> dict[str, str]:
     state = f"/tmp/mrh-{port}"
     os.makedirs(state, exist_ok=True)
     stats, metrics, fallback_http, fallback_grpc = _free_ports(4, avoid=port)
+    # Each replica listens on a port of its own that HAProxy forwards to, from one range per machine by default
+    # (30000-31000): a second instance's replica that takes a port the first one's HAProxy still lists would get
+    # its traffic. Instances on different HTTP ports get disjoint ranges of DIRECT_PORTS ports.
+    block = DIRECT_PORTS * (port % 50)
     return {
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -92,6 +98,10 @@ def _proxy_env(port: int, binary: str) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(fallback_http),
         "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(30000 + block),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(30000 + block + DIRECT_PORTS),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(40000 + block),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(40000 + block + DIRECT_PORTS),
     }
 
 
@@ -137,6 +147,7 @@ def start(
     from monitoring.schedule import monitoring_config
 
     monitoring_config(config_dir())  # a malformed monitoring.yaml is a ConfigError before anything starts
+    check_access(serving, home)
     port = port or serving.port
     env = ray_env(serving, port)
     proxy = "haproxy" if "RAY_SERVE_ENABLE_HA_PROXY" in env else "default"
@@ -163,6 +174,20 @@ def start(
     url = f"http://{'127.0.0.1' if serving.host in ('0.0.0.0', '::') else serving.host}:{port}"
     log.info("mailroute serving at %s (%s proxy)", url, proxy)
     return Running(url=url, proxy=proxy, started_ray=started)
+
+
+def check_access(serving: ServingConfig, home: Home) -> None:
+    """Before anything starts: a secrets file that does not parse, or authentication on with no token at all (nobody
+    could call anything), is a ConfigError; authentication off is a loud warning, at every start."""
+    tokens = TokenStore(serving, home)
+    if not tokens.enabled:
+        log.warning("%s", AUTH_OFF_WARNING)
+    elif tokens.count == 0:
+        raise ConfigError(
+            f"no access token is configured: add one with `mailroute tokens add --holder NAME --role admin` (it "
+            f"writes {tokens.path}), or set {serving.admin_token_env}; or switch authentication off in serving.yaml "
+            "(auth: {enabled: false})"
+        )
 
 
 def _start_jobs(home: Home, serving: ServingConfig) -> None:
@@ -192,11 +217,8 @@ def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment:
     policy.check_queues(queues.names)
     if note:
         log.warning("%s", note)
-    state.user_salt(home)  # created here once, before replicas race for it
-    secrets = {
-        name: os.environ[name] for name in (serving.admin_token_env, serving.user_salt_env) if os.environ.get(name)
-    }
-    apps = app_configs(home, queues.model_dump(mode="json"), serving, experiment, policy, secrets)
+    resolve_user_salt(serving, home)  # <home>/user_salt made here once, before replicas race for it
+    apps = app_configs(home, queues.model_dump(mode="json"), serving, experiment, policy)
     client = _get_global_client()
     assert client is not None
     client.deploy_apps(ServeDeploySchema.model_validate({"applications": apps}), _blocking=True)

@@ -35,6 +35,10 @@ class EventLogError(ValueError):
     """Bad input to the event log or an unusable store; the message is one line meant for a person."""
 
 
+class StoreUnavailableError(EventLogError):
+    """The store cannot be reached or opened right now (a missing disk, a full one, a lost server): worth a retry."""
+
+
 class UnknownRequestError(EventLogError):
     """Feedback or a shadow result for a request_id that has no prediction in the log."""
 
@@ -91,6 +95,8 @@ class PredictionEvent:
     # The model's whole probability vector, queue -> probability (None when no model answered): what the threshold
     # what-if and the labelling queue's margin are computed from.
     proba: dict[str, float] | None = None
+    # The token holder that routed it: an email_id is an idempotency key within one client's emails only.
+    client: str | None = None
 
     def __post_init__(self) -> None:
         if not self.request_id:
@@ -229,6 +235,40 @@ class LogStats:
     feedback_accuracy: float | None  # share of feedback whose true_queue equals the routed queue
 
 
+@dataclass(frozen=True)
+class UserRecords:
+    """What the log holds about one user's emails (`user_records`): what `mailroute privacy export` writes."""
+
+    predictions: tuple[PredictionEvent, ...]  # oldest first, each with its shadow result
+    feedback: dict[str, FeedbackEvent]  # by request_id
+    labelled: tuple[LabelledEmail, ...]  # imported labels of the same emails (the same email_id)
+    logs: tuple[LogRecord, ...]  # component log lines about those emails, oldest first
+
+    @property
+    def request_ids(self) -> tuple[str, ...]:
+        return tuple(p.request_id for p in self.predictions)
+
+
+@dataclass(frozen=True)
+class UserDeletion:
+    """What `delete_user_records` removed, in one transaction."""
+
+    request_ids: tuple[str, ...]
+    predictions: int
+    feedback: int
+    shadow: int  # shadow results (they are stored with their prediction, so they went with it)
+    labelled: int
+    logs: int
+
+
+@dataclass(frozen=True)
+class TextBlanked:
+    """What `blank_text` emptied: rows whose subject and body were set to NULL (no row is deleted)."""
+
+    predictions: int
+    labelled: int
+
+
 PREDICTION_COLUMNS = [f.name for f in fields(PredictionEvent)]
 FEEDBACK_COLUMNS = ["feedback_ts", "true_queue", "handling_seconds", "agent_id", "feedback_source"]
 JOINED_COLUMNS = PREDICTION_COLUMNS + FEEDBACK_COLUMNS
@@ -244,7 +284,7 @@ class EventLog(Protocol):
     def record_shadow(self, request_id: str, shadow: dict[str, Any]) -> None:
         """Attach a shadow result to a stored prediction (first result wins); raises UnknownRequestError."""
 
-    def find_by_email_id(self, email_id: str) -> PredictionEvent | None:
+    def find_by_email_id(self, email_id: str, client: str | None = None) -> PredictionEvent | None:
         """The first prediction stored for a client's email_id, to answer a repeated email the same way."""
 
     def get_prediction(self, request_id: str) -> PredictionEvent | None: ...
@@ -308,6 +348,17 @@ class EventLog(Protocol):
     def prune_logs(self, before: str) -> int:
         """Delete component log records older than `before` (their retention); returns how many went."""
 
+    def user_records(self, user_keys: Sequence[str]) -> UserRecords:
+        """Every prediction stored under one of `user_keys` (a user's pseudonyms under each salt), with its feedback,
+        the imported labelled emails of the same email_ids, and the component log lines about those emails."""
+
+    def delete_user_records(self, user_keys: Sequence[str]) -> UserDeletion:
+        """Delete, all or nothing, what `user_records` finds. With retention, the log's only deletion."""
+
+    def blank_text(self, before: str) -> TextBlanked:
+        """Retention: set subject and body to NULL on predictions (and imported labelled emails) stored before
+        `before`; every other field stays, so counts and KPIs do not move. Idempotent."""
+
     def record_verdicts(self, verdicts: Sequence[MonitorVerdict]) -> None:
         """Append the verdict rows of a monitoring run."""
 
@@ -361,6 +412,22 @@ def about(record: LogRecord, request_id: str | None, email_id: str | None) -> bo
     return (request_id is not None and record.request_id == request_id) or (
         email_id is not None and record.email_id == email_id
     )
+
+
+def about_any(record: LogRecord, request_ids: set[str], email_ids: set[str]) -> bool:
+    """Whether a log line concerns one of these emails: it names one of the request_ids, or (a line written before
+    the email had a request_id) one of the email_ids."""
+    if record.request_id is not None:
+        return record.request_id in request_ids
+    return record.email_id is not None and record.email_id in email_ids
+
+
+def user_keys_given(user_keys: Sequence[str]) -> list[str]:
+    """The pseudonyms to look for, checked: at least one, none empty (an empty list must not mean 'everyone')."""
+    keys = list(dict.fromkeys(user_keys))
+    if not keys or not all(keys):
+        raise EventLogError("user records: give at least one user_key, and no empty one")
+    return keys
 
 
 def copy_shadow(shadow: dict[str, Any] | None) -> dict[str, Any] | None:

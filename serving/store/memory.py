@@ -22,14 +22,19 @@ from serving.store.eventlog import (
     LogStats,
     MonitorVerdict,
     PredictionEvent,
+    TextBlanked,
     UnknownRequestError,
+    UserDeletion,
+    UserRecords,
     about,
+    about_any,
     copy_shadow,
     level_number,
     margin_of,
     matches,
     to_frame,
     ts_bounds,
+    user_keys_given,
 )
 
 
@@ -50,8 +55,10 @@ class MemoryEventLog:
         ]
         with self._lock:
             for event in copies:
-                if event.email_id is not None and any(e.email_id == event.email_id for e in self._predictions.values()):
-                    continue  # like SQLite's unique email_id index: the first record stands
+                if event.email_id is not None and any(
+                    (e.client, e.email_id) == (event.client, event.email_id) for e in self._predictions.values()
+                ):
+                    continue  # like SQLite's unique (client, email_id) index: the first record stands
                 self._predictions.setdefault(event.request_id, event)
 
     def record_shadow(self, request_id: str, shadow: dict[str, Any]) -> None:
@@ -63,9 +70,9 @@ class MemoryEventLog:
             if event.shadow is None:
                 self._predictions[request_id] = replace(event, shadow=copy)
 
-    def find_by_email_id(self, email_id: str) -> PredictionEvent | None:
+    def find_by_email_id(self, email_id: str, client: str | None = None) -> PredictionEvent | None:
         with self._lock:
-            found = [e for e in self._predictions.values() if e.email_id == email_id]
+            found = [e for e in self._predictions.values() if e.email_id == email_id and client in (None, e.client)]
         return min(found, key=lambda e: e.ts) if found else None
 
     def get_prediction(self, request_id: str) -> PredictionEvent | None:
@@ -207,6 +214,45 @@ class MemoryEventLog:
             kept = [r for r in self._logs if r.ts >= cut]
             gone, self._logs = len(self._logs) - len(kept), kept
         return gone
+
+    def _mine(self, user_keys: Sequence[str]) -> tuple[list[PredictionEvent], set[str], set[str]]:
+        """The predictions of these pseudonyms (oldest first), their request_ids and email_ids; under the lock."""
+        keys = set(user_keys_given(user_keys))
+        found = sorted((p for p in self._predictions.values() if p.user_key in keys), key=lambda p: p.ts)
+        return found, {p.request_id for p in found}, {p.email_id for p in found if p.email_id is not None}
+
+    def user_records(self, user_keys: Sequence[str]) -> UserRecords:
+        with self._lock:
+            found, request_ids, email_ids = self._mine(user_keys)
+            feedback = {r: self._feedback[r] for r in request_ids if r in self._feedback}
+            labelled = sorted((r for r in self._labelled.values() if r.email_id in email_ids), key=lambda r: r.ts)
+            logs = sorted((r for r in self._logs if about_any(r, request_ids, email_ids)), key=lambda r: r.ts)
+        return UserRecords(tuple(found), feedback, tuple(labelled), tuple(logs))
+
+    def delete_user_records(self, user_keys: Sequence[str]) -> UserDeletion:
+        with self._lock:
+            found, request_ids, email_ids = self._mine(user_keys)
+            feedback = [r for r in request_ids if self._feedback.pop(r, None) is not None]
+            labelled = [k for k, r in self._labelled.items() if r.email_id in email_ids]
+            for key in labelled:
+                del self._labelled[key]
+            kept = [r for r in self._logs if not about_any(r, request_ids, email_ids)]
+            logs, self._logs = len(self._logs) - len(kept), kept
+            for request_id in request_ids:
+                del self._predictions[request_id]
+        shadow = sum(p.shadow is not None for p in found)
+        return UserDeletion(tuple(sorted(request_ids)), len(found), len(feedback), shadow, len(labelled), logs)
+
+    def blank_text(self, before: str) -> TextBlanked:
+        cut, _ = ts_bounds(before, None)
+        with self._lock:
+            old = [p for p in self._predictions.values() if p.ts < cut and (p.subject, p.body) != (None, None)]
+            for p in old:
+                self._predictions[p.request_id] = replace(p, subject=None, body=None)
+            imported = [r for r in self._labelled.values() if r.ts < cut and (r.subject, r.body) != (None, None)]
+            for r in imported:
+                self._labelled[r.key] = replace(r, subject=None, body=None)
+        return TextBlanked(len(old), len(imported))
 
     def record_verdicts(self, verdicts: Sequence[MonitorVerdict]) -> None:
         with self._lock:

@@ -31,16 +31,21 @@ from serving.store.eventlog import (
     LogStats,
     MonitorVerdict,
     PredictionEvent,
+    StoreUnavailableError,
+    TextBlanked,
     UnknownRequestError,
+    UserDeletion,
+    UserRecords,
     copy_shadow,
     level_number,
     margin_of,
     matches,
     to_frame,
     ts_bounds,
+    user_keys_given,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -49,11 +54,10 @@ CREATE TABLE IF NOT EXISTS predictions (
     model_name TEXT NOT NULL, model_version TEXT NOT NULL, queue TEXT NOT NULL, confidence REAL NOT NULL,
     fallback INTEGER NOT NULL, reason TEXT NOT NULL, latency_ms REAL NOT NULL, experiment TEXT,
     in_experiment INTEGER NOT NULL, secondary_queue TEXT, email_id TEXT, subject TEXT, body TEXT, shadow TEXT,
-    proba TEXT, margin REAL
+    proba TEXT, margin REAL, client TEXT
 );
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_arm ON predictions (arm);
-CREATE UNIQUE INDEX IF NOT EXISTS predictions_email_id ON predictions (email_id) WHERE email_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS feedback (
     request_id TEXT PRIMARY KEY REFERENCES predictions (request_id), ts TEXT NOT NULL,
     true_queue TEXT NOT NULL, handling_seconds REAL, agent_id TEXT, source TEXT NOT NULL DEFAULT 'agent'
@@ -85,8 +89,15 @@ CREATE TABLE IF NOT EXISTS labelled_emails (
     agent_id TEXT, origin TEXT
 );
 """
+# Version 4: the client (token holder) that routed each email; an email_id is unique within one client's emails.
+_SCHEMA_V4 = """
+CREATE UNIQUE INDEX IF NOT EXISTS predictions_client_email_id ON predictions (ifnull(client, ''), email_id)
+    WHERE email_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS predictions_email_id_any ON predictions (email_id) WHERE email_id IS NOT NULL;
+"""
 _MIGRATE_1_TO_2 = ("ALTER TABLE feedback ADD COLUMN source TEXT NOT NULL DEFAULT 'agent'",)
 _MIGRATE_2_TO_3 = ("ALTER TABLE predictions ADD COLUMN proba TEXT", "ALTER TABLE predictions ADD COLUMN margin REAL")
+_MIGRATE_3_TO_4 = ("ALTER TABLE predictions ADD COLUMN client TEXT", "DROP INDEX IF EXISTS predictions_email_id")
 _LABELLED_COLS = ", ".join(LABELLED_COLUMNS)
 _FEEDBACK_COLS = "request_id, ts, true_queue, handling_seconds, agent_id, source"
 _LOG_COLS = "ts, component, level, message, request_id, email_id"
@@ -172,7 +183,7 @@ class SQLiteEventLog:
         except sqlite3.DatabaseError as err:  # not a database file, no permission, a read-only disk
             if conn is not None:
                 conn.close()
-            raise EventLogError(f"cannot open event log {self.path}: {err}") from None
+            raise StoreUnavailableError(f"cannot open event log {self.path}: {err}") from None
         return conn
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
@@ -208,10 +219,13 @@ class SQLiteEventLog:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Also when COMMIT itself failed (a full disk): a connection left inside the transaction would fail
+            # every later write on this thread.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def _init_schema(self) -> None:
         with self._write() as conn:
@@ -228,9 +242,14 @@ class SQLiteEventLog:
                     f"{SCHEMA_VERSION} (upgrade mailroute)"
                 )
             # An upgrade in place, in the same transaction: nothing is lost.
-            for step in (*(_MIGRATE_1_TO_2 if version == 1 else ()), *(_MIGRATE_2_TO_3 if version in (1, 2) else ())):
+            steps = (
+                *(_MIGRATE_1_TO_2 if version == 1 else ()),
+                *(_MIGRATE_2_TO_3 if version in (1, 2) else ()),
+                *(_MIGRATE_3_TO_4 if version in (1, 2, 3) else ()),
+            )
+            for step in steps:
                 conn.execute(step)
-            for statement in (_SCHEMA + _SCHEMA_V2 + _SCHEMA_V3).split(";"):
+            for statement in (_SCHEMA + _SCHEMA_V2 + _SCHEMA_V3 + _SCHEMA_V4).split(";"):
                 if statement.strip():
                     conn.execute(statement)
             if version is None:
@@ -253,9 +272,15 @@ class SQLiteEventLog:
                 (text, request_id),
             )
 
-    def find_by_email_id(self, email_id: str) -> PredictionEvent | None:
-        sql = f"SELECT {_P_COLS} FROM predictions WHERE email_id = ? ORDER BY ts, rowid LIMIT 1"
-        return _prediction(self._conn().execute(sql, (email_id,)).fetchone())
+    def find_by_email_id(self, email_id: str, client: str | None = None) -> PredictionEvent | None:
+        if client is None:  # any client's (a search)
+            sql = f"SELECT {_P_COLS} FROM predictions WHERE email_id = ? ORDER BY ts, rowid LIMIT 1"
+            return _prediction(self._conn().execute(sql, (email_id,)).fetchone())
+        sql = (
+            f"SELECT {_P_COLS} FROM predictions WHERE ifnull(client, '') = ? AND email_id = ? "
+            "ORDER BY ts, rowid LIMIT 1"
+        )
+        return _prediction(self._conn().execute(sql, (client, email_id)).fetchone())
 
     def get_prediction(self, request_id: str) -> PredictionEvent | None:
         sql = f"SELECT {_P_COLS} FROM predictions WHERE request_id = ?"
@@ -416,6 +441,66 @@ class SQLiteEventLog:
         cut, _ = ts_bounds(before, None)
         with self._write() as conn:
             return int(conn.execute("DELETE FROM logs WHERE ts < ?", (cut,)).rowcount)
+
+    # ---- privacy: a user's records (export, deletion) and text retention ----
+    def user_records(self, user_keys: Sequence[str]) -> UserRecords:
+        keys = user_keys_given(user_keys)
+        whose = f"user_key IN ({', '.join('?' * len(keys))})"
+        mine = f"SELECT request_id FROM predictions WHERE {whose}"
+        ids = f"SELECT email_id FROM predictions WHERE {whose} AND email_id IS NOT NULL"
+        conn = self._conn()
+        conn.execute("BEGIN")  # one snapshot while replicas keep writing
+        try:
+            rows = conn.execute(f"SELECT {_P_COLS} FROM predictions WHERE {whose} ORDER BY ts, rowid", keys)
+            predictions = tuple(PredictionEvent(**_prediction_dict(row)) for row in rows)
+            rows = conn.execute(f"SELECT {_FEEDBACK_COLS} FROM feedback WHERE request_id IN ({mine})", keys)
+            feedback = {row["request_id"]: FeedbackEvent(**dict(row)) for row in rows}
+            sql = f"SELECT {_LABELLED_COLS} FROM labelled_emails WHERE email_id IN ({ids}) ORDER BY ts, rowid"
+            labelled = tuple(LabelledEmail(**dict(row)) for row in conn.execute(sql, keys))
+            rows = conn.execute(
+                f"SELECT {_LOG_COLS} FROM logs WHERE request_id IN ({mine}) "
+                f"OR (request_id IS NULL AND email_id IN ({ids})) ORDER BY ts, id",
+                (*keys, *keys),
+            )
+            logs = tuple(LogRecord(**dict(row)) for row in rows)
+        finally:
+            conn.execute("COMMIT")
+        return UserRecords(predictions, feedback, labelled, logs)
+
+    def delete_user_records(self, user_keys: Sequence[str]) -> UserDeletion:
+        keys = user_keys_given(user_keys)
+        with self._write() as conn:
+            # The user's emails, found once (a scan of predictions: there is no index on user_key, and deletions are
+            # rare); every delete below goes by key or by an index.
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS privacy_gone (request_id TEXT PRIMARY KEY, email_id TEXT)")
+            conn.execute("DELETE FROM temp.privacy_gone")
+            conn.execute(
+                "INSERT INTO temp.privacy_gone SELECT request_id, email_id FROM predictions "
+                f"WHERE user_key IN ({', '.join('?' * len(keys))})",
+                keys,
+            )
+            gone = "SELECT request_id FROM temp.privacy_gone"
+            gone_ids = "SELECT email_id FROM temp.privacy_gone WHERE email_id IS NOT NULL"
+            request_ids = tuple(row[0] for row in conn.execute(f"{gone} ORDER BY request_id"))
+            shadow = conn.execute(
+                f"SELECT COUNT(*) FROM predictions WHERE shadow IS NOT NULL AND request_id IN ({gone})"
+            ).fetchone()[0]
+            feedback = conn.execute(f"DELETE FROM feedback WHERE request_id IN ({gone})").rowcount
+            labelled = conn.execute(f"DELETE FROM labelled_emails WHERE email_id IN ({gone_ids})").rowcount
+            logs = conn.execute(
+                f"DELETE FROM logs WHERE request_id IN ({gone}) OR (request_id IS NULL AND email_id IN ({gone_ids}))"
+            ).rowcount
+            predictions = conn.execute(f"DELETE FROM predictions WHERE request_id IN ({gone})").rowcount
+            conn.execute("DELETE FROM temp.privacy_gone")
+        return UserDeletion(request_ids, int(predictions), int(feedback), int(shadow), int(labelled), int(logs))
+
+    def blank_text(self, before: str) -> TextBlanked:
+        cut, _ = ts_bounds(before, None)
+        text = "ts < ? AND (subject IS NOT NULL OR body IS NOT NULL)"  # what is blank already is not counted again
+        with self._write() as conn:
+            predictions = conn.execute(f"UPDATE predictions SET subject = NULL, body = NULL WHERE {text}", (cut,))
+            labelled = conn.execute(f"UPDATE labelled_emails SET subject = NULL, body = NULL WHERE {text}", (cut,))
+            return TextBlanked(int(predictions.rowcount), int(labelled.rowcount))
 
     def record_verdicts(self, verdicts: Sequence[MonitorVerdict]) -> None:
         rows = [

@@ -8,10 +8,16 @@ transaction.
 What a crash can lose: the events still in the buffer, that is about one flush interval of traffic (more if
 the store was failing and batches were waiting for a retry, at most `max_pending` events). `close()`, the
 normal stop, drains everything first; an `atexit` hook calls it when the interpreter exits normally, and the
-replica should call it from its shutdown hook. A failed write is retried with backoff; the store ignores
-request_ids it already holds, so retrying a batch that did commit double counts nothing. Events that still
-cannot be written, or that arrive while `max_pending` events wait, are dropped, logged and counted in
-`stats().dropped` rather than blocking requests or growing memory without bound.
+replica should call it from its shutdown hook.
+
+A write that fails for a reason that can pass (a locked or full disk, an unopenable file, a lost connection) is
+retried with backoff (tenacity), for as long as it takes: the batch stays in memory, `stats().failing` says so, and
+new events wait behind it up to `max_pending`. Beyond that `submit` refuses (returns False) and the router answers
+503 instead of routing an email it cannot record. The store ignores request_ids it already holds, so retrying a
+batch that did commit double counts nothing. Only a write that can never succeed (a shadow result whose prediction
+is not in the log, an event the store rejects) is dropped: logged and counted in `stats().dropped`, which
+`/metrics` exports. At `close()` a store that is still failing gets `close_retry_s` more, then what is left is
+dropped and counted.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from serving.store.eventlog import EventLog, EventLogError, PredictionEvent, copy_shadow
+from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
+
+from serving.store.eventlog import EventLog, EventLogError, PredictionEvent, StoreUnavailableError, copy_shadow
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +45,7 @@ class WriterStats:
     written: int
     dropped: int
     pending: int
+    failing: bool = False  # the last write failed and is being retried
 
 
 @dataclass(frozen=True)
@@ -63,21 +72,25 @@ class BufferedWriter:
         flush_interval_ms: int = 100,
         max_batch: int = 500,
         max_pending: int = 100_000,
-        retries: int = 3,
         retry_backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+        close_retry_s: float = 10.0,
     ) -> None:
-        if flush_interval_ms <= 0 or max_batch <= 0 or max_pending <= 0 or retries < 0:
+        if flush_interval_ms <= 0 or max_batch <= 0 or max_pending <= 0:
             raise EventLogError("BufferedWriter: interval, batch size and buffer size must be positive")
         self._log = log
         self._interval_s = flush_interval_ms / 1000
         self._max_batch = max_batch
         self._max_pending = max_pending
-        self._retries = retries
         self._backoff_s = retry_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._close_retry_s = close_retry_s
+        self._give_up_at = float("inf")  # set by close(): how long a failing store still gets
+        self._failing = False
         # Unbounded so that flush/close markers never block; `max_pending` bounds the events instead.
         self._queue: queue.Queue[PredictionEvent | _Shadow | _Marker] = queue.Queue()
         self._lock = threading.Lock()
-        self._by_email_id: dict[str, PredictionEvent] = {}  # submitted, not yet written
+        self._by_email_id: dict[tuple[str | None, str], PredictionEvent] = {}  # submitted, not yet written
         self._submitted = self._written = self._dropped = self._pending = 0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
@@ -90,7 +103,7 @@ class BufferedWriter:
             if not self._accept():
                 return False
             if event.email_id is not None:
-                self._by_email_id.setdefault(event.email_id, event)
+                self._by_email_id.setdefault((event.client, event.email_id), event)
             self._queue.put(event)
         return True
 
@@ -115,11 +128,15 @@ class BufferedWriter:
         self._pending += 1
         return True
 
-    def find_by_email_id(self, email_id: str) -> PredictionEvent | None:
-        """Like `EventLog.find_by_email_id`, but also sees events still waiting in the buffer."""
+    def waiting(self, email_id: str, client: str | None = None) -> PredictionEvent | None:
+        """The first event submitted for this client's `email_id` that is not written yet."""
         with self._lock:
-            waiting = self._by_email_id.get(email_id)
-        stored = self._log.find_by_email_id(email_id)
+            return self._by_email_id.get((client, email_id))
+
+    def find_by_email_id(self, email_id: str, client: str | None = None) -> PredictionEvent | None:
+        """Like `EventLog.find_by_email_id`, but also sees events still waiting in the buffer."""
+        waiting = self.waiting(email_id, client)
+        stored = self._log.find_by_email_id(email_id, client)
         found = [e for e in (stored, waiting) if e is not None]
         return min(found, key=lambda e: e.ts) if found else None
 
@@ -137,6 +154,7 @@ class BufferedWriter:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                self._give_up_at = time.monotonic() + self._close_retry_s
                 self._queue.put(_Marker(threading.Event(), stop=True))
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -146,7 +164,7 @@ class BufferedWriter:
 
     def stats(self) -> WriterStats:
         with self._lock:
-            return WriterStats(self._submitted, self._written, self._dropped, self._pending)
+            return WriterStats(self._submitted, self._written, self._dropped, self._pending, self._failing)
 
     def __enter__(self) -> BufferedWriter:
         return self
@@ -178,29 +196,40 @@ class BufferedWriter:
         with self._lock:
             self._pending -= sum(not isinstance(item, _Marker) for item in batch)
             for event in events:
-                if event.email_id is not None and self._by_email_id.get(event.email_id) is event:
-                    del self._by_email_id[event.email_id]
+                if event.email_id is not None and self._by_email_id.get((event.client, event.email_id)) is event:
+                    del self._by_email_id[(event.client, event.email_id)]
         markers = [item for item in batch if isinstance(item, _Marker)]
         for marker in markers:
             marker.done.set()
         return any(marker.stop for marker in markers)
 
     def _attempt(self, write: Callable[[], None], count: int) -> None:
-        for attempt in range(self._retries + 1):
-            try:
-                write()
-            except EventLogError as err:  # bad input or a closed store: a retry cannot help
-                logger.error("event log: dropping %s event(s): %s", count, err)
-                break
-            except Exception as err:  # the thread must outlive any store failure (disk full, locked too long)
-                if attempt == self._retries:
-                    logger.error("event log: dropping %s event(s) after %s tries: %s", count, attempt + 1, err)
-                    break
-                logger.warning("event log write failed (%s), retrying", err)
-                time.sleep(self._backoff_s * 2**attempt)
-            else:
-                with self._lock:
-                    self._written += count
-                return
-        with self._lock:
-            self._dropped += count
+        retrying = Retrying(
+            retry=retry_if_exception(_passing),
+            wait=wait_exponential(multiplier=self._backoff_s, max=self._max_backoff_s),
+            stop=lambda _: time.monotonic() > self._give_up_at,  # never, until close() gives a deadline
+            before_sleep=self._failed,
+            reraise=True,
+        )
+        try:
+            retrying(write)
+        except Exception as err:
+            why = "the store stayed unavailable past close()" if _passing(err) else "the store refused it"
+            logger.error("event log: dropping %s event(s), %s: %s", count, why, err)
+            with self._lock:
+                self._dropped += count
+        else:
+            with self._lock:
+                self._written += count
+        self._failing = False
+
+    def _failed(self, state: RetryCallState) -> None:
+        err = state.outcome.exception() if state.outcome is not None else None
+        if not self._failing or state.attempt_number % 10 == 0:
+            logger.warning("event log write failed (%s), retrying (try %d)", err, state.attempt_number)
+        self._failing = True
+
+
+def _passing(err: BaseException) -> bool:
+    """Whether a failed write may succeed later: anything but the store refusing the data itself."""
+    return isinstance(err, StoreUnavailableError) or not isinstance(err, EventLogError)

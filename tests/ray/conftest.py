@@ -39,7 +39,9 @@ def ray_cluster(serve_port: int) -> Iterator[None]:
         yield
         return
     os.environ.update(ray_env(ServingConfig(), serve_port))
-    os.environ["MAILROUTE_ADMIN_TOKEN"] = "test-admin-token"  # the Serve tests' token, read by router replicas
+    # The Serve tests' admin token (tests/ray/serve_app.py), read by the router replicas: Ray's worker processes
+    # inherit this environment.
+    os.environ["MAILROUTE_ADMIN_TOKEN"] = "test-admin-token-0123456789"
     ray.init(
         num_cpus=4,
         object_store_memory=256 * 2**20,

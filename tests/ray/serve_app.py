@@ -23,7 +23,26 @@ from training.transformer_config import TransformerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 QUEUES = load_queues(REPO / "configs" / "queues.yaml")
-TOKEN = "test-admin-token"  # set by the session's Ray fixture (tests/ray/conftest.py)
+TOKEN = "test-admin-token-0123456789"  # set by the session's Ray fixture (tests/ray/conftest.py): holder "admin"
+CLIENT_TOKEN = "test-gateway-token-0123456789"  # holder "gateway", role client (the home's secrets file)
+AGENT_TOKEN = "test-agent-ana-token-0123456789"  # holder "ana", role agent
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+AS_CLIENT = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
+AS_AGENT = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+
+
+def write_secrets(home: Home) -> None:
+    """The home's secrets file: a mail gateway (client) and an agent; the admin token comes from the environment."""
+    import hashlib
+
+    import yaml
+
+    def spec(role: str, token: str) -> dict[str, str]:
+        return {"role": role, "sha256": hashlib.sha256(token.encode()).hexdigest()}
+
+    home.root.mkdir(parents=True, exist_ok=True)
+    tokens = {"gateway": spec("client", CLIENT_TOKEN), "ana": spec("agent", AGENT_TOKEN)}
+    (home.root / "secrets.yaml").write_text(yaml.safe_dump({"tokens": tokens}))
 
 
 def register_models(home: Home) -> None:
@@ -88,10 +107,12 @@ def two_arm_experiment(**overrides: Any) -> ExperimentConfig:
 def running_app(
     home: Home, port: int, serving: ServingConfig, experiment: ExperimentConfig
 ) -> Iterator[dict[str, Any]]:
-    """Deploy the app on the session's Ray, yield its URL, home and an HTTP client; shut Serve down after."""
+    """Deploy the app on the session's Ray, yield its URL, home and an HTTP client (with the admin token, which may
+    do everything); shut Serve down after."""
     assert os.environ["MAILROUTE_ADMIN_TOKEN"] == TOKEN
+    write_secrets(home)
     running = launch.start(home, QUEUES, serving, experiment, port=port)
-    client = httpx.Client(base_url=running.url, timeout=30)
+    client = httpx.Client(base_url=running.url, timeout=30, headers=ADMIN)
     try:
         yield {"url": running.url, "home": home, "client": client, "proxy": running.proxy, "serving": serving,
                "experiment": experiment}  # fmt: skip

@@ -139,7 +139,7 @@ def test_dashboard_in_chromium(app: dict[str, Any], browser: Any) -> None:
     browser.get(f"{app['url']}/dashboard")
     token_box = WebDriverWait(browser, 20).until(expected_conditions.presence_of_element_located((By.NAME, "token")))
     page = browser.page_source
-    assert "sign in with the admin token" in page and "Invoice" not in page, page[:300]
+    assert "sign in with an agent's or an admin's token" in page and "Invoice" not in page, page[:300]
     token_box.send_keys(TOKEN)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
     WebDriverWait(browser, 20).until(expected_conditions.presence_of_element_located((By.ID, "arms")))

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from serve_app import (
+    AS_CLIENT,
     REPO,
     TOKEN,
     register_models,
@@ -200,7 +201,7 @@ def test_rollback_under_concurrent_traffic_loses_nothing(app: dict[str, Any]) ->
     lock = threading.Lock()
 
     def traffic(worker: int) -> None:
-        with httpx.Client(base_url=app["url"], timeout=30) as client:
+        with httpx.Client(base_url=app["url"], timeout=30, headers=AS_CLIENT) as client:
             i = 0
             while not stop.is_set():
                 body = {"user_id": f"load-{worker}-{i % 50}", "subject": "Refund", "body": "charged twice",

@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from serve_app import (
+    AS_AGENT,
+    AS_CLIENT,
     QUEUES,
     TOKEN,
     register_models,
@@ -92,11 +94,11 @@ def test_route_is_logged_and_feedback_joins(app: dict[str, Any]) -> None:
     again = _route(app, "alice", email_id="mail-alice-1").json()
     assert again["request_id"] == answer["request_id"]
     fb = app["client"].post("/v1/feedback", json={"request_id": answer["request_id"], "true_queue": "billing",
-                                                    "handling_seconds": 40, "agent_id": "a1"})  # fmt: skip
+                                                    "handling_seconds": 40}, headers=AS_AGENT)  # fmt: skip
     assert fb.status_code == 200 and fb.json()["created"]
     joined = _events(app).joined_frame()
     row = joined[joined["request_id"] == answer["request_id"]]
-    assert len(row) == 1 and row.iloc[0]["true_queue"] == "billing"
+    assert len(row) == 1 and row.iloc[0]["true_queue"] == "billing" and row.iloc[0]["agent_id"] == "ana"
     assert "alice" not in str(row.iloc[0]["user_key"])
 
 
@@ -140,7 +142,7 @@ def test_each_routed_email_has_one_structured_log_record(app: dict[str, Any]) ->
 
 
 def test_forced_arm_needs_the_token(app: dict[str, Any]) -> None:
-    assert _route(app, "qa", force_arm="transformer").status_code == 403
+    assert _route(app, "qa", force_arm="transformer", headers=AS_CLIENT).status_code == 403
     ok = _route(app, "qa", force_arm="transformer", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok.status_code == 200 and ok.json()["arm"] == "transformer"
     bad = _route(app, "qa", force_arm="nope", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -170,7 +172,7 @@ def test_weight_change_under_traffic_fails_no_request(app: dict[str, Any]) -> No
     statuses: list[int] = []
 
     def traffic() -> None:
-        with httpx.Client(base_url=app["url"], timeout=30) as client:
+        with httpx.Client(base_url=app["url"], timeout=30, headers=AS_CLIENT) as client:
             i = 0
             while not stop.is_set() and i < 2000:
                 body = {"user_id": users[i % len(users)], "subject": "hi", "body": "my parcel is late"}
@@ -182,8 +184,9 @@ def test_weight_change_under_traffic_fails_no_request(app: dict[str, Any]) -> No
         t.start()
     try:
         change = {"arms": {"linear": 0.8, "transformer": 0.2}}
-        denied = app["client"].put("/v1/experiments/t-exp", json=change)
-        assert denied.status_code == 401
+        assert httpx.put(f"{app['url']}/v1/experiments/t-exp", json=change, timeout=30).status_code == 401
+        denied = app["client"].put("/v1/experiments/t-exp", json=change, headers=AS_CLIENT)  # a client's token
+        assert denied.status_code == 403
         response = app["client"].put("/v1/experiments/t-exp", json=change, headers={"Authorization": f"Bearer {TOKEN}"})
         assert response.status_code == 200, response.text
         assert response.json()["moved_share"] == pytest.approx(0.3)

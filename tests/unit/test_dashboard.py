@@ -47,14 +47,24 @@ def prediction(request_id: str, at: float, **fields: Any) -> PredictionEvent:
     return PredictionEvent(**values)
 
 
+AGENT_TOKEN = "agent-ana-token-0123456789"
+CLIENT_TOKEN = "gateway-token-0123456789"
+ADMIN_TOKEN = "admin-token-0123456789"
+
+
 @pytest.fixture(autouse=True)
-def _no_admin_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An open dashboard unless a test sets a token (the Ray tests' session sets one in this process)."""
-    monkeypatch.delenv("MAILROUTE_ADMIN_TOKEN", raising=False)
+def _tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent (ana), a client system (gateway) and an admin, from the environment (the Ray tests' session sets
+    another admin token in this process)."""
+    monkeypatch.setenv("MAILROUTE_ADMIN_TOKEN", ADMIN_TOKEN)
+    monkeypatch.setenv("MAILROUTE_TOKEN_ANA", f"agent:{AGENT_TOKEN}")
+    monkeypatch.setenv("MAILROUTE_TOKEN_GATEWAY", f"client:{CLIENT_TOKEN}")
 
 
-def client(home: Home) -> TestClient:
-    return TestClient(standalone_app(DashboardSources.from_files(home, CONFIGS)))
+def client(home: Home, token: str | None = AGENT_TOKEN) -> TestClient:
+    """The standalone dashboard, as an agent (by default) would call it."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return TestClient(standalone_app(DashboardSources.from_files(home, CONFIGS)), headers=headers)
 
 
 @pytest.fixture
@@ -273,7 +283,8 @@ def test_mailroute_dashboard_serves_the_page_from_the_files(filled: Home) -> Non
         deadline = time.monotonic() + 60
         while True:
             try:
-                page = httpx.get(f"http://127.0.0.1:{port}/dashboard", params={"q": "mail-fb"}, timeout=5)
+                auth = {"Authorization": f"Bearer {AGENT_TOKEN}"}  # the server's environment is this process's
+                page = httpx.get(f"http://127.0.0.1:{port}/dashboard", params={"q": "mail-fb"}, timeout=5, headers=auth)
                 break
             except httpx.TransportError:
                 assert server.poll() is None and time.monotonic() < deadline, server.stdout and server.stdout.read()
@@ -284,24 +295,59 @@ def test_mailroute_dashboard_serves_the_page_from_the_files(filled: Home) -> Non
         server.wait(10)
 
 
-def test_with_an_admin_token_every_dashboard_path_needs_it(filled: Home, monkeypatch: pytest.MonkeyPatch) -> None:
-    from monitoring.dashboard.routes import COOKIE, session_value
+def test_every_dashboard_path_needs_an_agents_or_an_admins_token(filled: Home) -> None:
+    from monitoring.dashboard.routes import COOKIE
 
-    monkeypatch.setenv("MAILROUTE_ADMIN_TOKEN", "s3cret")
-    web = client(filled)
-    for path in ("/dashboard", "/dashboard?q=req-1", "/dashboard/reports/x.html"):
+    web = client(filled, token=None)
+    for path in ("/dashboard", "/dashboard?q=req-ok", "/dashboard/reports/x.html", "/dashboard/label"):
         answer = web.get(path)
-        assert answer.status_code == 401 and "sign in with the admin token" in answer.text
-        assert "Invoice" not in answer.text  # nothing from an email before signing in
+        assert answer.status_code == 401 and "sign in with an agent's or an admin's token" in answer.text
+        assert "Invoice" not in answer.text and "req-ok" not in answer.text  # nothing from an email before signing in
+        wrong = web.get(path, headers={"Authorization": "Bearer guess-guess-guess-guess"})
+        assert wrong.status_code == 401 and "Invoice" not in wrong.text
+        refused = web.get(path, headers={"Authorization": f"Bearer {CLIENT_TOKEN}"})  # a mail gateway's token
+        assert refused.status_code == 403 and "client token" in refused.text and "Invoice" not in refused.text
     assert web.post("/dashboard/login", data={"token": "guess"}).status_code == 401
-    signed = web.post("/dashboard/login", data={"token": "s3cret"}, follow_redirects=False)
-    assert signed.status_code == 303 and signed.cookies.get(COOKIE) == session_value("s3cret") != "s3cret"
+    assert web.post("/dashboard/login", data={"token": CLIENT_TOKEN}).status_code == 401
+    signed = web.post("/dashboard/login", data={"token": AGENT_TOKEN}, follow_redirects=False)
+    cookie = signed.cookies.get(COOKIE) or ""
+    assert signed.status_code == 303 and cookie.startswith("ana:") and AGENT_TOKEN not in cookie
     assert (
         "httponly" in signed.headers["set-cookie"].lower() and "samesite=strict" in signed.headers["set-cookie"].lower()
     )
-    assert web.get("/dashboard").status_code == 200  # the cookie from the login
-    bearer = client(filled).get("/dashboard", headers={"Authorization": "Bearer s3cret"})
-    assert bearer.status_code == 200 and 'id="arms"' in bearer.text
+    page = web.get("/dashboard")  # the cookie from the login
+    assert page.status_code == 200 and "signed in as ana (agent)" in page.text
+    forged = client(filled, token=None)  # ana's session under another holder's name opens nothing
+    forged.cookies.set(COOKIE, "admin:" + cookie.partition(":")[2])
+    assert forged.get("/dashboard").status_code == 401
+    genuine = client(filled, token=None)
+    genuine.cookies.set(COOKIE, cookie)
+    assert genuine.get("/dashboard").status_code == 200
+    bearer = client(filled, token=ADMIN_TOKEN).get("/dashboard")
+    assert bearer.status_code == 200 and 'id="arms"' in bearer.text and "signed in as admin (admin)" in bearer.text
+
+
+def test_a_revoked_token_ends_its_session(filled: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    from serving.auth import add_token, revoke_token
+
+    secrets_file = filled.root / "secrets.yaml"
+    token = add_token(secrets_file, "bo", "agent")
+    web = client(filled, token=None)
+    assert web.post("/dashboard/login", data={"token": token}, follow_redirects=False).status_code == 303
+    assert web.get("/dashboard").status_code == 200
+    assert revoke_token(secrets_file, "bo")
+    monkeypatch.setattr("serving.auth.RECHECK_S", 0.0)  # the server looks at the file at most once a second
+    assert web.get("/dashboard").status_code == 401
+
+
+def test_with_authentication_off_the_page_is_open_and_says_so(filled: Home, tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for name in ("queues.yaml", "experiments.yaml", "monitoring.yaml"):
+        (configs / name).write_text((CONFIGS / name).read_text())
+    (configs / "serving.yaml").write_text((CONFIGS / "serving.yaml").read_text() + "auth: {enabled: false}\n")
+    page = TestClient(standalone_app(DashboardSources.from_files(filled, configs))).get("/dashboard")
+    assert page.status_code == 200 and "authentication is off" in page.text
 
 
 def test_a_password_in_the_store_url_is_never_shown(home: Home) -> None:

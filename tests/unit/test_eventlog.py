@@ -129,6 +129,20 @@ def test_one_record_per_email_id(log: EventLog) -> None:
     assert log.find_by_email_id("unknown") is None
 
 
+def test_an_email_id_is_one_clients_key(log: EventLog) -> None:
+    # Two clients may use the same email_id (their own numbering): each keeps its own record and answer, and one
+    # client's key never reaches the other's record.
+    log.record_predictions([event("r-a", email_id="m1", client="gateway-a", queue="sales")])
+    log.record_predictions(
+        [event("r-b", email_id="m1", client="gateway-b"), event("r-a2", email_id="m1", client="gateway-a")]
+    )
+    found_a, found_b = log.find_by_email_id("m1", "gateway-a"), log.find_by_email_id("m1", "gateway-b")
+    assert found_a is not None and found_a.request_id == "r-a" and found_a.client == "gateway-a"
+    assert found_b is not None and found_b.request_id == "r-b"
+    assert log.find_by_email_id("m1", "gateway-c") is None and log.get_prediction("r-a2") is None
+    assert log.find_by_email_id("m1") is not None  # a search without a client finds either
+
+
 def test_feedback_is_idempotent(log: EventLog) -> None:
     log.record_predictions([event("r1")])
     first = log.record_feedback(feedback("r1", "billing", handling_seconds=42.0, agent_id="a7"))
@@ -286,7 +300,7 @@ def test_sqlite_persists_and_uses_wal(tmp_path: Path) -> None:
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indices = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"predictions_ts", "predictions_email_id", "predictions_arm"} <= indices
+    assert {"predictions_ts", "predictions_client_email_id", "predictions_arm"} <= indices
 
 
 def test_sqlite_refuses_another_schema_version(tmp_path: Path) -> None:
@@ -455,7 +469,7 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     assert [r.message for r in store.logs()] == ["after the upgrade"]
     store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 3
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 4
     SQLiteEventLog(path).close()  # opening an upgraded file again changes nothing
 
 
@@ -466,6 +480,8 @@ def test_a_version_2_file_gains_probabilities_and_labelled_emails(tmp_path: Path
     SQLiteEventLog(path).close()
     with sqlite3.connect(path) as raw:  # turn it back into the version-2 layout, as the last release wrote it
         raw.execute("UPDATE schema_version SET version = 2")
+        raw.execute("DROP INDEX predictions_client_email_id")
+        raw.execute("ALTER TABLE predictions DROP COLUMN client")
         raw.execute("ALTER TABLE predictions DROP COLUMN margin")
         raw.execute("ALTER TABLE predictions DROP COLUMN proba")
         raw.execute("DROP TABLE labelled_emails")
@@ -477,7 +493,7 @@ def test_a_version_2_file_gains_probabilities_and_labelled_emails(tmp_path: Path
     assert store.record_labelled([LabelledEmail("k1", ts(0), "billing", "s", "b")]) == 1
     store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 3
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 4
 
 
 def _routed(request_id: str, at: float, top: float, **fields: Any) -> PredictionEvent:
@@ -538,3 +554,54 @@ def test_labelled_emails_are_stored_once_per_key(log: EventLog) -> None:
 def test_a_probability_outside_0_and_1_is_refused() -> None:
     with pytest.raises(EventLogError, match="probability"):
         event("r1", proba={"billing": 1.5})
+
+
+def test_a_version_3_file_gains_the_client_and_a_per_client_email_id(tmp_path: Path) -> None:
+    path = tmp_path / "ev.db"
+    SQLiteEventLog(path).close()
+    with sqlite3.connect(path) as raw:  # the version-3 layout: no client, email_id unique across all clients
+        raw.execute("UPDATE schema_version SET version = 3")
+        raw.execute("DROP INDEX predictions_client_email_id")
+        raw.execute("ALTER TABLE predictions DROP COLUMN client")
+        raw.execute("CREATE UNIQUE INDEX predictions_email_id ON predictions (email_id) WHERE email_id IS NOT NULL")
+        raw.execute(
+            "INSERT INTO predictions (request_id, ts, user_key, arm, model_name, model_version, queue, confidence, "
+            "fallback, reason, latency_ms, in_experiment, email_id) VALUES ('old1', '2026-01-05T09:00:00.000000+00:00',"
+            " 'u', 'linear', 'linear', '3', 'billing', 0.9, 0, 'confident', 4.5, 0, 'm1')"
+        )
+    store = SQLiteEventLog(path)
+    store.record_predictions([event("new1", email_id="m1", client="gateway-a")])  # the old global index is gone
+    assert store.get_prediction("new1") is not None and store.get_prediction("old1") is not None
+    old = store.find_by_email_id("m1", "")
+    assert old is not None and old.request_id == "old1" and old.client is None
+    store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 4
+
+
+def test_a_failed_commit_does_not_wedge_the_connection(tmp_path: Path) -> None:
+    # Before issue 9 a COMMIT that failed (a full disk) left the thread's connection inside its transaction, and
+    # every later write on that thread failed with "cannot start a transaction within a transaction".
+    store = SQLiteEventLog(tmp_path / "ev.db")
+    store.record_predictions([event("r0")])
+    real = store._conn()
+
+    class CommitFails:
+        def __init__(self) -> None:
+            self.failed = False
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "COMMIT" and not self.failed:
+                self.failed = True
+                raise sqlite3.OperationalError("database or disk is full")
+            return real.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+    store._local.conn = CommitFails()
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        store.record_predictions([event("r1")])
+    store.record_predictions([event("r2")])  # the same thread, the same connection
+    assert store.get_prediction("r2") is not None and store.get_prediction("r1") is None
+    store.close()

@@ -152,15 +152,45 @@ def test_failed_writes_are_retried() -> None:
     assert writer.stats().written == 1 and writer.stats().dropped == 0
 
 
-def test_writes_that_keep_failing_are_dropped_and_counted() -> None:
-    log = GatedLog(failures=3)
-    with BufferedWriter(log, flush_interval_ms=60_000, retries=2, retry_backoff_s=0.001) as writer:
+def test_a_store_that_keeps_failing_keeps_the_records_until_it_is_back() -> None:
+    # Before issue 9 the batch was dropped after 3 tries: a store down for a second lost every record in flight.
+    log = GatedLog(failures=40)
+    with BufferedWriter(log, flush_interval_ms=1, retry_backoff_s=0.001, max_backoff_s=0.01) as writer:
         writer.submit(event("r1"))
         writer.submit(event("r2"))
-        assert writer.flush(timeout=5)
-        writer.submit(event("r3"))  # the thread survived the failure
-    assert log.get_prediction("r3") is not None and log.get_prediction("r1") is None
-    assert writer.stats().dropped == 2 and writer.stats().written == 1
+        deadline = time.monotonic() + 5
+        while not writer.stats().failing and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert writer.stats().failing  # what /readyz and /metrics report
+        writer.submit(event("r3"))  # waits behind the failing batch
+        assert writer.flush(timeout=10)
+    assert all(log.get_prediction(r) is not None for r in ("r1", "r2", "r3"))
+    assert writer.stats().dropped == 0 and writer.stats().written == 3 and not writer.stats().failing
+
+
+def test_an_unopenable_store_is_retried_not_dropped() -> None:
+    # Before issue 9 a store error wrapped as EventLogError (an unopenable file) skipped the retries.
+    from serving.store.eventlog import StoreUnavailableError
+
+    class Unopenable(GatedLog):
+        def record_predictions(self, events: Sequence[PredictionEvent]) -> None:
+            self.calls += 1
+            if self.calls <= 3:
+                raise StoreUnavailableError("cannot open event log /gone/events.db: unable to open database file")
+            MemoryEventLog.record_predictions(self, events)
+
+    log = Unopenable()
+    with BufferedWriter(log, flush_interval_ms=1, retry_backoff_s=0.001) as writer:
+        writer.submit(event("r1"))
+    assert log.get_prediction("r1") is not None and writer.stats().dropped == 0
+
+
+def test_a_store_still_failing_at_close_is_given_up_counted_and_said() -> None:
+    log = GatedLog(failures=10**9)
+    writer = BufferedWriter(log, flush_interval_ms=1, retry_backoff_s=0.001, max_backoff_s=0.01, close_retry_s=0.2)
+    writer.submit(event("r1"))
+    assert writer.close(timeout=10)
+    assert writer.stats().dropped == 1 and writer.stats().written == 0
 
 
 def test_a_full_buffer_drops_instead_of_blocking() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import pytest
 
 from experiments.config import ExperimentConfig
 from serving.api import ApiError, FeedbackRequest, RouteRequest
+from serving.auth import Principal
 from serving.config import ServingConfig, load_queues
 from serving.metrics import merge, render
 from serving.router import SHADOW, ArmAnswer, RouterCore
@@ -18,6 +21,10 @@ from serving.store.memory import MemoryEventLog
 from serving.store.writer import BufferedWriter
 
 pytestmark = pytest.mark.unit
+GATEWAY = Principal("gateway", "client", "k1")
+OTHER_GATEWAY = Principal("other-gateway", "client", "k2")
+ADMIN = Principal("ops", "admin", "k3")
+AGENT = Principal("ana", "agent", "k4")
 QUEUES = load_queues(Path(__file__).resolve().parents[2] / "configs" / "queues.yaml")
 LABELS = tuple(QUEUES.names)
 
@@ -66,9 +73,9 @@ def setup() -> Iterator[tuple[RouterCore, FakeArms, MemoryEventLog]]:
     writer.close()
 
 
-def route(core: RouterCore, admin: bool = False, **fields: Any) -> Any:
+def route(core: RouterCore, admin: bool = False, caller: Principal = GATEWAY, **fields: Any) -> Any:
     req = RouteRequest.model_validate({"user_id": "u1", "subject": "Refund", "body": "charged twice", **fields})
-    return asyncio.run(core.route(req, is_admin=admin))
+    return asyncio.run(core.route(req, ADMIN if admin else caller))
 
 
 def test_route_logs_one_event_with_a_pseudonym(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
@@ -201,3 +208,191 @@ def test_metrics_render(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> N
     assert total == 8
     assert 'mailroute_latency_ms_bucket{experiment="exp",arm=' in text
     assert "# TYPE mailroute_latency_ms histogram" in text
+
+
+# --- defects of issue 9: each of these failed on the code before it ---
+
+
+def test_an_email_id_is_scoped_to_its_client(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    core, arms, log = setup
+    mine = route(core, email_id="mail-1")
+    theirs = route(core, email_id="mail-1", caller=OTHER_GATEWAY)  # the same key from another client: its own email
+    assert theirs.request_id != mine.request_id and len(arms.calls) == 2
+    assert route(core, email_id="mail-1") == mine  # a retry of my own still gets my first answer
+    core.writer.flush()
+    stored = log.get_prediction(theirs.request_id)
+    assert stored is not None and stored.client == "other-gateway"
+
+
+def test_a_repeated_email_id_does_not_skip_the_force_arm_check(
+    setup: tuple[RouterCore, FakeArms, MemoryEventLog],
+) -> None:
+    core, _, _ = setup
+    route(core, email_id="mail-1")
+    with pytest.raises(ApiError) as err:
+        route(core, email_id="mail-1", force_arm="transformer")
+    assert err.value.status == 403
+
+
+def test_racing_requests_with_one_email_id_run_the_model_once(
+    setup: tuple[RouterCore, FakeArms, MemoryEventLog],
+) -> None:
+    core, arms, log = setup
+
+    async def race() -> list[Any]:
+        req = RouteRequest(user_id="u1", subject="Refund", body="charged twice", email_id="mail-9")
+        return list(await asyncio.gather(*(core.route(req, GATEWAY) for _ in range(5))))
+
+    answers = asyncio.run(race())
+    assert len({a.request_id for a in answers}) == 1 and len(arms.calls) == 1
+    assert sum(core.metrics.requests.values()) == 1
+    core.writer.flush()
+    assert log.stats().predictions == 1
+
+
+def test_the_loser_of_a_race_between_replicas_counts_nothing(
+    setup: tuple[RouterCore, FakeArms, MemoryEventLog],
+) -> None:
+    core, _, log = setup
+    other = route(core, email_id="mail-7")  # "another replica" answered first and wrote its record
+    core.writer.flush()
+    core.metrics.requests.clear()
+    core.writer.find_by_email_id = lambda *_: None  # type: ignore[method-assign]  # not visible when we looked
+    loser = route(core, email_id="mail-7")
+    assert loser.request_id == other.request_id  # answered with the record that won
+    assert sum(core.metrics.requests.values()) == 0  # and nothing of ours reached the metrics
+    assert log.stats().predictions == 1
+
+
+def test_a_full_write_buffer_answers_503_instead_of_losing_the_record() -> None:
+    log = GatedLog()
+    writer = BufferedWriter(log, flush_interval_ms=1, max_pending=2)
+    core = _core(log, writer)
+    for i in range(2):
+        route(core, user_id=f"u{i}")
+    with pytest.raises(ApiError) as err:
+        route(core, user_id="u3")
+    assert err.value.status == 503 and err.value.retry_after_s and "write buffer is full" in err.value.detail
+    log.gate.set()
+    assert writer.close(timeout=10) and log.stats().predictions == 2  # every answer given has its record
+
+
+def test_a_closed_writer_answers_503() -> None:
+    log = MemoryEventLog()
+    writer = BufferedWriter(log, flush_interval_ms=1)
+    core = _core(log, writer)
+    writer.close()
+    with pytest.raises(ApiError) as err:
+        route(core)
+    assert err.value.status == 503 and err.value.retry_after_s
+
+
+def test_a_store_error_on_the_email_id_path_is_retried_then_503() -> None:
+    log = FlakyLog(failures=1)
+    writer = BufferedWriter(log, flush_interval_ms=1)
+    core = _core(log, writer)
+    answer = route(core, email_id="m1")  # one failure: retried
+    assert log.get_prediction(answer.request_id) is not None
+    log.failures = 10_000
+    with pytest.raises(ApiError) as err:
+        route(core, email_id="m2")
+    assert err.value.status == 503 and err.value.retry_after_s
+    writer.close()
+
+
+def test_refuse_mode_answers_503_while_the_store_fails() -> None:
+    log = FlakyLog(failures=10_000)
+    writer = BufferedWriter(log, flush_interval_ms=1, retry_backoff_s=0.01)
+    serving = ServingConfig.model_validate({"model_timeout_s": 0.2, "event_log": {"on_store_failure": "refuse"}})
+    core = _core(log, writer, serving)
+    route(core)  # accepted into the buffer; its write starts failing
+    deadline = asyncio.run(_wait(lambda: writer.stats().failing))
+    assert deadline
+    with pytest.raises(ApiError) as err:
+        route(core)
+    assert err.value.status == 503
+    log.failures = 0
+    assert writer.close(timeout=10) and log.stats().predictions == 1
+
+
+def test_feedback_identity_and_request_ids(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    core, _, log = setup
+    answer = route(core)
+    assert core.issued_recently(answer.request_id) and not core.issued_recently("0" * 32)
+    done = asyncio.run(core.feedback(FeedbackRequest(request_id=answer.request_id, true_queue="technical"), AGENT))
+    assert done.created
+    stored = log.get_feedback(answer.request_id)
+    assert stored is not None and stored.agent_id == "ana"  # from the token, not from the body
+    with pytest.raises(ApiError) as err:
+        request = FeedbackRequest(request_id=answer.request_id, true_queue="billing", agent_id="bob")
+        asyncio.run(core.feedback(request, AGENT))
+    assert err.value.status == 403
+    with pytest.raises(ApiError) as err:  # an id this service never issued
+        asyncio.run(core.feedback(FeedbackRequest(request_id="f" * 32, true_queue="billing"), AGENT))
+    assert err.value.status == 404
+
+
+def test_feedback_for_an_issued_id_still_in_another_buffer_is_503_not_404(
+    setup: tuple[RouterCore, FakeArms, MemoryEventLog],
+) -> None:
+    core, _, _ = setup
+    elsewhere = core.new_request_id()  # issued by a replica whose buffer has not reached the log yet
+    with pytest.raises(ApiError) as err:
+        asyncio.run(core.feedback(FeedbackRequest(request_id=elsewhere, true_queue="billing"), AGENT))
+    assert err.value.status == 503 and err.value.retry_after_s
+
+
+def test_feedback_for_an_old_id_not_in_the_log_is_404(
+    setup: tuple[RouterCore, FakeArms, MemoryEventLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core, _, _ = setup
+    issued = core.new_request_id()  # say its record was deleted on a user's request, or never reached any buffer
+    monkeypatch.setattr("serving.router.PENDING_S", 0)  # older than any buffer holds
+    with pytest.raises(ApiError) as err:
+        asyncio.run(core.feedback(FeedbackRequest(request_id=issued, true_queue="billing"), AGENT))
+    assert err.value.status == 404
+
+
+class GatedLog(MemoryEventLog):
+    """Writes wait until `gate` is set (a hung store)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def record_predictions(self, events: Any) -> None:
+        self.gate.wait(timeout=10)
+        super().record_predictions(events)
+
+
+class FlakyLog(MemoryEventLog):
+    """The first `failures` writes fail as a locked SQLite file does."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def record_predictions(self, events: Any) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database is locked")
+        super().record_predictions(events)
+
+
+def _core(log: MemoryEventLog, writer: BufferedWriter, serving: ServingConfig | None = None) -> RouterCore:
+    return RouterCore(
+        queues=QUEUES,
+        serving=serving or ServingConfig.model_validate({"model_timeout_s": 0.2}),
+        experiment=experiment(),
+        event_log=log,
+        writer=writer,
+        call_arm=FakeArms(),
+        user_salt="salt",
+    )
+
+
+async def _wait(ok: Any, timeout_s: float = 5.0) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not ok() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    return bool(ok())

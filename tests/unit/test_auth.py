@@ -1,0 +1,146 @@
+"""Tokens by holder and role: the secrets file and the environment, rotation without a restart, the rights of each
+role, and authentication switched off only by the config flag (loudly)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from serving.auth import (
+    ANONYMOUS,
+    RIGHTS,
+    AuthError,
+    TokenStore,
+    add_token,
+    digest,
+    read_secrets,
+    resolve_user_salt,
+    revoke_token,
+)
+from serving.config import ConfigError, Home, ServingConfig
+from serving.ops.launch import check_access
+
+pytestmark = pytest.mark.unit
+AGENT = "agent-ana-token-0123456789"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
+    for name in [n for n in os.environ if n.startswith("MAILROUTE_TOKEN_") or n == "MAILROUTE_ADMIN_TOKEN"]:
+        monkeypatch.delenv(name)
+    monkeypatch.delenv("MAILROUTE_SECRETS_FILE", raising=False)
+    monkeypatch.setattr("serving.auth.RECHECK_S", 0.0)  # look at the file on every call
+    return Home(tmp_path / "home")
+
+
+def store(home: Home, environ: dict[str, str] | None = None, **auth: object) -> TokenStore:
+    return TokenStore(ServingConfig.model_validate({"auth": auth}), home, environ or {})
+
+
+def test_file_and_environment_tokens_name_their_holder_and_role(home: Home) -> None:
+    home.root.mkdir(parents=True)
+    (home.root / "secrets.yaml").write_text(
+        f"tokens:\n  ana: {{role: agent, token: {AGENT}}}\n"
+        f"  gateway: {{role: client, sha256: {digest('gateway-token-0123456789')}}}\n"
+    )
+    env = {"MAILROUTE_TOKEN_OPS_TEAM": "admin:ops-token-0123456789", "MAILROUTE_ADMIN_TOKEN": "root-token-0123456789"}
+    tokens = store(home, env)
+    given = (AGENT, "gateway-token-0123456789", "ops-token-0123456789", "root-token-0123456789")
+    found = {t: tokens.authenticate(f"Bearer {t}") for t in given}
+    assert [(p.holder, p.role) for p in found.values() if p] == [
+        ("ana", "agent"), ("gateway", "client"), ("ops-team", "admin"), ("admin", "admin")
+    ]  # fmt: skip
+    assert tokens.authenticate(None) is None and tokens.authenticate("Bearer wrong-wrong-wrong") is None
+    assert tokens.authenticate(f"Basic {AGENT}") is None
+    assert tokens.authenticate(f"bearer {AGENT}") is not None  # the scheme is case-insensitive (RFC 7235)
+
+
+def test_each_role_has_exactly_its_rights(home: Home) -> None:
+    assert RIGHTS["client"] == {"route"}
+    assert RIGHTS["agent"] == {"feedback", "label", "dashboard"}
+    assert RIGHTS["admin"] == {"route", "feedback", "label", "dashboard", "admin"}
+    tokens = store(home, {"MAILROUTE_TOKEN_GW": "client:gateway-token-0123456789"})
+    with pytest.raises(AuthError) as err:
+        tokens.require(None, "route", "routing")
+    assert err.value.status == 401 and "\n" not in err.value.detail
+    with pytest.raises(AuthError) as err:
+        tokens.require("Bearer not-a-token-at-all", "route", "routing")
+    assert err.value.status == 401 and "gw" not in err.value.detail  # says nothing of which tokens exist
+    with pytest.raises(AuthError) as err:
+        tokens.require("Bearer gateway-token-0123456789", "feedback", "feedback")
+    assert err.value.status == 403
+    assert tokens.require("Bearer gateway-token-0123456789", "route", "routing").holder == "gw"
+
+
+def test_tokens_added_rotated_and_revoked_in_the_file_apply_without_a_restart(home: Home) -> None:
+    path = home.root / "secrets.yaml"
+    tokens = store(home)
+    first = add_token(path, "gateway", "client")
+    assert tokens.authenticate(f"Bearer {first}") is not None
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and first not in path.read_text()  # only its digest
+    rotated = add_token(path, "gateway", "client")
+    assert tokens.authenticate(f"Bearer {rotated}") is not None and tokens.authenticate(f"Bearer {first}") is None
+    assert revoke_token(path, "gateway") and not revoke_token(path, "gateway")
+    assert tokens.authenticate(f"Bearer {rotated}") is None
+
+
+def test_a_broken_file_is_an_error_at_start_and_keeps_the_last_good_tokens_later(
+    home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = home.root / "secrets.yaml"
+    token = add_token(path, "gateway", "client")
+    tokens = store(home)
+    path.write_text("tokens: [oops")
+    with caplog.at_level(logging.ERROR, "serving.auth"):
+        assert tokens.authenticate(f"Bearer {token}") is not None
+    assert "keeping the previous tokens" in caplog.text and "oops" not in caplog.text  # no excerpt of a secrets file
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        store(home)
+    path.write_text("tokens:\n  gateway: {role: root, token: gateway-token-0123456789}\n")
+    with pytest.raises(ConfigError, match="role"):
+        read_secrets(path)
+    path.write_text("tokens:\n  'bad holder!': {role: client, token: gateway-token-0123456789}\n")
+    with pytest.raises(ConfigError, match="holder name"):
+        read_secrets(path)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MAILROUTE_TOKEN_GW": "gateway-token-0123456789"}, "expected <role>:<token>"),
+        ({"MAILROUTE_TOKEN_GW": "root:gateway-token-0123456789"}, "expected <role>:<token>"),
+        ({"MAILROUTE_ADMIN_TOKEN": "short"}, "at least 16 characters"),
+    ],
+)
+def test_bad_token_variables_are_one_line_errors(home: Home, env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        store(home, env)
+
+
+def test_no_token_at_all_refuses_to_start_and_auth_off_warns_at_every_start(
+    home: Home, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ConfigError, match="no access token is configured"):
+        check_access(ServingConfig(), home)
+    off = ServingConfig.model_validate({"auth": {"enabled": False}})
+    for _ in range(2):
+        with caplog.at_level(logging.WARNING, "serving.ops.launch"):
+            check_access(off, home)
+    assert caplog.text.count("AUTHENTICATION IS OFF") == 2
+    assert store(home, enabled=False).authenticate(None) is ANONYMOUS
+
+
+def test_the_user_salt_comes_from_the_environment_then_the_secrets_file_then_the_home(
+    home: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serving = ServingConfig()
+    made = resolve_user_salt(serving, home)
+    assert made == (home.root / "user_salt").read_text().strip()
+    (home.root / "secrets.yaml").write_text("user_salt: from-the-secrets-file-0123\n")
+    assert resolve_user_salt(serving, home) == "from-the-secrets-file-0123"
+    monkeypatch.setenv("MAILROUTE_USER_SALT", "from-the-environment")
+    assert resolve_user_salt(serving, home) == "from-the-environment"
