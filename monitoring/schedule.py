@@ -17,7 +17,7 @@ Three ways to run the same job function (`run_monitor_job`):
 monitoring.yaml is read again at every tick, so a changed interval or threshold applies without a restart, and a
 file broken while the server runs fails that tick (logged) instead of the server. Component log retention
 (`retention.logs_days`) runs once per monitoring-job run, not at every pass of the loop (each takes SQLite's write
-lock).
+lock). Email text retention (serving.yaml's `event_log.retention_days`, when set) runs as its own job once a day.
 
 A job past its timeout cannot be stopped from outside (Python has no way to kill a thread): it is recorded as
 failed and the loop goes on, while its thread is left to finish in the background; until it does, that job's next
@@ -112,6 +112,28 @@ def run_rollout_check(
     from experiments.rollout.job import run_rollout_job
 
     return run_rollout_job(home, config_dir, serving, experiment)
+
+
+RETENTION_EVERY = "1d"  # text retention: a day's granularity is all a retention period in days needs
+
+
+def run_retention_job(
+    home: Home, config_dir: Path, serving: ServingConfig, experiment: ExperimentConfig | None = None
+) -> dict[str, Any] | None:
+    """Text retention (serving.yaml's `event_log.retention_days`): blank the email text stored before then, audited
+    (serving.privacy.records.retain_text). None when no period is set or nothing was routed yet."""
+    from serving.privacy.records import open_existing_log, retain_text
+
+    days = serving.event_log.retention_days
+    if days is None or (serving.event_log.url is None and not home.event_log.exists()):
+        return None
+    store = open_existing_log(home, serving)
+    try:
+        result = retain_text(store, home, days, "retention-job")
+    finally:
+        store.close()
+    return {"run_id": "ok", "before": result.before, "predictions": result.blanked.predictions,
+            "labelled": result.blanked.labelled}  # fmt: skip
 
 
 def wall_seconds(duration: str) -> float:
@@ -236,7 +258,10 @@ def run_due(
         ticker.postpone_all(now, RETRY_AFTER_S)
         return
     timeout_s = parse_duration(cfg.schedule.job_timeout).total_seconds()  # wall clock: it bounds work, not waiting
-    for name, (func, interval) in jobs(cfg, monitor_every_s, rollout_every(config_dir) if rollout else None).items():
+    due = jobs(cfg, monitor_every_s, rollout_every(config_dir) if rollout else None)
+    if serving.event_log.retention_days is not None:
+        due["retention"] = (run_retention_job, wall_seconds(RETENTION_EVERY))
+    for name, (func, interval) in due.items():
         if name not in ticker.due({name: interval}, now):
             continue
         state = states.setdefault(name, JobState())

@@ -1,12 +1,12 @@
 """`mailroute ...`: the entry point that assembles every package's commands into one command line.
 
 Each package owns its commands: `training/cli.py` (data, train, evaluate), `serving/commands.py` (serve, models,
-replay, log), `experiments/cli.py` (experiment) and `monitoring/cli.py` (monitor). This module holds what they
-share: the global options (`mailroute [-v] [--home H] [--config-dir D] <command> ...`), read by commands through
-`options(ctx)`, and the one place where a failure becomes one line on stderr and an exit code: 2 for usage and
-config errors, 1 for everything else, 130 on Ctrl-C. Commands import heavy modules (torch, ray, pandas) in their
-bodies, so `mailroute --help` and `mailroute models list` start fast, and serving's runtime modules never import
-`training`.
+replay, log), `serving/privacy/cli.py` (privacy), `experiments/cli.py` (experiment) and `monitoring/cli.py`
+(monitor). This module holds what they share: the global options (`mailroute [-v] [--home H] [--config-dir D]
+<command> ...`), read by commands through `options(ctx)`, and the one place where a failure becomes one line on
+stderr and an exit code: 2 for usage and config errors, 1 for everything else, 130 on Ctrl-C. Commands import heavy
+modules (torch, ray, pandas) in their bodies, so `mailroute --help` and `mailroute models list` start fast, and
+serving's runtime modules never import `training`.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def build_app() -> typer.Typer:
     from monitoring.dashboard.cli import dashboard
     from monitoring.demo.run import demo
     from serving.commands import app as serving_app
+    from serving.privacy.cli import app as privacy_app
     from training.cli import app as training_app
     from training.labels.cli import app as label_app
     from training.retrain.cli import retrain
@@ -109,6 +110,7 @@ def build_app() -> typer.Typer:
     app.command("rollback")(rollback)  # the rollout's, or an arm's previous champion: one command, one meaning
     app.add_typer(monitor_app, name="monitor")
     app.add_typer(label_app, name="label")
+    app.add_typer(privacy_app, name="privacy")  # a user's records (export, delete), text retention
     # Top-level commands that belong to no group are added here from their package.
     app.command("dashboard")(dashboard)  # the ops page from the files alone (monitoring/dashboard)
     app.command("demo")(demo)  # the whole loop on a fast clock (monitoring/demo)

@@ -8,7 +8,8 @@ Sources and what wins:
 - **feedback**: routed emails with a feedback record (an agent's correction or confirmation, an audit, a labelling
   assignment), their text as the event log stored it: `text_policy: redacted` gives the masked text (what the
   drift reference and the monitoring see too), `none` stores no text, so those emails cannot be learnt from and are
-  counted as such; only the base data and imports then remain to retrain on.
+  counted as such; only the base data and imports then remain to retrain on. Text blanked by retention
+  (`mailroute privacy retain`) is skipped and counted the same way.
 
 The same email in two sources (the same `email_id`, or the same cleaned text) keeps the most authoritative label:
 feedback (the newest, when an email has several) over an import over the base data. Rows repeating another row of
@@ -181,8 +182,8 @@ def assemble(sources: Sources, cfg: RetrainConfig, *, champion_feedback_until: s
     notes = []
     if sources.feedback_without_text:
         notes.append(
-            f"{sources.feedback_without_text} feedback records have no stored text (text_policy none) and cannot "
-            "be learnt from"
+            f"{sources.feedback_without_text} feedback records have no stored text (text_policy none, or blanked by "
+            "retention) and cannot be learnt from"
         )
     if champion_feedback_until and len(fresh) < len(merged[merged["origin"] == "feedback"]):
         notes.append(f"recent mail is held out from the feedback after the champion's own ({champion_feedback_until})")

@@ -1,0 +1,1 @@
+"""Privacy work on the event log: a user's records (export, deletion) and text retention (docs/privacy.md)."""
