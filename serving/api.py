@@ -59,6 +59,20 @@ class RouteResponse(BaseModel):
     latency_ms: float
 
 
+class BatchItemError(BaseModel):
+    status: int = Field(description="The status this email alone would have got (403, 413, 422, 503...).")
+    detail: str = Field(description="One line: why this email was not routed.")
+
+
+class BatchItemFailure(BaseModel):
+    """A batch item that was not routed (nothing was logged for it); the other items are unaffected."""
+
+    error: BatchItemError
+
+
+BatchItem = RouteResponse | BatchItemFailure
+
+
 class FeedbackRequest(_Request):
     request_id: StrictStr = Field(min_length=1, description="The request_id a route call returned.")
     true_queue: StrictStr = Field(min_length=1, description="Where the email really belonged.")

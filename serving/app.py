@@ -23,9 +23,9 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request, Security
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPBearer
@@ -35,7 +35,7 @@ from ray.serve.handle import DeploymentHandle
 from experiments.config import ExperimentConfig
 from monitoring.dashboard.data import DashboardSources
 from monitoring.dashboard.routes import install as install_dashboard
-from serving.api import ApiError, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
+from serving.api import ApiError, BatchItem, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
 from serving.auth import AUTH_OFF_WARNING, AuthError, Principal, Right, TokenStore, resolve_user_salt
 from serving.batcher import CallBatcher
 from serving.config import Home, PolicyConfig, QueuesConfig, ServingConfig, config_dir, parse_config
@@ -184,6 +184,21 @@ install_dashboard(api)  # GET /dashboard, over this replica's event log and live
 BEARER = [Security(HTTPBearer(auto_error=False, description="A token of the client, agent or admin role."))]
 
 
+def _needs(right: Right, what: str) -> Any:
+    """A dependency: the caller's principal, checked before the body is validated (a stranger gets 401, never a
+    422 that describes the body)."""
+
+    def check(request: Request) -> Principal:
+        tokens: TokenStore = request.app.state.tokens
+        return tokens.require(request.headers.get("authorization"), right, what)
+
+    return Depends(check)
+
+
+RoutingCaller = Annotated[Principal, _needs("route", "routing")]
+FeedbackCaller = Annotated[Principal, _needs("feedback", "feedback")]
+
+
 def _refuse(request: Request, status: int, detail: str) -> JSONResponse:
     core = getattr(request.app.state, "core", None)  # this replica's RouterCore, once configured
     if core is not None:
@@ -217,10 +232,19 @@ async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
     return answer
 
 
-async def _json_body(request: Request, default: bytes = b"null") -> Any:
+async def _json_body(request: Request, default: bytes = b"null", limit: int = 2**20) -> Any:
+    """The JSON body, read no further than `limit` bytes (413 past it, before anything is parsed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the request body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"the request body is over the limit of {limit} bytes")
     try:
-        return json.loads(await request.body() or default)
-    except json.JSONDecodeError:
+        return json.loads(bytes(body) or default)
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ApiError(400, "invalid JSON body") from None
 
 
@@ -233,6 +257,7 @@ class Router:
         self.config_dir = Path(settings.get("config_dir") or config_dir()).absolute()
         self.handles: dict[str, DeploymentHandle] = {}  # arm -> its deployment, looked up by name on first use
         self.tokens = TokenStore(self.serving, self.home)
+        api.state.tokens = self.tokens  # for the dependencies that check a caller before the body
         if not self.tokens.enabled:
             log.warning("%s", AUTH_OFF_WARNING)
         salt = resolve_user_salt(self.serving, self.home, self.tokens)
@@ -307,22 +332,36 @@ class Router:
 
     # ---- routes --------------------------------------------------------------------------------------------
     @api.post("/v1/route", response_model=RouteResponse, dependencies=BEARER)
-    async def route(self, req: RouteRequest, request: Request) -> RouteResponse:
+    async def route(self, req: RouteRequest, caller: RoutingCaller) -> RouteResponse:
         assert self.core is not None
-        return await self.core.route(req, self._require(request, "route", "routing"))
+        return await self.core.route(req, caller)
 
-    @api.post("/v1/route/batch", response_model=list[RouteResponse], dependencies=BEARER)
-    async def route_batch(self, reqs: list[RouteRequest], request: Request) -> list[RouteResponse]:
+    @api.post(
+        "/v1/route/batch",
+        response_model=list[BatchItem],
+        dependencies=BEARER,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {
+                    "type": "array", "items": {"$ref": "#/components/schemas/RouteRequest"}, "maxItems": 1000,
+                }}},
+            }
+        },
+    )  # fmt: skip
+    async def route_batch(self, request: Request) -> list[BatchItem]:
+        """Emails in order; each answer is the email's route or its own error (`{"error": {status, detail}}`)."""
         assert self.core is not None
-        if len(reqs) > 1000:
-            raise ApiError(413, f"batch of {len(reqs)} emails; the limit is 1000")
         caller = self._require(request, "route", "routing")
-        return list(await asyncio.gather(*(self.core.route(r, caller) for r in reqs)))
+        items = await _json_body(request, limit=self.serving.max_request_bytes)  # size first, then anything else
+        if not isinstance(items, list):
+            raise ApiError(422, "body: expected a JSON array of emails")
+        return await self.core.route_batch(items, caller)
 
     @api.post("/v1/feedback", response_model=FeedbackResponse, dependencies=BEARER)
-    async def feedback(self, req: FeedbackRequest, request: Request) -> FeedbackResponse:
+    async def feedback(self, req: FeedbackRequest, caller: FeedbackCaller) -> FeedbackResponse:
         assert self.core is not None
-        return await self.core.feedback(req, self._require(request, "feedback", "feedback"))
+        return await self.core.feedback(req, caller)
 
     @api.get("/v1/experiments", dependencies=BEARER)
     async def experiments(self, request: Request) -> dict[str, Any]:

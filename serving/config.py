@@ -189,6 +189,14 @@ class ArmCallSpec(StrictModel):
     max_in_flight: int = Field(2, ge=1, description="Concurrent calls from one router replica to one arm.")
 
 
+class CircuitBreakerSpec(StrictModel):
+    """Per arm and router replica: after `failures` failed calls in a row (errors, timeouts, non-finite answers) the
+    arm is skipped at once, straight to the fallback, for `reset_after_s`; then one call tries it again."""
+
+    failures: int = Field(5, ge=1, description="Failed calls in a row that open the arm's circuit.")
+    reset_after_s: float = Field(10.0, gt=0, description="How long an open circuit skips the arm.")
+
+
 class EventLogSpec(StrictModel):
     url: str | None = Field(None, description="Store URL; default sqlite:///<home>/events.db.")
     text_policy: Literal["full", "redacted", "none"] = Field(
@@ -245,6 +253,10 @@ class ServingConfig(StrictModel):
         "JSON", description="Format of the replicas' log files; JSON puts each routed email's fields in its record."
     )
     max_body_bytes: int = Field(262_144, ge=1024, description="Largest accepted email (subject + body, or raw).")
+    max_request_bytes: int = Field(
+        4 * 2**20, ge=1024, description="Largest request body (a batch of emails); larger ones are refused unread."
+    )
+    max_batch_items: int = Field(1000, ge=1, description="Most emails in one POST /v1/route/batch.")
     model_timeout_s: float = Field(2.0, gt=0, description="An arm slower than this counts as failed; fallback.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Access by role.")
     admin_token_env: str = Field(
@@ -259,6 +271,9 @@ class ServingConfig(StrictModel):
         default_factory=ModelServerSpec, description="Deployments of transformer arms."
     )
     arm_calls: ArmCallSpec = Field(default_factory=ArmCallSpec, description="Batching of the calls to the arms.")
+    circuit_breaker: CircuitBreakerSpec = Field(
+        default_factory=CircuitBreakerSpec, description="Skipping a failing arm until it recovers."
+    )
     event_log: EventLogSpec = Field(default_factory=EventLogSpec, description="Where decisions are logged.")
 
 

@@ -23,12 +23,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from circuitbreaker import STATE_OPEN, CircuitBreaker
+from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from experiments.assign import bucket, choose_arm
 from experiments.config import ExperimentConfig
 from serving.api import (
     ApiError,
+    BatchItem,
+    BatchItemError,
+    BatchItemFailure,
     FeedbackRequest,
     FeedbackResponse,
     RouteRequest,
@@ -85,6 +90,16 @@ ArmCaller = Callable[[str, ArmRequest], Awaitable[ArmAnswer]]  # (arm or SHADOW,
 T = TypeVar("T")
 
 
+def _spec(experiment: ExperimentConfig, arm: str) -> tuple[str, str] | None:
+    """(model, version) an arm (or the shadow) serves in `experiment`; None when it has no such arm."""
+    spec = experiment.shadow if arm == SHADOW else experiment.arms.get(arm)
+    return None if spec is None else (spec.model, spec.version)
+
+
+class NonFiniteAnswer(Exception):
+    """An arm answered with a NaN or infinite probability."""
+
+
 def _passing(err: BaseException) -> bool:
     """A store failure that may pass (a locked or full disk, an unopenable file), not a refusal of the data."""
     return isinstance(err, StoreUnavailableError | OSError) or (
@@ -116,11 +131,19 @@ class RouterCore:
         self.route_log = route_log or logging.getLogger(ROUTE_LOGGER)
         self.metrics = RouterMetrics()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._breakers: dict[str, CircuitBreaker] = {}  # arm -> its circuit, made on the arm's first call
         self._in_flight: dict[tuple[str, str], asyncio.Future[RouteResponse]] = {}  # (client, email_id) -> answer
         self._id_key = hmac.new(user_salt.encode(), b"mailroute-request-id", hashlib.sha256).digest()
         self.set_experiment(experiment)
 
     def set_experiment(self, experiment: ExperimentConfig) -> None:
+        # An arm that is new, or serves another model version now, starts with a closed circuit: a canary started
+        # again under an earlier canary's name is not skipped for that one's failures.
+        old = getattr(self, "experiment", None)
+        for arm in list(getattr(self, "_breakers", {})):
+            before = None if old is None else _spec(old, arm)
+            if before is None or before != _spec(experiment, arm):
+                del self._breakers[arm]
         self.experiment = experiment
         self.ranges = experiment.ranges()
 
@@ -150,11 +173,15 @@ class RouterCore:
         timeout = self.serving.model_timeout_s
         ids = log_ids(email.request_id, email.email_id)
         for arm in chain:
+            breaker = self._breaker(arm)
+            if breaker.state == STATE_OPEN:  # failing lately: skipped at once, not waited for
+                failures.append((arm, "open"))
+                self.metrics.arm_errors[(arm, "open")] += 1
+                continue
             try:
-                answer = await asyncio.wait_for(self.call_arm(arm, email), timeout)
-                if all(math.isfinite(p) for p in answer.proba):
-                    return arm, answer, failures
-                # A NaN would route the email nowhere sensible (and cannot be stored): treat it as the arm failing.
+                answer = await breaker.call_async(self._call_checked, arm, email, timeout)
+                return arm, answer, failures
+            except NonFiniteAnswer:
                 log.warning("arm %s answered with a non-finite probability", arm, extra=ids)
                 failures.append((arm, "error"))
             except TimeoutError:
@@ -180,6 +207,43 @@ class RouterCore:
         if len(request_id) != 32 or not hmac.compare_digest(tag, expected):
             return False
         return time.time() - int(nonce[:8], 16) < PENDING_S
+
+    async def route_batch(self, items: list[Any], caller: Principal = ANONYMOUS) -> list[BatchItem]:
+        """Each item on its own, in order: a routed email's answer, or the error that item alone would have got
+        (nothing logged for it). A failed item never fails the others, so a client retries exactly the failed ones."""
+        limit = self.serving.max_batch_items
+        if len(items) > limit:
+            raise ApiError(413, f"batch of {len(items)} emails; the limit is {limit}")
+        return list(await asyncio.gather(*(self._batch_item(item, caller) for item in items)))
+
+    async def _batch_item(self, item: Any, caller: Principal) -> BatchItem:
+        try:
+            req = RouteRequest.model_validate(item)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "item"
+            message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+            return BatchItemFailure(error=BatchItemError(status=422, detail=f"{where}: {message}"[:500]))
+        try:
+            return await self.route(req, caller)
+        except ApiError as err:
+            return BatchItemFailure(error=BatchItemError(status=err.status, detail=err.detail))
+
+    def _breaker(self, arm: str) -> CircuitBreaker:
+        breaker = self._breakers.get(arm)
+        if breaker is None:
+            spec = self.serving.circuit_breaker
+            breaker = self._breakers[arm] = CircuitBreaker(
+                failure_threshold=spec.failures, recovery_timeout=spec.reset_after_s, name=arm
+            )
+        return breaker
+
+    async def _call_checked(self, arm: str, email: ArmRequest, timeout: float) -> ArmAnswer:
+        answer = await asyncio.wait_for(self.call_arm(arm, email), timeout)
+        if not all(math.isfinite(p) for p in answer.proba):
+            # A NaN would route the email nowhere sensible (and cannot be stored): the arm failed.
+            raise NonFiniteAnswer(arm)
+        return answer
 
     async def route(self, req: RouteRequest, caller: Principal = ANONYMOUS) -> RouteResponse:
         started = time.perf_counter()

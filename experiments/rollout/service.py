@@ -26,7 +26,7 @@ from serving.api import ApiError
 from serving.config import ConfigError, parse_config
 from serving.models.registry import ModelRegistry, RegistryError
 from serving.ops import changes
-from serving.ops.admin import servable
+from serving.ops.admin import same_labels, servable
 from serving.ops.changes import Change, Context, Live
 
 log = logging.getLogger(__name__)
@@ -107,19 +107,7 @@ def plan_start(ctx: Context, live: Live, ref: str, percent: float | None, arm: s
         raise ApiError(
             422, f"arm {arm} serves no user now (weight 0, or the experiment is stopped): a canary needs users"
         )
-    try:
-        old = registry.read_meta(model, served)
-        new = registry.read_meta(model, version)
-    except RegistryError as err:
-        raise ApiError(422, str(err)) from None
-    if set(new.labels) != set(old.labels):
-        only_new = sorted(set(new.labels) - set(old.labels))
-        only_old = sorted(set(old.labels) - set(new.labels))
-        raise ApiError(
-            422,
-            f"{model}:{version} has another label set than {model}:{served} (only in the candidate: "
-            f"{', '.join(only_new) or 'none'}; only in the arm: {', '.join(only_old) or 'none'})",
-        )
+    same_labels(ctx, model, served, version)
     percent = float(cfg.steps[0] if percent is None else percent)
     if not 0 < percent < 100:
         raise ApiError(422, f"canary_percent: {percent:g} is not between 0 and 100 (exclusive); the job promotes")

@@ -205,14 +205,24 @@ def _start_jobs(home: Home, serving: ServingConfig) -> None:
 def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment: ExperimentConfig) -> None:
     """(Re)deploy the router and arm applications on the running Serve instance, and block until they run.
 
-    The saved experiment state (written by runtime changes) wins over the file's if it is the same experiment, so a
-    restart keeps every user's arm and every arm's pinned version; versions still named `champion` or `latest` are
-    resolved here, once per deploy, and the replicas load what this resolved. The
+    The saved experiment state (written by runtime changes) wins over the file's if it is the same experiment and
+    the file is unchanged since the last start, so a restart keeps every user's arm and every arm's pinned version;
+    a hand edit of the file is applied over the saved layout with the fewest moves (`state.reconcile`). Versions
+    still named `champion` or `latest` are resolved here, once per deploy, and the replicas load what this resolved
+    (a replica restarted after a promotion loads the same version as its siblings). The
     saved runtime policy wins over serving.yaml's unless serving.yaml was edited since (`serving.ops.state`)."""
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    experiment = pin_versions(home, state.load_state(home, experiment))
+    start = state.reconcile(home, experiment)
+    if start.note:
+        log.warning("%s", start.note)
+    running = pin_versions(home, start.experiment)
+    state.save_state(home, running, based_on=experiment)  # what runs, and the file it was started from
+    if start.previous is not None:  # a hand edit applied: a weight change like any other (the SRM check reads it)
+        old, new = start.previous.model_dump(mode="json"), running.model_dump(mode="json")
+        state.audit(home, "experiments.yaml", old, new, start.moved, detail="hand edit applied at start")
+    experiment = running
     policy, note = state.load_policy(home, serving.policy)
     policy.check_queues(queues.names)
     if note:

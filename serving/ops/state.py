@@ -3,7 +3,9 @@ audit log of every change, and the lock that serialises changes.
 
 - `<home>/user_salt`: the salt of user pseudonyms, made once (0600) so every replica and restart agrees.
 - `<home>/experiment.json`: the running experiment with its pinned bucket layout and model versions, so a restart
-  keeps every user's arm and every arm's version.
+  keeps every user's arm and every arm's version; and `based_on`, the experiments.yaml experiment the app was last
+  started from, so a restart can tell a hand edit of the file (applied, moving as few users as possible) from
+  runtime changes (kept): `reconcile`.
 - `<home>/policy.json`: the decision policy set at runtime (`mailroute analyze apply-thresholds`), with the
   `serving.yaml` policy it replaced; a restart keeps it unless `serving.yaml`'s policy was edited since, in which case
   the edit (newer) wins and the start says so.
@@ -19,10 +21,12 @@ import logging
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from filelock import FileLock
 
+from experiments.assign import moved_share
 from experiments.config import ExperimentConfig
 from serving import clock
 from serving.config import ConfigError, Home, PolicyConfig, parse_config
@@ -61,23 +65,78 @@ def _write_atomic(home: Home, name: str, data: Any) -> None:
     os.replace(tmp, home.root / name)
 
 
-def load_state(home: Home, configured: ExperimentConfig) -> ExperimentConfig:
-    """The saved running experiment if it is the configured one (same name and salt), else the configured one."""
+def _read_saved(home: Home) -> tuple[ExperimentConfig | None, ExperimentConfig | None]:
+    """(the saved running experiment, the file's experiment it started from); None where absent or unreadable. A
+    file written before `based_on` existed holds the experiment alone."""
     path = home.root / STATE_FILE
     if not path.exists():
-        return configured
+        return None, None
     try:
-        saved = parse_config(json.loads(path.read_text()), ExperimentConfig, str(path))
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "experiment" in data:
+            saved = parse_config(data["experiment"], ExperimentConfig, str(path))
+            based = data.get("based_on")
+            return saved, None if based is None else parse_config(based, ExperimentConfig, str(path))
+        return parse_config(data, ExperimentConfig, str(path)), None
     except (json.JSONDecodeError, ConfigError) as err:
         log.warning("ignoring unreadable %s: %s", path, err)
-        return configured
-    if (saved.name, saved.salt) != (configured.name, configured.salt):
+        return None, None
+
+
+def load_state(home: Home, configured: ExperimentConfig) -> ExperimentConfig:
+    """The running experiment: the saved one if it is the configured one (same name and salt), else the configured
+    one. (A start writes what it runs, `reconcile` deciding; readers of the running layout call this.)"""
+    saved, _ = _read_saved(home)
+    if saved is None or (saved.name, saved.salt) != (configured.name, configured.salt):
         return configured
     return saved
 
 
-def save_state(home: Home, experiment: ExperimentConfig) -> None:
-    _write_atomic(home, STATE_FILE, experiment.model_dump(mode="json"))
+def save_state(home: Home, experiment: ExperimentConfig, based_on: ExperimentConfig | None = None) -> None:
+    """Save the running experiment; `based_on` (the file's experiment a start ran from) is kept from the saved file
+    unless given."""
+    if based_on is None:
+        based_on = _read_saved(home)[1]
+    data = {"experiment": experiment.model_dump(mode="json"),
+            "based_on": None if based_on is None else based_on.model_dump(mode="json")}  # fmt: skip
+    _write_atomic(home, STATE_FILE, data)
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a start runs (`experiment`); when it applies a hand edit of experiments.yaml over a saved layout,
+    `previous` is the layout it replaces and `moved` the share of users that changes arm."""
+
+    experiment: ExperimentConfig
+    note: str | None = None
+    previous: ExperimentConfig | None = None
+    moved: float | None = None
+
+
+def reconcile(home: Home, configured: ExperimentConfig) -> Start:
+    """The experiment a start runs: the saved one (with its runtime changes) when experiments.yaml is unchanged
+    since the app last started from it; the file's when the file was edited since, laid out from the saved ranges
+    so as few users as possible change arm. An edit while a canary a rollout added is running cannot be applied
+    safely: a ConfigError says how to reconcile."""
+    saved, based_on = _read_saved(home)
+    path = home.root / STATE_FILE
+    if saved is None or (saved.name, saved.salt) != (configured.name, configured.salt):
+        return Start(configured)
+    if based_on is None:
+        return Start(saved, f"{path} predates hand-edit detection: its layout is kept (from now on edits apply)")
+    if configured == based_on:
+        return Start(saved)
+    added = sorted(set(saved.arms) - set(configured.arms) - set(based_on.arms))
+    if added:
+        raise ConfigError(
+            f"experiments.yaml was edited while arm(s) {', '.join(added)} added by a rollout are running: finish or "
+            f"undo the rollout first (mailroute rollout status; mailroute rollback), then restart; or delete {path} "
+            "to start from the file as it is (users are then laid out afresh)"
+        )
+    edited = configured.pinned(saved.ranges())
+    moved = moved_share(saved.ranges(), edited.ranges())
+    note = f"experiments.yaml was edited since the app last started: applied, {moved:.1%} of users change arm"
+    return Start(edited, note, previous=saved, moved=moved)
 
 
 def load_policy(home: Home, configured: PolicyConfig) -> tuple[PolicyConfig, str | None]:

@@ -58,6 +58,11 @@ def test_no_token_or_a_wrong_one_is_401_and_says_nothing_of_the_tokens(app: dict
             assert "\n" not in detail and not any(word in detail for word in ("gateway", "ana", "admin"))
 
 
+def test_a_stranger_learns_nothing_of_the_body_rules(app: dict[str, Any]) -> None:
+    for path, body in (("/v1/route", {"nonsense": 1}), ("/v1/feedback", []), ("/v1/route/batch", {"x": 1})):
+        assert _call(app, "POST", path, {}, body).status_code == 401, path  # not a 422 describing the body
+
+
 def test_each_role_reaches_only_its_own_calls(app: dict[str, Any]) -> None:
     routed = _call(app, "POST", "/v1/route", AS_CLIENT, EMAIL)
     assert routed.status_code == 200

@@ -140,7 +140,8 @@ def test_bad_rollouts_are_refused_and_change_nothing(app: dict[str, Any]) -> Non
     for body, status, words in cases:
         response = _start(app, **body)
         assert response.status_code == status and words in response.json()["detail"], (body, response.text)
-    assert app["client"].post("/v1/rollout", json={"version": app["candidate"]}).status_code == 401
+    assert httpx.post(f"{app['url']}/v1/rollout", json={"version": app["candidate"]}, timeout=30).status_code == 401
+    assert app["client"].post("/v1/rollout", json={"version": app["candidate"]}, headers=AS_CLIENT).status_code == 403
     no_previous = app["client"].post("/v1/rollback", json={"arm": "linear"}, headers=AUTH)
     assert no_previous.status_code == 409 and "no previous champion" in no_previous.json()["detail"]
     assert app["client"].post("/v1/rollback", json={}, headers=AUTH).status_code == 422  # no rollout, no arm named

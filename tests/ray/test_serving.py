@@ -263,6 +263,37 @@ def test_batch_route_keeps_order(app: dict[str, Any]) -> None:
     assert [r["arm"] for r in results] == singles
 
 
+def test_a_batch_answers_per_item_and_a_failed_item_never_fails_the_routed_ones(app: dict[str, Any]) -> None:
+    # Before issue 9 the batch failed as a whole (403 here) after the first items were routed and logged, so a
+    # client's retry duplicated them.
+    before = _settled_predictions(app)
+    items = [
+        {"user_id": "pi-1", "subject": "Refund", "body": "charged twice", "email_id": "pi-1"},
+        {"user_id": "pi-2", "subject": "Parcel", "body": "where is it", "force_arm": "linear"},  # not a client's right
+        {"user_id": "pi-3", "subject": "Login", "body": "cannot log in", "email_id": "pi-3"},
+        {"user_id": "pi-4", "subject": "", "body": "  "},  # empty
+    ]
+    answer = app["client"].post("/v1/route/batch", json=items, headers=AS_CLIENT)
+    assert answer.status_code == 200, answer.text
+    results = answer.json()
+    assert [r.get("error", {}).get("status") for r in results] == [None, 403, None, 422]
+    assert all("\n" not in r["error"]["detail"] for r in results if "error" in r)
+    assert _wait_for(lambda: _events(app).stats().predictions, lambda n: n == before + 2) == before + 2
+    retried = app["client"].post("/v1/route/batch", json=[items[0], items[2]], headers=AS_CLIENT).json()
+    assert [r["request_id"] for r in retried] == [results[0]["request_id"], results[2]["request_id"]]
+
+
+def test_a_batch_too_large_is_refused_before_any_item_is_read(app: dict[str, Any]) -> None:
+    one = {"user_id": "x", "subject": "s", "body": "b"}
+    too_many = app["client"].post("/v1/route/batch", json=[one] * 1001)
+    assert too_many.status_code == 413 and "1001" in too_many.json()["detail"]
+    not_a_list = app["client"].post("/v1/route/batch", json={"emails": [one]})
+    assert not_a_list.status_code == 422 and "\n" not in not_a_list.json()["detail"]
+    huge = b"[" + b",".join([b'{"user_id": "x", "subject": "s", "body": "' + b"y" * 200_000 + b'"}'] * 60) + b"]"
+    answer = app["client"].post("/v1/route/batch", content=huge, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413 and "bytes" in answer.json()["detail"]
+
+
 def test_replay_and_log_stats(app: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from serving.cli import main
     from training.synth import write_corpus
