@@ -6,9 +6,10 @@ Pure pydantic + stdlib, shared by the Ray Serve app, the Python client and the t
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
+from pydantic.config import JsonDict
 
 from serving.mail.emails import Email, EmailParseError, from_fields, parse_raw
 from serving.mail.text import model_text
@@ -28,7 +29,20 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_ONE_FORM: JsonDict = {  # the JSON Schema of `_one_form`: raw alone, or subject and/or body without raw
+    "oneOf": [
+        {"required": ["raw"], "properties": {"raw": {"type": "string"}, "subject": {"type": "null"},
+                                             "body": {"type": "null"}}},
+        {"properties": {"raw": {"type": "null"}},
+         "anyOf": [{"required": ["subject"], "properties": {"subject": {"type": "string"}}},
+                   {"required": ["body"], "properties": {"body": {"type": "string"}}}]},
+    ]
+}  # fmt: skip
+
+
 class RouteRequest(_Request):
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_ONE_FORM)
+
     user_id: StrictStr = Field(min_length=1, max_length=512, description="The sender; decides the A/B arm.")
     subject: StrictStr | None = Field(None, description="Subject line (with `body`).")
     body: StrictStr | None = Field(None, description="Plain-text or HTML body (with `subject`).")
@@ -111,3 +125,71 @@ def text_for_model(email: Email) -> str:
     if not text.strip():
         raise ApiError(422, "the email has no text left after removing quotes and signatures")
     return text
+
+
+class ErrorBody(BaseModel):
+    """Every refusal: a status code and one line saying why."""
+
+    detail: str
+
+
+ERROR_TEXT = {
+    400: "The body is not JSON.",
+    401: "No token, or one that is not valid (see WWW-Authenticate).",
+    403: "The token's role may not do this.",
+    404: "No such experiment, request_id or rollout.",
+    409: "Conflicts with the running state (a change under way, a rollout running).",
+    413: "The request, an email or a batch is over its limit.",
+    422: "A field is missing, of the wrong type or out of range; the detail names it.",
+    429: "This token's rate limit is reached; wait Retry-After seconds.",
+    503: "Unavailable for a moment (load shedding, the event log behind or failing, a change not confirmed); "
+    "retry after Retry-After seconds.",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of an operation: each refusal it can answer, with the error body."""
+    return {code: {"model": ErrorBody, "description": ERROR_TEXT[code]} for code in codes}
+
+
+class ArmChange(_Request):
+    model: StrictStr | None = Field(None, min_length=1, description="Model name in the registry.")
+    version: StrictStr | None = Field(None, min_length=1, description="'champion', 'latest' or a version id.")
+    weight: StrictFloat | StrictInt | None = Field(None, ge=0, le=1, description="Share of the covered users.")
+
+
+class ShadowChange(_Request):
+    model: StrictStr = Field(min_length=1, description="Model name in the registry.")
+    version: StrictStr = Field("latest", min_length=1, description="'champion', 'latest' or a version id.")
+    sample_rate: StrictFloat | StrictInt = Field(ge=0, le=1, description="Share of requests also sent to it.")
+
+
+class ExperimentChange(_Request):
+    """PUT /v1/experiments/{name}: the fields to change (arms are added and removed by a rollout)."""
+
+    arms: dict[str, ArmChange | Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        None, description="Arm -> a weight, or the arm fields to change."
+    )
+    coverage: StrictFloat | StrictInt | None = Field(None, ge=0, le=1, description="Share of users in the experiment.")
+    active: StrictBool | None = Field(None, description="False stops the experiment: everyone gets the holdout arm.")
+    fallback_order: list[StrictStr] | None = Field(None, description="Arms tried, in order, when an arm fails.")
+    shadow: ShadowChange | None = Field(None, description="A model that sees a sample of traffic, answers logged.")
+    holdout_arm: StrictStr | None = Field(None, min_length=1, description="The arm users outside coverage get.")
+
+
+class PolicyChange(_Request):
+    """PUT /v1/policy: the decision policy's fields to change."""
+
+    confidence_threshold: StrictFloat | StrictInt | None = Field(None, ge=0, le=1)
+    secondary_margin: StrictFloat | StrictInt | None = Field(None, ge=0, le=1)
+    queue_thresholds: dict[str, Annotated[float, Field(ge=0, le=1)]] | None = None
+
+
+class RolloutStart(_Request):
+    version: StrictStr = Field(min_length=1, description="The candidate, name:vN.")
+    canary_percent: StrictFloat | StrictInt | None = Field(None, gt=0, lt=100, description="Its first share.")
+    arm: StrictStr | None = Field(None, min_length=1, description="The arm it replaces (when the model serves two).")
+
+
+class RollbackRequest(_Request):
+    arm: StrictStr | None = Field(None, min_length=1, description="Restore this arm's previous champion.")

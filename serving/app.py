@@ -35,7 +35,19 @@ from ray.serve.handle import DeploymentHandle
 from experiments.config import ExperimentConfig
 from monitoring.dashboard.data import DashboardSources
 from monitoring.dashboard.routes import install as install_dashboard
-from serving.api import ApiError, BatchItem, FeedbackRequest, FeedbackResponse, RouteRequest, RouteResponse
+from serving.api import (
+    ApiError,
+    BatchItem,
+    ExperimentChange,
+    FeedbackRequest,
+    FeedbackResponse,
+    PolicyChange,
+    RollbackRequest,
+    RolloutStart,
+    RouteRequest,
+    RouteResponse,
+    errors,
+)
 from serving.auth import AUTH_OFF_WARNING, AuthError, Principal, Right, TokenStore, resolve_user_salt
 from serving.batcher import CallBatcher
 from serving.config import Home, PolicyConfig, QueuesConfig, ServingConfig, config_dir, parse_config
@@ -322,16 +334,13 @@ class Router:
     async def _call_arm_batch(self, arm: str, emails: list[ArmRequest]) -> list[ArmAnswer]:
         return await self._handle(arm).predict.remote(emails)
 
-    def _require(self, request: Request, right: Right, what: str) -> Principal:
-        return self.tokens.require(request.headers.get("authorization"), right, what)
-
-    def _admin(self, request: Request, what: str) -> Context:
+    def _context(self, caller: Principal) -> Context:
         """The context of an admin's change: who acts is the token's holder, never a header the caller chooses."""
-        actor = self._require(request, "admin", what).holder
-        return Context(self.home, self.queues.model_dump(mode="json"), self.serving, actor, self.config_dir)
+        return Context(self.home, self.queues.model_dump(mode="json"), self.serving, caller.holder, self.config_dir)
 
     # ---- routes --------------------------------------------------------------------------------------------
-    @api.post("/v1/route", response_model=RouteResponse, dependencies=BEARER)
+    @api.post("/v1/route", response_model=RouteResponse, dependencies=BEARER,
+              responses=errors(400, 401, 403, 413, 422, 429, 503))  # fmt: skip
     async def route(self, req: RouteRequest, caller: RoutingCaller) -> RouteResponse:
         assert self.core is not None
         return await self.core.route(req, caller)
@@ -340,6 +349,7 @@ class Router:
         "/v1/route/batch",
         response_model=list[BatchItem],
         dependencies=BEARER,
+        responses=errors(400, 401, 403, 413, 422, 429, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -349,24 +359,25 @@ class Router:
             }
         },
     )  # fmt: skip
-    async def route_batch(self, request: Request) -> list[BatchItem]:
+    async def route_batch(self, request: Request, caller: RoutingCaller) -> list[BatchItem]:
         """Emails in order; each answer is the email's route or its own error (`{"error": {status, detail}}`)."""
         assert self.core is not None
-        caller = self._require(request, "route", "routing")
         items = await _json_body(request, limit=self.serving.max_request_bytes)  # size first, then anything else
         if not isinstance(items, list):
             raise ApiError(422, "body: expected a JSON array of emails")
         return await self.core.route_batch(items, caller)
 
-    @api.post("/v1/feedback", response_model=FeedbackResponse, dependencies=BEARER)
+    @api.post("/v1/feedback", response_model=FeedbackResponse, dependencies=BEARER,
+              responses=errors(400, 401, 403, 404, 422, 429, 503))  # fmt: skip
     async def feedback(self, req: FeedbackRequest, caller: FeedbackCaller) -> FeedbackResponse:
         assert self.core is not None
         return await self.core.feedback(req, caller)
 
-    @api.get("/v1/experiments", dependencies=BEARER)
-    async def experiments(self, request: Request) -> dict[str, Any]:
+    @api.get("/v1/experiments", dependencies=BEARER, responses=errors(401, 403, 429))
+    async def experiments(
+        self, caller: Annotated[Principal, _needs("admin", "reading the experiment")]
+    ) -> dict[str, Any]:
         assert self.core is not None
-        self._require(request, "admin", "reading the experiment")
         exp = self.core.experiment.model_dump(mode="json", exclude={"salt"})  # the salt stays a secret
         return {
             "experiment": exp,
@@ -374,38 +385,44 @@ class Router:
             "config_version": self.config_version,
         }
 
-    @api.put("/v1/experiments/{name}", dependencies=BEARER)
-    async def change_experiment(self, name: str, request: Request) -> dict[str, Any]:
-        ctx = self._admin(request, "changing experiments")
-        answer = await admin.change_experiment(ctx, name, await _json_body(request))
+    @api.put("/v1/experiments/{name}", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 422, 429, 503))
+    async def change_experiment(
+        self, name: str, change: ExperimentChange, caller: Annotated[Principal, _needs("admin", "changing experiments")]
+    ) -> dict[str, Any]:
+        body = change.model_dump(mode="json", exclude_unset=True)
+        answer = await admin.change_experiment(self._context(caller), name, body)
         if isinstance(answer.get("experiment"), dict):
             answer["experiment"].pop("salt", None)
         return answer
 
-    @api.get("/v1/policy", dependencies=BEARER)
-    async def policy(self, request: Request) -> dict[str, Any]:
+    @api.get("/v1/policy", dependencies=BEARER, responses=errors(401, 403, 429))
+    async def policy(self, caller: Annotated[Principal, _needs("admin", "reading the policy")]) -> dict[str, Any]:
         assert self.core is not None
-        self._require(request, "admin", "reading the decision policy")
         return {"policy": self.core.policy.model_dump(mode="json"), "config_version": self.config_version}
 
-    @api.put("/v1/policy", dependencies=BEARER)
-    async def change_policy(self, request: Request) -> dict[str, Any]:
-        ctx = self._admin(request, "changing the decision policy")
-        return await admin.change_policy(ctx, await _json_body(request), self.queues.names)
+    @api.put("/v1/policy", dependencies=BEARER, responses=errors(400, 401, 403, 409, 422, 429, 503))
+    async def change_policy(
+        self, change: PolicyChange, caller: Annotated[Principal, _needs("admin", "changing the decision policy")]
+    ) -> dict[str, Any]:
+        body = change.model_dump(mode="json", exclude_unset=True)
+        return await admin.change_policy(self._context(caller), body, self.queues.names)
 
-    @api.get("/v1/rollout", dependencies=BEARER)
-    async def rollout(self, request: Request) -> dict[str, Any]:
-        return await admin.rollout_status(self._admin(request, "reading the rollout"))
+    @api.get("/v1/rollout", dependencies=BEARER, responses=errors(401, 403, 429, 503))
+    async def rollout(self, caller: Annotated[Principal, _needs("admin", "reading the rollout")]) -> dict[str, Any]:
+        return await admin.rollout_status(self._context(caller))
 
-    @api.post("/v1/rollout", dependencies=BEARER)
-    async def start_rollout(self, request: Request) -> dict[str, Any]:
-        ctx = self._admin(request, "starting a rollout")
-        return await admin.start_rollout(ctx, await _json_body(request))
+    @api.post("/v1/rollout", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 422, 429, 503))
+    async def start_rollout(
+        self, start: RolloutStart, caller: Annotated[Principal, _needs("admin", "starting a rollout")]
+    ) -> dict[str, Any]:
+        return await admin.start_rollout(self._context(caller), start.model_dump(mode="json", exclude_unset=True))
 
-    @api.post("/v1/rollback", dependencies=BEARER)
-    async def rollback(self, request: Request) -> dict[str, Any]:
-        ctx = self._admin(request, "a rollback")
-        return await admin.rollback(ctx, await _json_body(request, default=b"{}"))
+    @api.post("/v1/rollback", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 422, 429, 503))
+    async def rollback(
+        self, caller: Annotated[Principal, _needs("admin", "a rollback")], body: RollbackRequest | None = None
+    ) -> dict[str, Any]:
+        arm = {} if body is None else body.model_dump(mode="json", exclude_unset=True)
+        return await admin.rollback(self._context(caller), arm)
 
     def config_version_of_replica(self) -> int:
         return int(self.config_version)
@@ -414,7 +431,15 @@ class Router:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/readyz")
+    @api.get(
+        "/readyz",
+        responses={
+            503: {
+                "description": "Not ready: an arm does not answer, or the event log fails "
+                "while on_store_failure is refuse."
+            }
+        },
+    )
     async def readyz(self) -> JSONResponse:
         assert self.core is not None
         loaded: dict[str, str] = {}
@@ -436,7 +461,7 @@ class Router:
         assert self.core is not None
         return {**self.core.metrics.snapshot(), "writer": asdict(self._writer.stats())}
 
-    @api.get("/metrics", response_class=PlainTextResponse)
+    @api.get("/metrics", response_class=PlainTextResponse, responses=errors(503))
     async def metrics(self) -> PlainTextResponse:
         assert self.core is not None
         try:
