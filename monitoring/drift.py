@@ -16,6 +16,7 @@ goodness-of-fit test against the reference's shares taken as exact, which false-
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -212,11 +213,29 @@ def run_quality(frame: pd.DataFrame, *, name: str, tags: Sequence[str], metadata
     return Report([ClassificationPreset()]).run(dataset, None, name=name, tags=list(tags), metadata=metadata)
 
 
+# Evidently writes the report's data as `var <id> = <json>;` lines inside a plain <script>, and json.dumps leaves
+# "</script>" in a string as it is: an email whose text holds one would end the block and run as script. Both data
+# lines end with a literal newline, which JSON never holds, so they are found exactly.
+_DATA = re.compile(r"(\n    var (\w+) = )(.*?)(;\n    var additional_graphs_\2 = )(.*?)(;\n</script>)", re.DOTALL)
+
+
+def _escape_json_in_script(data: str) -> str:
+    """JSON that means the same and cannot end a <script> or open an HTML comment."""
+    return data.replace("</", "<\\/").replace("<!--", "<\\u0021--")
+
+
+def escape_report_data(html: str) -> str:
+    return _DATA.sub(
+        lambda m: m[1] + _escape_json_in_script(m[3]) + m[4] + _escape_json_in_script(m[5]) + m[6], html
+    )
+
+
 def save_snapshot(snapshot: Any, json_path: Path, html_path: Path | None) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     snapshot.save_json(str(json_path))
     if html_path is not None:
         snapshot.save_html(str(html_path))
+        html_path.write_text(escape_report_data(html_path.read_text(encoding="utf-8")), encoding="utf-8")
 
 
 def add_to_workspace(workspace: Path, project: str, snapshot: Any) -> str:

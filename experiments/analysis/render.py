@@ -141,7 +141,8 @@ def plot_daily(r: ExperimentReport, kpi: str = "net_saving", *, width: float = 7
             hi.append(iv.hi if iv.hi is not None else iv.estimate)
         if not xs:
             continue
-        ax.plot(xs, est, marker="o", markersize=3, label=arm)
+        # An arm name from the log is text: matplotlib reads `$...$` in a label as mathtext (and fails on a bad one).
+        ax.plot(xs, est, marker="o", markersize=3, label=arm.replace("$", r"\$"))
         ax.fill_between(xs, lo, hi, alpha=0.2)
     ax.set_title(LABELS.get(kpi, kpi) + " by day")
     if days:

@@ -425,7 +425,7 @@ def _drift(home: Home, verdicts: list[MonitorVerdict]) -> DriftView:
 
 def report_url(home: Home, path: str | None) -> str | None:
     """The dashboard link of a report file, if it lies under `<home>/reports` and exists; else None."""
-    if not path:
+    if not path or "\x00" in path:  # a path no file can have (and that the os module refuses with an error)
         return None
     candidate = Path(path)
     base = home.reports.resolve()

@@ -18,6 +18,11 @@ from serving.store.eventlog import MonitorVerdict
 MAX_SERIES = 8  # more lines than this on one chart are unreadable; the table lists every check
 
 
+def plain(label: str) -> str:
+    """A label as text: matplotlib reads `$...$` as mathtext, and an unbalanced `$` would fail the whole page."""
+    return label.replace("$", r"\$")
+
+
 def png_data_uri(figure: object) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")  # type: ignore[attr-defined]
@@ -39,7 +44,7 @@ def score_history(verdicts: Sequence[MonitorVerdict]) -> str | None:
     axes = figure.add_subplot()
     for name in sorted(series)[:MAX_SERIES]:
         points = sorted(series[name])
-        axes.plot(date2num([p[0] for p in points]), [p[1] for p in points], marker="o", markersize=3, label=name)
+        axes.plot(date2num([p[0] for p in points]), [p[1] for p in points], marker="o", markersize=3, label=plain(name))
         alarms = [p for p in points if p[2]]
         if alarms:
             axes.scatter(date2num([p[0] for p in alarms]), [p[1] for p in alarms], color="#c62828", zorder=3, s=30)
@@ -83,7 +88,7 @@ def daily_trends(report: Any) -> str | None:
                 continue
             points.sort()
             x = [p[0] for p in points]
-            axes.plot(x, [p[1] for p in points], marker="o", markersize=3, label=arm)
+            axes.plot(x, [p[1] for p in points], marker="o", markersize=3, label=plain(arm))
             bands = [(p[0], p[2], p[3]) for p in points if p[2] is not None and p[3] is not None]
             if bands:
                 axes.fill_between([b[0] for b in bands], [b[1] for b in bands], [b[2] for b in bands], alpha=0.15)
