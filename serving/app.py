@@ -48,7 +48,7 @@ from serving.api import (
     RouteResponse,
     errors,
 )
-from serving.auth import AUTH_OFF_WARNING, AuthError, Principal, Right, TokenStore, resolve_user_salt
+from serving.auth import AUTH_OFF_WARNING, AuthError, Principal, RateLimits, Right, TokenStore, resolve_user_salt
 from serving.batcher import CallBatcher
 from serving.config import Home, PolicyConfig, QueuesConfig, ServingConfig, config_dir, parse_config
 from serving.metrics import merge, render
@@ -191,9 +191,38 @@ class ModelServer:
 
 api = FastAPI(title="mailroute", description="Routes customer emails to specialist queues.", version="1")
 install_dashboard(api)  # GET /dashboard, over this replica's event log and live experiment
+
+
+class BodyLimit:
+    """ASGI middleware: a request whose declared body is over `serving.max_request_bytes` is answered 413 before
+    it is read (a body sent without a length is cut at the limit where it is read, by `_json_body`)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # The app Serve runs is a copy of `api` (serve.ingress freezes one): read what Router set on the one called.
+        app = scope.get("app")
+        limit = getattr(app.state, "max_request_bytes", None) if app is not None else None
+        if scope["type"] == "http" and limit is not None:
+            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+            if declared.isdigit() and int(declared) > limit:
+                detail = f"the request body is {int(declared)} bytes; the limit is {limit}"
+                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(BodyLimit)
 # Declares the bearer scheme in the OpenAPI schema (so /docs can send a token); the check itself is
 # `Router._require`, against the token store, which knows the holders and their roles.
 BEARER = [Security(HTTPBearer(auto_error=False, description="A token of the client, agent or admin role."))]
+
+
+def _within_limit(request: Request, principal: Principal, cost: int = 1) -> None:
+    wait = request.app.state.limits.check(principal.holder, cost)
+    if wait is not None:
+        raise ApiError(429, f"the rate limit of this token is reached; try again in {wait} s", wait)
 
 
 def _needs(right: Right, what: str) -> Any:
@@ -202,7 +231,9 @@ def _needs(right: Right, what: str) -> Any:
 
     def check(request: Request) -> Principal:
         tokens: TokenStore = request.app.state.tokens
-        return tokens.require(request.headers.get("authorization"), right, what)
+        principal = tokens.require(request.headers.get("authorization"), right, what)
+        _within_limit(request, principal)
+        return principal
 
     return Depends(check)
 
@@ -270,6 +301,8 @@ class Router:
         self.handles: dict[str, DeploymentHandle] = {}  # arm -> its deployment, looked up by name on first use
         self.tokens = TokenStore(self.serving, self.home)
         api.state.tokens = self.tokens  # for the dependencies that check a caller before the body
+        api.state.limits = RateLimits(self.serving)
+        api.state.max_request_bytes = self.serving.max_request_bytes
         if not self.tokens.enabled:
             log.warning("%s", AUTH_OFF_WARNING)
         salt = resolve_user_salt(self.serving, self.home, self.tokens)
@@ -365,6 +398,8 @@ class Router:
         items = await _json_body(request, limit=self.serving.max_request_bytes)  # size first, then anything else
         if not isinstance(items, list):
             raise ApiError(422, "body: expected a JSON array of emails")
+        if 1 < len(items) <= self.serving.max_batch_items:
+            _within_limit(request, caller, len(items) - 1)  # each email counts; the call itself was counted
         return await self.core.route_batch(items, caller)
 
     @api.post("/v1/feedback", response_model=FeedbackResponse, dependencies=BEARER,

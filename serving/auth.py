@@ -293,3 +293,25 @@ def revoke_token(path: Path, holder: str) -> bool:
         tokens = {h: t for h, t in current.tokens.items() if h != holder}
         _write_secrets(path, current.model_copy(update={"tokens": tokens}))
     return True
+
+
+class RateLimits:
+    """Calls per token and minute on one router replica: its share of `rate_limit.per_token_per_minute` (a moving
+    window, from the `limits` library), so that every replica together never exceed the limit."""
+
+    def __init__(self, serving: ServingConfig) -> None:
+        from limits import RateLimitItemPerMinute, storage, strategies
+
+        limit = serving.rate_limit.per_token_per_minute
+        ingress = serving.ingress
+        replicas = ingress.num_replicas if ingress.autoscaling is None else ingress.autoscaling.max_replicas
+        self.share = None if limit is None else max(1, limit // max(1, replicas))
+        self._item = None if self.share is None else RateLimitItemPerMinute(self.share)
+        self._window = strategies.MovingWindowRateLimiter(storage.MemoryStorage())
+
+    def check(self, holder: str, cost: int = 1) -> int | None:
+        """None when `holder` may make `cost` more calls now; else the seconds until it may (for Retry-After)."""
+        if self._item is None or self._window.hit(self._item, holder, cost=cost):
+            return None
+        reset = self._window.get_window_stats(self._item, holder).reset_time
+        return max(1, int(reset - time.time()) + 1)

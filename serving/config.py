@@ -235,6 +235,16 @@ class AuthConfig(StrictModel):
     )
 
 
+class RateLimitSpec(StrictModel):
+    """Per token, across all router replicas: each replica allows its share (the limit over the most replicas the
+    ingress may run), so the sum never exceeds the limit; over it, 429 with Retry-After."""
+
+    per_token_per_minute: int | None = Field(
+        None, ge=1, description="Most emails routed or other calls one token makes per minute (a batch counts each "
+        "email); null: no limit."
+    )
+
+
 class ServingConfig(StrictModel):
     """`configs/serving.yaml`."""
 
@@ -257,6 +267,7 @@ class ServingConfig(StrictModel):
         4 * 2**20, ge=1024, description="Largest request body (a batch of emails); larger ones are refused unread."
     )
     max_batch_items: int = Field(1000, ge=1, description="Most emails in one POST /v1/route/batch.")
+    rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Calls per token and minute.")
     model_timeout_s: float = Field(2.0, gt=0, description="An arm slower than this counts as failed; fallback.")
     auth: AuthConfig = Field(default_factory=AuthConfig, description="Access by role.")
     admin_token_env: str = Field(
