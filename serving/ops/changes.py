@@ -145,6 +145,14 @@ async def _locked(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any
         live = await read_live(ctx.app_name)
         change = await asyncio.to_thread(plan, live)  # it reads the registry and configs: off the event loop
         return await _apply(ctx, live, change)
+    except ApiError:
+        raise
+    except Exception as err:  # Ray's own (a controller or replica gone): a defined answer, the cause in the log
+        log.exception("%s change by %s failed inside Ray", ctx.actor, type(err).__name__)
+        why = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        raise ApiError(
+            503, f"the change failed inside Ray ({why}); GET /v1/experiments shows what runs, then retry", 5
+        ) from None
     finally:
         await asyncio.to_thread(lock.release)
 

@@ -1,0 +1,48 @@
+"""A runtime change that fails inside Ray is a defined answer (503 with Retry-After and one line), never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from experiments.config import ExperimentConfig
+from serving.api import ApiError
+from serving.config import Home, PolicyConfig, ServingConfig, load_queues
+from serving.ops import changes
+from serving.ops.changes import Change, Context, Live
+
+pytestmark = pytest.mark.unit
+QUEUES = load_queues(Path(__file__).resolve().parents[2] / "configs" / "queues.yaml")
+
+
+def experiment(linear: float) -> ExperimentConfig:
+    arms = {
+        "linear": {"model": "linear", "weight": linear},
+        "transformer": {"model": "transformer", "weight": 1 - linear},
+    }
+    return ExperimentConfig.model_validate({"name": "e", "salt": "s", "arms": arms, "holdout_arm": "linear"})
+
+
+def test_a_ray_error_inside_a_change_is_a_503_not_a_500(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.exceptions import RayActorError
+
+    live = Live({"mailroute": {"name": "mailroute", "deployments": [{"name": "Router"}]}}, experiment(0.5),
+                PolicyConfig(), 1)  # fmt: skip
+
+    async def read_live(app_name: str = "mailroute") -> Live:
+        return live
+
+    async def deploy(apps: list[dict[str, Any]]) -> None:
+        raise RayActorError()  # the Serve controller died under us
+
+    monkeypatch.setattr(changes, "read_live", read_live)
+    monkeypatch.setattr(changes, "_deploy", deploy)
+    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops")
+    with pytest.raises(ApiError) as err:
+        asyncio.run(changes.apply(ctx, lambda live: Change("experiment", experiment=experiment(0.8))))
+    assert err.value.status == 503 and err.value.retry_after_s and "\n" not in err.value.detail
+    assert "GET /v1/experiments" in err.value.detail
+    assert not (tmp_path / "audit.jsonl").exists()  # nothing recorded for a change Serve never took
