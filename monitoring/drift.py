@@ -225,9 +225,7 @@ def _escape_json_in_script(data: str) -> str:
 
 
 def escape_report_data(html: str) -> str:
-    return _DATA.sub(
-        lambda m: m[1] + _escape_json_in_script(m[3]) + m[4] + _escape_json_in_script(m[5]) + m[6], html
-    )
+    return _DATA.sub(lambda m: m[1] + _escape_json_in_script(m[3]) + m[4] + _escape_json_in_script(m[5]) + m[6], html)
 
 
 def save_snapshot(snapshot: Any, json_path: Path, html_path: Path | None) -> None:

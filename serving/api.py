@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 from pydantic.config import JsonDict
 
-from serving.mail.emails import Email, EmailParseError, from_fields, parse_raw
+from serving.mail.emails import Email, EmailParseError, EmailTooLarge, from_fields, parse_raw
 from serving.mail.text import model_text
 
 
@@ -107,12 +107,19 @@ class FeedbackResponse(BaseModel):
 
 
 def email_from_request(req: RouteRequest, max_bytes: int) -> Email:
-    """Parse the email; refuse oversize and empty ones. The size counts UTF-8 bytes of what the client sent."""
-    size = len((req.raw or "").encode()) + len((req.subject or "").encode()) + len((req.body or "").encode())
+    """Parse the email; refuse oversize and empty ones. The size counts UTF-8 bytes of what the client sent, and
+    the text it decodes to (MIME parts, HTML) may not pass `max_bytes` characters either: 413 for both."""
+    # A JSON string may hold a lone surrogate ("\ud800"); it counts as the 3 bytes UTF-8 would give it.
+    size = sum(len(field.encode("utf-8", "surrogatepass")) for field in (req.raw, req.subject, req.body) if field)
     if size > max_bytes:
         raise ApiError(413, f"email is {size} bytes; the limit is {max_bytes}")
     try:
-        email = parse_raw(req.raw) if req.raw is not None else from_fields(req.subject or "", req.body or "")
+        if req.raw is not None:
+            email = parse_raw(req.raw, max_text_chars=max_bytes)
+        else:
+            email = from_fields(req.subject or "", req.body or "", max_text_chars=max_bytes)
+    except EmailTooLarge as err:
+        raise ApiError(413, str(err)) from None
     except EmailParseError as err:
         raise ApiError(422, f"raw: {err}") from None
     if not (email.subject.strip() or email.body.strip()):

@@ -240,8 +240,10 @@ class RateLimitSpec(StrictModel):
     ingress may run), so the sum never exceeds the limit; over it, 429 with Retry-After."""
 
     per_token_per_minute: int | None = Field(
-        None, ge=1, description="Most emails routed or other calls one token makes per minute (a batch counts each "
-        "email); null: no limit."
+        None,
+        ge=1,
+        description="Most emails routed or other calls one token makes per minute (a batch counts each "
+        "email); null: no limit.",
     )
 
 
