@@ -225,6 +225,14 @@ def _within_limit(request: Request, principal: Principal, cost: int = 1) -> None
         raise ApiError(429, f"the rate limit of this token is reached; try again in {wait} s", wait)
 
 
+def _without_salt(answer: dict[str, Any]) -> dict[str, Any]:
+    """An admin answer that names the experiment, without its salt (a secret: it decides every user's arm)."""
+    experiment = answer.get("experiment")
+    if isinstance(experiment, dict):
+        answer["experiment"] = {k: v for k, v in experiment.items() if k != "salt"}
+    return answer
+
+
 def _needs(right: Right, what: str) -> Any:
     """A dependency: the caller's principal, checked before the body is validated (a stranger gets 401, never a
     422 that describes the body)."""
@@ -425,10 +433,7 @@ class Router:
         self, name: str, change: ExperimentChange, caller: Annotated[Principal, _needs("admin", "changing experiments")]
     ) -> dict[str, Any]:
         body = change.model_dump(mode="json", exclude_unset=True)
-        answer = await admin.change_experiment(self._context(caller), name, body)
-        if isinstance(answer.get("experiment"), dict):
-            answer["experiment"].pop("salt", None)
-        return answer
+        return _without_salt(await admin.change_experiment(self._context(caller), name, body))
 
     @api.get("/v1/policy", dependencies=BEARER, responses=errors(401, 403, 429))
     async def policy(self, caller: Annotated[Principal, _needs("admin", "reading the policy")]) -> dict[str, Any]:
@@ -444,20 +449,21 @@ class Router:
 
     @api.get("/v1/rollout", dependencies=BEARER, responses=errors(401, 403, 429, 503))
     async def rollout(self, caller: Annotated[Principal, _needs("admin", "reading the rollout")]) -> dict[str, Any]:
-        return await admin.rollout_status(self._context(caller))
+        return _without_salt(await admin.rollout_status(self._context(caller)))
 
     @api.post("/v1/rollout", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 422, 429, 503))
     async def start_rollout(
         self, start: RolloutStart, caller: Annotated[Principal, _needs("admin", "starting a rollout")]
     ) -> dict[str, Any]:
-        return await admin.start_rollout(self._context(caller), start.model_dump(mode="json", exclude_unset=True))
+        body = start.model_dump(mode="json", exclude_unset=True)
+        return _without_salt(await admin.start_rollout(self._context(caller), body))
 
     @api.post("/v1/rollback", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 422, 429, 503))
     async def rollback(
         self, caller: Annotated[Principal, _needs("admin", "a rollback")], body: RollbackRequest | None = None
     ) -> dict[str, Any]:
         arm = {} if body is None else body.model_dump(mode="json", exclude_unset=True)
-        return await admin.rollback(self._context(caller), arm)
+        return _without_salt(await admin.rollback(self._context(caller), arm))
 
     def config_version_of_replica(self) -> int:
         return int(self.config_version)
