@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 from pydantic.config import JsonDict
+from starlette.responses import JSONResponse
 
 from serving.mail.emails import Email, EmailParseError, EmailTooLarge, from_fields, parse_raw
 from serving.mail.text import model_text
@@ -200,3 +201,48 @@ class RolloutStart(_Request):
 
 class RollbackRequest(_Request):
     arm: StrictStr | None = Field(None, min_length=1, description="Restore this arm's previous champion.")
+
+
+class BodyLimit:
+    """ASGI middleware: no request body over `max_request_bytes` (the app's state; 1 MB unless set) is read. One
+    whose declared length is over it is answered 413 at once; one sent without a length (chunked) is read up to the
+    limit and answered 413 past it, before any route (or the token check) sees it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # The app Serve runs is a copy of `api` (serve.ingress freezes one): read what Router set on the one called.
+        app = scope.get("app")
+        limit = int(getattr(app.state, "max_request_bytes", 2**20)) if app is not None else 2**20
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit():
+            if int(declared) > limit:
+                await _too_large(
+                    scope, receive, send, f"the request body is {int(declared)} bytes; the limit is {limit}"
+                )
+                return
+            await self.app(scope, receive, send)
+            return
+        messages, size = [], 0
+        while True:  # no declared length: read it here, bounded, then hand it on
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > limit:
+                await _too_large(scope, receive, send, f"the request body is over the limit of {limit} bytes")
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+
+        async def replay() -> Any:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(scope: dict[str, Any], receive: Any, send: Any, detail: str) -> None:
+    await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)

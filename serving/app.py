@@ -38,6 +38,7 @@ from monitoring.dashboard.routes import install as install_dashboard
 from serving.api import (
     ApiError,
     BatchItem,
+    BodyLimit,
     ExperimentChange,
     FeedbackRequest,
     FeedbackResponse,
@@ -193,26 +194,6 @@ api = FastAPI(title="mailroute", description="Routes customer emails to speciali
 install_dashboard(api)  # GET /dashboard, over this replica's event log and live experiment
 
 
-class BodyLimit:
-    """ASGI middleware: a request whose declared body is over `serving.max_request_bytes` is answered 413 before
-    it is read (a body sent without a length is cut at the limit where it is read, by `_json_body`)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        # The app Serve runs is a copy of `api` (serve.ingress freezes one): read what Router set on the one called.
-        app = scope.get("app")
-        limit = getattr(app.state, "max_request_bytes", None) if app is not None else None
-        if scope["type"] == "http" and limit is not None:
-            declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > limit:
-                detail = f"the request body is {int(declared)} bytes; the limit is {limit}"
-                await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 api.add_middleware(BodyLimit)
 # Declares the bearer scheme in the OpenAPI schema (so /docs can send a token); the check itself is
 # `Router._require`, against the token store, which knows the holders and their roles.
@@ -275,6 +256,13 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return answer
 
 
+@api.exception_handler(Exception)
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """Whatever was not foreseen: one line and a 500, never a traceback (the traceback goes to the log)."""
+    log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+    return _refuse(request, 500, f"internal error ({type(exc).__name__}); the server log has the details")
+
+
 @api.exception_handler(AuthError)
 async def _auth_error(request: Request, exc: AuthError) -> JSONResponse:
     answer = _refuse(request, exc.status, exc.detail)
@@ -295,7 +283,7 @@ async def _json_body(request: Request, default: bytes = b"null", limit: int = 2*
             raise ApiError(413, f"the request body is over the limit of {limit} bytes")
     try:
         return json.loads(bytes(body) or default)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
         raise ApiError(400, "invalid JSON body") from None
 
 
@@ -406,6 +394,9 @@ class Router:
         items = await _json_body(request, limit=self.serving.max_request_bytes)  # size first, then anything else
         if not isinstance(items, list):
             raise ApiError(422, "body: expected a JSON array of emails")
+        share = request.app.state.limits.share
+        if share is not None and len(items) > share:  # it could never pass: say so instead of 429 forever
+            raise ApiError(413, f"batch of {len(items)} emails; this token's rate limit allows {share} a minute here")
         if 1 < len(items) <= self.serving.max_batch_items:
             _within_limit(request, caller, len(items) - 1)  # each email counts; the call itself was counted
         return await self.core.route_batch(items, caller)

@@ -151,6 +151,8 @@ def env_tokens(environ: Mapping[str, str], prefix: str, admin_env: str) -> dict[
         role, _, token = value.partition(":")
         if role not in RIGHTS or not token or not HOLDER.fullmatch(holder):
             raise ConfigError(f"{name}: expected <role>:<token> with role client, agent or admin")
+        if len(token) < 16:  # said without the value: an error message must never carry a secret
+            raise ConfigError(f"{name}: the token must be at least 16 characters")
         tokens[holder] = TokenSpec.model_validate({"role": role, "token": token})
     admin = environ.get(admin_env)
     if admin:

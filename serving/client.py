@@ -50,9 +50,15 @@ class MailrouteClient:
             wait = self.backoff_s * 2**attempt
             try:
                 response = self._http.request(method, path, json=json, timeout=timeout)
-            except httpx.TransportError as err:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as err:  # never sent: safe to send again
                 if attempt == retries:
                     raise MailrouteError(503, f"cannot reach {self._http.base_url}: {err}") from None
+            except httpx.TransportError as err:
+                # Sent, answer lost (a read timeout, a dropped connection): the server may have acted on it, so a
+                # resend could route an email twice. Said, not retried; an email_id makes a resend safe.
+                raise MailrouteError(
+                    503, f"no answer from {self._http.base_url} ({type(err).__name__}): {err}"
+                ) from None
             else:
                 if response.status_code not in (429, 503) or attempt == retries:
                     break

@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from monitoring.dashboard.data import DashboardSources, gather, report_file
+from serving.api import BodyLimit
 from serving.auth import ANONYMOUS, Principal, Right
 from serving.store.eventlog import MonitorVerdict
 
@@ -201,6 +202,7 @@ def standalone_app(sources: DashboardSources) -> FastAPI:
     """The dashboard alone, for `mailroute dashboard`: the same router over the files, no Ray."""
     app = FastAPI(title="mailroute dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.dashboard = sources
+    app.add_middleware(BodyLimit)  # no request body over 1 MB is read (the labelling form is at most 256 KB)
     install(app)
 
     @app.get("/", include_in_schema=False)

@@ -18,6 +18,7 @@ It runs wherever Ray runs: in a router replica for an admin call, in the schedul
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -148,7 +149,7 @@ async def _locked(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any
     except ApiError:
         raise
     except Exception as err:  # Ray's own (a controller or replica gone): a defined answer, the cause in the log
-        log.exception("%s change by %s failed inside Ray", ctx.actor, type(err).__name__)
+        log.exception("a change by %s failed inside Ray: %s", ctx.actor, type(err).__name__)
         why = " ".join(f"{type(err).__name__}: {err}".split())[:200]
         raise ApiError(
             503, f"the change failed inside Ray ({why}); GET /v1/experiments shows what runs, then retry", 5
@@ -186,7 +187,16 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
             for d in router["deployments"]
         ]  # fmt: skip
         await _deploy(list(apps.values()))
-        _record(ctx, live, change)
+        try:
+            _record(ctx, live, change)
+        except Exception as err:  # a full disk, say: a change that cannot be recorded is undone, not left live
+            await _deploy(list(live.apps.values()))
+            if change.experiment is not None:
+                with contextlib.suppress(Exception):  # the saved layout back to the live one, where it can be
+                    state.save_state(ctx.home, live.experiment)
+            raise ApiError(
+                503, f"the change could not be recorded ({type(err).__name__}: {err}): it was undone", 5
+            ) from None
         _commit(change)
         if change.experiment is not None:
             moved = moved_share(live.experiment.ranges(), change.experiment.ranges())

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -21,6 +22,7 @@ from training.synth import generate
 from training.torch_loop import build_model, export_model, load_tokenizer
 from training.transformer_config import TransformerConfig
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 QUEUES = load_queues(REPO / "configs" / "queues.yaml")
 TOKEN = "test-admin-token-0123456789"  # set by the session's Ray fixture (tests/ray/conftest.py): holder "admin"
@@ -121,6 +123,16 @@ def running_app(
         from ray import serve
 
         serve.shutdown()
+
+
+def wait_for(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float = 30.0, every_s: float = 0.2) -> T:
+    """Poll `read` until `ok` holds or `timeout_s` passes; the last value either way (the caller asserts on it)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if ok(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(every_s)
 
 
 _LOOP: Any = None

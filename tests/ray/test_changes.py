@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +22,7 @@ from serve_app import (
     running_app,
     small_serving_config,
     two_arm_experiment,
+    wait_for,
 )
 
 from experiments.assign import moved_share
@@ -40,7 +40,6 @@ from training.linear import fit_linear
 from training.synth import generate
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-T = TypeVar("T")
 SHADOW_APP = arm_app("shadow")  # mailroute-shadow
 
 
@@ -89,15 +88,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port:
     with running_app(home, serve_port, serving, experiment) as running:
         running.update(corrupt=corrupt, bad_labels=bad_labels, fewer_labels=fewer_labels, good=good)
         yield running
-
-
-def _wait_for(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = read()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def _live(app: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +174,7 @@ def test_a_live_change_the_routers_did_not_confirm_is_recorded_and_survives_a_re
         on_driver_loop(admin.change_experiment(ctx, "t-exp", change))
     assert refused.value.status == 503 and "live and recorded" in refused.value.detail, refused.value.detail
     # Live on every router replica ...
-    versions = _wait_for(_router_versions, lambda v: len(v) == 2 and len(set(v)) == 1)
+    versions = wait_for(_router_versions, lambda v: len(v) == 2 and len(set(v)) == 1)
     assert len(versions) == 2 and len(set(versions)) == 1, versions
     assert _weights(_live(app)) == {"linear": 0.7, "transformer": 0.3}
     # ... saved, with its pinned layout, and audited.
@@ -199,7 +189,7 @@ def test_a_live_change_the_routers_did_not_confirm_is_recorded_and_survives_a_re
     serve.delete("mailroute")
     launch.deploy(app["home"], QUEUES, app["serving"], app["experiment"])
     # The proxy takes a moment to route to the new router application (HAProxy reloads its config).
-    _wait_for(lambda: app["client"].get("/v1/experiments").status_code, lambda status: status == 200)
+    wait_for(lambda: app["client"].get("/v1/experiments").status_code, lambda status: status == 200)
     assert _weights(_live(app)) == {"linear": 0.7, "transformer": 0.3}
     assert {u: _route(app, u)["arm"] for u in users} == before
 
@@ -265,7 +255,7 @@ def test_a_shadow_switched_on_at_runtime_gets_its_own_application(app: dict[str,
         found = [events.get_prediction(rid) for rid in request_ids]
         return [e.shadow if e is not None else None for e in found]
 
-    results = _wait_for(shadows, lambda found: all(found), timeout_s=15)
+    results = wait_for(shadows, lambda found: all(found), timeout_s=15)
     for result in results:
         assert result is not None and "error" not in result, result
         assert result["model"] == "linear" and result["version"] == app["good"] and result["queue"]
@@ -317,9 +307,9 @@ def test_champion_is_pinned_once_so_a_restarted_replica_serves_what_its_siblings
     assert len(before) == 2, before
     name, namespace = sorted(before)[0]
     ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-    after = _wait_for(replicas, lambda r: len(r) == 2 and r != before, timeout_s=60)
+    after = wait_for(replicas, lambda r: len(r) == 2 and r != before, timeout_s=60)
     assert len(after) == 2 and (name, namespace) not in after, after
-    served = _wait_for(lambda: _arm_versions("linear"), lambda v: len(v) == 2, timeout_s=60)
+    served = wait_for(lambda: _arm_versions("linear"), lambda v: len(v) == 2, timeout_s=60)
     assert served == ["linear:v1", "linear:v1"]  # the new replica loaded the pinned v1, not the new champion
     assert _live(app)["arms"]["linear"]["version"] == "v1"
     assert _route(app, "after-restart", force_arm="linear")["model_version"] == "linear:v1"

@@ -21,8 +21,8 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -32,13 +32,13 @@ from serve_app import (
     running_app,
     small_serving_config,
     two_arm_experiment,
+    wait_for,
 )
 
 from serving.config import Home
 from serving.store.eventlog import open_event_log
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-T = TypeVar("T")
 BODY = {"subject": "Refund", "body": "I was charged twice for my order, please refund one of them"}
 
 
@@ -62,15 +62,6 @@ def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port:
     finally:
         if mounted.returncode == 0:
             subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def _wait_for(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = read()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def _pids(title: str) -> list[int]:
@@ -135,31 +126,31 @@ def _logged(app: dict[str, Any]) -> set[str]:
 
 def test_a_killed_arm_replica_costs_no_request_and_comes_back_by_itself(app: dict[str, Any]) -> None:
     title = "ServeReplica:mailroute-arm-transformer:arm-transformer"
-    (victim,) = _wait_for(lambda: _pids(title), lambda pids: len(pids) == 1, 30)
+    (victim,) = wait_for(lambda: _pids(title), lambda pids: len(pids) == 1, 30)
     assert not _forced(app, "transformer")["fallback"]
     with Load(app) as load:
         time.sleep(1.0)
         os.kill(victim, signal.SIGKILL)
-        replaced = _wait_for(lambda: _pids(title), lambda pids: len(pids) == 1 and victim not in pids, 90)
+        replaced = wait_for(lambda: _pids(title), lambda pids: len(pids) == 1 and victim not in pids, 90)
         assert len(replaced) == 1 and victim not in replaced, "Serve did not start a new replica"
         time.sleep(1.0)
     assert load.failures == [] and len(load.acks) > 50  # the budget: no request fails, they fall back
     fell_back = [a for _, _, _, a in load.acks if a["fallback"]]
     assert all(a["queue"] and a["reason"].startswith("fallback_to_linear:transformer_") for a in fell_back)
     # The arm takes traffic again by itself: its circuit closes after a second, the new replica answers.
-    back = _wait_for(lambda: _forced(app, "transformer"), lambda a: not a["fallback"], 60)
+    back = wait_for(lambda: _forced(app, "transformer"), lambda a: not a["fallback"], 60)
     assert not back["fallback"] and back["model_version"].startswith("transformer:")
 
 
 def test_a_killed_event_log_writer_loses_no_acknowledged_email_with_an_id(app: dict[str, Any]) -> None:
     title = "ServeReplica:mailroute:Router"
-    routers = _wait_for(lambda: _pids(title), lambda pids: len(pids) == 2, 30)
+    routers = wait_for(lambda: _pids(title), lambda pids: len(pids) == 2, 30)
     flush_s = app["serving"].event_log.flush_interval_ms / 1000
     with Load(app, email_ids=True) as load:
         time.sleep(2.0)
         killed_at = time.monotonic()
         os.kill(routers[0], signal.SIGKILL)
-        _wait_for(lambda: _pids(title), lambda pids: len(pids) == 2 and routers[0] not in pids, 90)
+        wait_for(lambda: _pids(title), lambda pids: len(pids) == 2 and routers[0] not in pids, 90)
         time.sleep(1.0)
     time.sleep(1.0)  # the surviving replicas' buffers reach the log
     logged = _logged(app)
@@ -193,7 +184,7 @@ def test_a_full_disk_keeps_routing_says_so_and_loses_nothing_when_it_is_back(app
         with httpx.Client(base_url=app["url"], timeout=30, headers=AS_CLIENT) as client:
             answers = [client.post("/v1/route", json={**BODY, "user_id": f"full-{i}"}) for i in range(60)]
         assert [a.status_code for a in answers] == [200] * 60  # triage-safe: routing goes on
-        ready = _wait_for(
+        ready = wait_for(
             lambda: app["client"].get("/readyz").json(), lambda r: r.get("event_log", {}).get("status") == "failing", 30
         )
         assert ready["status"] == "ready" and ready["event_log"]["status"] == "failing", ready
@@ -204,9 +195,9 @@ def test_a_full_disk_keeps_routing_says_so_and_loses_nothing_when_it_is_back(app
     finally:
         filler.unlink()
     ids = {a.json()["request_id"] for a in answers}
-    logged = _wait_for(lambda: _logged(app), lambda got: ids <= got, 60)
+    logged = wait_for(lambda: _logged(app), lambda got: ids <= got, 60)
     assert ids <= logged and before <= logged  # every buffered record written, nothing earlier lost
-    ready = _wait_for(lambda: app["client"].get("/readyz").json(), lambda r: r["event_log"]["status"] == "ok", 30)
+    ready = wait_for(lambda: app["client"].get("/readyz").json(), lambda r: r["event_log"]["status"] == "ok", 30)
     assert ready["event_log"] == {"status": "ok", "buffered": 0, "dropped": 0}
     with sqlite3.connect(app["store"]) as raw:
         assert raw.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -6,13 +6,12 @@ routing; fixed, the next tick runs again."""
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from serve_app import REPO, register_models, running_app, small_serving_config, two_arm_experiment
+from serve_app import REPO, register_models, running_app, small_serving_config, two_arm_experiment, wait_for
 
 from serving.config import Home
 from serving.store.eventlog import open_event_log
@@ -21,7 +20,6 @@ from training.pipeline import DataSpec, train_linear
 from training.synth import generate
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-T = TypeVar("T")
 MONITORING_YAML = """
 window: 1h
 min_rows: 5
@@ -30,15 +28,6 @@ checks: {quality: {min_feedback: 5}}
 retention: {drift: 10, quality: 10, runs: 10, workspace: 10}
 schedule: {monitor_every: 4s, kpi_report_every: 4s, first_run_after: 1s}
 """
-
-
-def _wait_for(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = read()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +79,7 @@ def test_scheduled_runs_appear_without_anyone_calling_them(app: dict[str, Any]) 
 
     _route_some(app, 80, seed=51)
     home: Home = app["home"]
-    runs = _wait_for(lambda: _runs(home), lambda r: len(r) >= 2, timeout_s=120)
+    runs = wait_for(lambda: _runs(home), lambda r: len(r) >= 2, timeout_s=120)
     assert len(runs) >= 2, "no scheduled monitoring run reached the store"
     store = open_event_log(f"sqlite:///{home.event_log}")
     try:
@@ -116,7 +105,7 @@ def test_scheduled_runs_appear_without_anyone_calling_them(app: dict[str, Any]) 
         return None if path is None else ExperimentReport.from_json(path.read_bytes())
 
     # The first KPI runs may predate this test's traffic (they start a second after the app): wait for one after it.
-    report = _wait_for(latest, lambda r: r is not None and len(r.arms) == 2, timeout_s=60)
+    report = wait_for(latest, lambda r: r is not None and len(r.arms) == 2, timeout_s=60)
     assert report is not None, "no scheduled KPI report was written"
     assert report.experiment == "t-exp" and {g.arm for g in report.arms} == {"linear", "transformer"}
 
@@ -134,12 +123,12 @@ def test_a_failing_job_is_logged_and_the_app_keeps_routing(app: dict[str, Any]) 
             finally:
                 store.close()
 
-        found = _wait_for(errors, lambda e: any("unknown key 'colour'" in m for m in e), timeout_s=60)
+        found = wait_for(errors, lambda e: any("unknown key 'colour'" in m for m in e), timeout_s=60)
         assert any("job failed: ConfigError" in m and "unknown key 'colour'" in m for m in found), found
         assert len(_route_some(app, 10, seed=52)) == 10  # routing is untouched
         assert app["client"].get("/readyz").status_code == 200
     finally:
         (configs / "monitoring.yaml").write_text(MONITORING_YAML)
     before = set(_runs(home))
-    after = _wait_for(lambda: set(_runs(home)), lambda r: bool(r - before), timeout_s=60)
+    after = wait_for(lambda: set(_runs(home)), lambda r: bool(r - before), timeout_s=60)
     assert after - before, "the job did not run again after monitoring.yaml was fixed"

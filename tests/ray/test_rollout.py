@@ -8,8 +8,8 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +22,7 @@ from serve_app import (
     set_fault,
     small_serving_config,
     two_arm_experiment,
+    wait_for,
 )
 
 from experiments.rollout import state as rollout_state
@@ -34,7 +35,6 @@ from training.linear import fit_linear
 from training.synth import generate
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-T = TypeVar("T")
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # Fast rules for a test: checks every second, tiny exposure, non-inferiority with a wide margin (the two linear
 # versions are close; the rule's statistics are unit-tested in tests/unit/test_rollout_rule.py).
@@ -49,15 +49,6 @@ rollout:
   promote_requires: non_inferior
 """
 MONITORING_YAML = "schedule: {monitor_every: 1h, kpi_report_every: 1h, first_run_after: 1h}\n"
-
-
-def _wait_for(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = read()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.3)
 
 
 def _register_linear(home: Home, seed: int, drop: str | None = None) -> str:
@@ -162,11 +153,11 @@ def test_a_broken_canary_is_rolled_back_by_the_job(app: dict[str, Any]) -> None:
     set_fault("linear-canary", "error")  # every canary email now falls back: the fallback-rate guardrail breaks
     answers = _traffic(app, 300, seed=61)
     assert any(a["arm"] == "linear-canary" and a["fallback"] for a in answers)
-    done = _wait_for(lambda: _rollout(app), lambda r: r is not None and r.status == "rolled back", 60)
+    done = wait_for(lambda: _rollout(app), lambda r: r is not None and r.status == "rolled back", 60)
     assert done is not None and done.status == "rolled back", done
     assert "fallback rate" in done.history[-1].reason and done.history[-1].actor == "rollout-job"
-    assert "linear-canary" not in _wait_for(lambda: _arms(app), lambda arms: "linear-canary" not in arms, 30)
-    assert _wait_for(_serve_apps, lambda a: a == apps_before, 30) == apps_before
+    assert "linear-canary" not in wait_for(lambda: _arms(app), lambda arms: "linear-canary" not in arms, 30)
+    assert wait_for(_serve_apps, lambda a: a == apps_before, 30) == apps_before
     assert ModelRegistry(app["home"].registry).get(app["candidate"], verify=False).stage == "archived"
     kinds = [line for line in (app["home"].root / "audit.jsonl").read_text().splitlines() if '"rollback"' in line]
     assert kinds, "the rollback is in the audit log"
@@ -189,7 +180,7 @@ def test_a_good_canary_is_widened_and_promoted_by_the_rule(app: dict[str, Any]) 
     assert done is not None and done.status == "promoted", done
     assert [s.action for s in done.history] == ["start", "widen", "promote"]
     assert [s.percent for s in done.history] == [40, 70, 100]
-    arms = _wait_for(lambda: _arms(app), lambda arms: "linear-canary" not in arms, 30)
+    arms = wait_for(lambda: _arms(app), lambda arms: "linear-canary" not in arms, 30)
     assert "linear-canary" not in arms and arms["linear"]["version"] == "v2" and arms["linear"]["weight"] == 0.5
     assert app["client"].get("/readyz").json()["arms"]["linear"] == "linear:v2"
     info = ModelRegistry(app["home"].registry).get("linear:champion", verify=False)

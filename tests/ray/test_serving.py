@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -22,14 +21,13 @@ from serve_app import (
     set_fault,
     small_serving_config,
     two_arm_experiment,
+    wait_for,
 )
 
 from serving.config import Home
 from serving.ops import launch
 from serving.store.eventlog import open_event_log
 from training.synth import generate
-
-T = TypeVar("T")
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -57,16 +55,6 @@ def _rejected(app: dict[str, Any], status: int) -> int:
     prefix = f'mailroute_rejected_total{{status="{status}"}} '
     lines = [line for line in app["client"].get("/metrics").text.splitlines() if line.startswith(prefix)]
     return int(float(lines[0].removeprefix(prefix))) if lines else 0
-
-
-def _wait_for(read: Callable[[], T], ok: Callable[[T], bool], timeout_s: float = 10.0) -> T:
-    """Poll `read` until `ok` holds: router replicas write the event log from a buffer, a little after answering."""
-    deadline = time.monotonic() + timeout_s
-    value = read()
-    while not ok(value) and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
-        value = read()
-    return value
 
 
 def _settled_predictions(app: dict[str, Any]) -> int:
@@ -113,7 +101,7 @@ def test_same_user_same_arm_on_every_replica(app: dict[str, Any]) -> None:
 def test_shadow_is_logged_never_returned(app: dict[str, Any]) -> None:
     answer = _route(app, "shadowed").json()
     assert "shadow" not in answer
-    event = _wait_for(lambda: _events(app).get_prediction(answer["request_id"]), lambda e: e is not None and e.shadow)
+    event = wait_for(lambda: _events(app).get_prediction(answer["request_id"]), lambda e: e is not None and e.shadow)
     assert event is not None and event.shadow and event.shadow["model"] == "linear"
 
 
@@ -133,7 +121,7 @@ def _routed_log_records(request_id: str) -> list[dict[str, Any]]:
 
 def test_each_routed_email_has_one_structured_log_record(app: dict[str, Any]) -> None:
     answer = _route(app, "logged-user").json()
-    records = _wait_for(lambda: _routed_log_records(answer["request_id"]), lambda found: len(found) > 0)
+    records = wait_for(lambda: _routed_log_records(answer["request_id"]), lambda found: len(found) > 0)
     assert len(records) == 1
     routed = records[0]["routed"]
     assert routed["arm"] == answer["arm"] and routed["queue"] == answer["queue"]
@@ -278,7 +266,7 @@ def test_a_batch_answers_per_item_and_a_failed_item_never_fails_the_routed_ones(
     results = answer.json()
     assert [r.get("error", {}).get("status") for r in results] == [None, 403, None, 422]
     assert all("\n" not in r["error"]["detail"] for r in results if "error" in r)
-    assert _wait_for(lambda: _events(app).stats().predictions, lambda n: n == before + 2) == before + 2
+    assert wait_for(lambda: _events(app).stats().predictions, lambda n: n == before + 2) == before + 2
     retried = app["client"].post("/v1/route/batch", json=[items[0], items[2]], headers=AS_CLIENT).json()
     assert [r["request_id"] for r in retried] == [results[0]["request_id"], results[2]["request_id"]]
 
@@ -306,7 +294,7 @@ def test_replay_and_log_stats(app: dict[str, Any], tmp_path: Path, capsys: pytes
     assert code == 0 and "routed 30 emails" in capsys.readouterr().out
     # Other tests' buffered writes may land at any time, so count this replay's emails by their email_id.
     ids = set(emails["email_id"])
-    joined = _wait_for(lambda: _joined_rows(app, ids), lambda df: len(df) == 30 and df["true_queue"].notna().all())
+    joined = wait_for(lambda: _joined_rows(app, ids), lambda df: len(df) == 30 and df["true_queue"].notna().all())
     assert joined["email_id"].is_unique and set(joined["feedback_source"]) == {"audit"}
     code = main(["--home", str(app["home"].root), "log", "stats", "--json"])
     stats = json.loads(capsys.readouterr().out)

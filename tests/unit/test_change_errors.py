@@ -46,3 +46,32 @@ def test_a_ray_error_inside_a_change_is_a_503_not_a_500(tmp_path: Path, monkeypa
     assert err.value.status == 503 and err.value.retry_after_s and "\n" not in err.value.detail
     assert "GET /v1/experiments" in err.value.detail
     assert not (tmp_path / "audit.jsonl").exists()  # nothing recorded for a change Serve never took
+
+
+def test_a_change_that_cannot_be_recorded_is_undone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found in review: a change live in Serve whose audit line could not be written (a full disk) stayed live and
+    # unrecorded, and a restart moved its users back. Now it is undone and said.
+    live = Live({"mailroute": {"name": "mailroute", "deployments": [{"name": "Router"}]}}, experiment(0.5),
+                PolicyConfig(), 1)  # fmt: skip
+    deployed: list[list[dict[str, Any]]] = []
+
+    async def read_live(app_name: str = "mailroute") -> Live:
+        return live
+
+    async def deploy(apps: list[dict[str, Any]]) -> None:
+        deployed.append(apps)
+
+    def audit(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(changes, "read_live", read_live)
+    monkeypatch.setattr(changes, "_deploy", deploy)
+    monkeypatch.setattr(changes.state, "audit", audit)
+    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops")
+    with pytest.raises(ApiError) as err:
+        asyncio.run(changes.apply(ctx, lambda live: Change("experiment", experiment=experiment(0.8))))
+    assert err.value.status == 503 and "undone" in err.value.detail
+    assert len(deployed) == 2 and deployed[-1] == list(live.apps.values())  # the live config put back
+    from serving.ops import state
+
+    assert state.load_state(Home(tmp_path), experiment(0.5)).weights["linear"] == pytest.approx(0.5)
