@@ -74,3 +74,20 @@ def test_a_huge_header_is_a_4xx_and_the_server_stays_healthy(app: dict[str, Any]
             continue
         assert 400 <= answer.status_code < 500, (size, answer.status_code)
     assert httpx.post(f"{app['url']}/v1/route", json=EMAIL, headers=ADMIN, timeout=30).status_code == 200
+
+
+def test_a_batch_the_rate_could_never_allow_is_413_and_nested_json_is_400(app: dict[str, Any]) -> None:
+    # Found in review: a batch over a replica's share of the rate was a 429 forever (the client retried it on and
+    # on), and JSON nested deeper than the parser goes was a 500.
+    headers = _token(app, "big-batch-gateway")
+    batch = [{**EMAIL, "user_id": f"big{i}"} for i in range(PER_MINUTE // 2 + 1)]  # over one replica's share
+    answer = httpx.post(f"{app['url']}/v1/route/batch", json=batch, headers=headers, timeout=60)
+    assert answer.status_code == 413 and "rate limit allows 30" in answer.json()["detail"], answer.text
+    nested = b"[" * 100_000 + b"]" * 100_000
+    deep = httpx.post(
+        f"{app['url']}/v1/route/batch",
+        content=nested,
+        headers={**ADMIN, "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert deep.status_code == 400 and deep.json()["detail"] == "invalid JSON body"
