@@ -216,10 +216,14 @@ class MemoryEventLog:
         return gone
 
     def _mine(self, user_keys: Sequence[str]) -> tuple[list[PredictionEvent], set[str], set[str]]:
-        """The predictions of these pseudonyms (oldest first), their request_ids and email_ids; under the lock."""
+        """The predictions of these pseudonyms (oldest first), their request_ids, and their email_ids that no other
+        user's prediction carries (an email_id is one client's key: another client may use the same); under the
+        lock."""
         keys = set(user_keys_given(user_keys))
         found = sorted((p for p in self._predictions.values() if p.user_key in keys), key=lambda p: p.ts)
-        return found, {p.request_id for p in found}, {p.email_id for p in found if p.email_id is not None}
+        others = {p.email_id for p in self._predictions.values() if p.user_key not in keys}
+        ids = {p.email_id for p in found if p.email_id is not None and p.email_id not in others}
+        return found, {p.request_id for p in found}, ids
 
     def user_records(self, user_keys: Sequence[str]) -> UserRecords:
         with self._lock:

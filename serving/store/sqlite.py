@@ -6,6 +6,7 @@ and against `MemoryEventLog`, and a multi-process test writes into one file from
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -179,6 +180,8 @@ class SQLiteEventLog:
             self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Deleted rows (a user's records, pruned logs) are overwritten, not left in free pages to be read back.
+            conn.execute("PRAGMA secure_delete = ON")
             conn.create_function("mr_contains", 3, lambda q, a, b: matches(q, a, b), deterministic=True)
         except sqlite3.DatabaseError as err:  # not a database file, no permission, a read-only disk
             if conn is not None:
@@ -447,7 +450,9 @@ class SQLiteEventLog:
         keys = user_keys_given(user_keys)
         whose = f"user_key IN ({', '.join('?' * len(keys))})"
         mine = f"SELECT request_id FROM predictions WHERE {whose}"
-        ids = f"SELECT email_id FROM predictions WHERE {whose} AND email_id IS NOT NULL"
+        # An email_id is one client's key: one that another user's prediction also carries is not this user's alone.
+        others = f"SELECT email_id FROM predictions WHERE email_id IS NOT NULL AND NOT ({whose})"
+        ids = f"SELECT email_id FROM predictions WHERE {whose} AND email_id IS NOT NULL AND email_id NOT IN ({others})"
         conn = self._conn()
         conn.execute("BEGIN")  # one snapshot while replicas keep writing
         try:
@@ -456,11 +461,11 @@ class SQLiteEventLog:
             rows = conn.execute(f"SELECT {_FEEDBACK_COLS} FROM feedback WHERE request_id IN ({mine})", keys)
             feedback = {row["request_id"]: FeedbackEvent(**dict(row)) for row in rows}
             sql = f"SELECT {_LABELLED_COLS} FROM labelled_emails WHERE email_id IN ({ids}) ORDER BY ts, rowid"
-            labelled = tuple(LabelledEmail(**dict(row)) for row in conn.execute(sql, keys))
+            labelled = tuple(LabelledEmail(**dict(row)) for row in conn.execute(sql, (*keys, *keys)))
             rows = conn.execute(
                 f"SELECT {_LOG_COLS} FROM logs WHERE request_id IN ({mine}) "
                 f"OR (request_id IS NULL AND email_id IN ({ids})) ORDER BY ts, id",
-                (*keys, *keys),
+                (*keys, *keys, *keys),
             )
             logs = tuple(LogRecord(**dict(row)) for row in rows)
         finally:
@@ -480,7 +485,12 @@ class SQLiteEventLog:
                 keys,
             )
             gone = "SELECT request_id FROM temp.privacy_gone"
-            gone_ids = "SELECT email_id FROM temp.privacy_gone WHERE email_id IS NOT NULL"
+            # An email_id is one client's key: one that a prediction of someone else carries is not the user's alone.
+            gone_ids = (
+                "SELECT email_id FROM temp.privacy_gone WHERE email_id IS NOT NULL AND email_id NOT IN "
+                "(SELECT email_id FROM predictions WHERE email_id IS NOT NULL "
+                "AND request_id NOT IN (SELECT request_id FROM temp.privacy_gone))"
+            )
             request_ids = tuple(row[0] for row in conn.execute(f"{gone} ORDER BY request_id"))
             shadow = conn.execute(
                 f"SELECT COUNT(*) FROM predictions WHERE shadow IS NOT NULL AND request_id IN ({gone})"
@@ -492,6 +502,7 @@ class SQLiteEventLog:
             ).rowcount
             predictions = conn.execute(f"DELETE FROM predictions WHERE request_id IN ({gone})").rowcount
             conn.execute("DELETE FROM temp.privacy_gone")
+        self._checkpoint()
         return UserDeletion(request_ids, int(predictions), int(feedback), int(shadow), int(labelled), int(logs))
 
     def blank_text(self, before: str) -> TextBlanked:
@@ -500,7 +511,14 @@ class SQLiteEventLog:
         with self._write() as conn:
             predictions = conn.execute(f"UPDATE predictions SET subject = NULL, body = NULL WHERE {text}", (cut,))
             labelled = conn.execute(f"UPDATE labelled_emails SET subject = NULL, body = NULL WHERE {text}", (cut,))
-            return TextBlanked(int(predictions.rowcount), int(labelled.rowcount))
+        self._checkpoint()
+        return TextBlanked(int(predictions.rowcount), int(labelled.rowcount))
+
+    def _checkpoint(self) -> None:
+        """Copy the write-ahead log into the file and empty it, so deleted text is not left in the WAL either (best
+        effort: a reader holding an old snapshot defers it to the next checkpoint)."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def record_verdicts(self, verdicts: Sequence[MonitorVerdict]) -> None:
         rows = [

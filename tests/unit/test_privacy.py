@@ -316,3 +316,19 @@ def test_the_scheduler_runs_retention_daily_when_a_period_is_set(
     (record,) = [json.loads(line) for line in (home.root / "audit.jsonl").read_text().splitlines()]
     assert (record["kind"], record["actor"], record["new"]["predictions"]) == ("retention", "retention-job", 2)
     store.close()
+
+
+def test_an_email_id_another_client_also_uses_is_not_the_users(log: EventLog) -> None:
+    # Found in review: since an email_id is one client's key (schema 4), another client's email may carry the same
+    # id; deleting or exporting alice matched that one's imported label and log line by id alone.
+    log.record_predictions([
+        prediction("a9", ALICE, 2, email_id="shared-7", client="gateway-a"),
+        prediction("c9", user_key(SALT, "carol"), 2, email_id="shared-7", client="gateway-b"),
+    ])  # fmt: skip
+    log.record_labelled([LabelledEmail("shared-7", at(3), "sales", "carol's old mail", "body", email_id="shared-7")])
+    log.record_logs([LogRecord(at(2), "arm-linear", "WARNING", "about shared-7, before an id", email_id="shared-7")])
+    assert "shared-7" not in {r.email_id for r in log.user_records([ALICE]).labelled}
+    log.delete_user_records([ALICE])
+    assert "shared-7" in set(log.labelled_frame()["key"])
+    assert "about shared-7, before an id" in {r.message for r in all_logs(log)}
+    assert log.get_prediction("c9") is not None
