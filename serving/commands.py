@@ -261,9 +261,14 @@ def tokens_revoke(ctx: typer.Context, holder: Annotated[str, typer.Option(help="
     from serving.auth import revoke_token
 
     path = _secrets_path(ctx)
+    in_env = holder in _env_tokens()
     if not revoke_token(path, holder):
-        raise typer.BadParameter(f"{path} has no token for '{holder}'", param_hint="--holder")
+        where = " (its token comes from the environment: remove the variable and restart)" if in_env else ""
+        raise typer.BadParameter(f"{path} has no token for '{holder}'{where}", param_hint="--holder")
     print(f"revoked the token of {holder}")
+    if in_env:  # the file's token shadowed the environment's: that one is valid again
+        print(f"warning: {holder} also has a token in the environment, valid again until the variable is removed and "
+              "the servers restarted", file=sys.stderr)  # fmt: skip
 
 
 @tokens_app.command("list", help="the holders and their roles (never the tokens)")
@@ -271,9 +276,21 @@ def tokens_list(ctx: typer.Context, as_json: JsonOption = False) -> None:
     from serving.auth import read_secrets
 
     tokens = read_secrets(_secrets_path(ctx)).tokens
-    rows = {holder: spec.role for holder, spec in sorted(tokens.items())}
+    rows = {holder: {"role": spec.role, "from": "environment"} for holder, spec in _env_tokens().items()}
+    rows.update({holder: {"role": spec.role, "from": "file"} for holder, spec in tokens.items()})  # the file wins
     if as_json:
-        print_json(rows)
+        print_json(dict(sorted(rows.items())))
         return
-    for holder, role in rows.items():
-        print(f"{holder}\t{role}")
+    for holder, row in sorted(rows.items()):
+        print(f"{holder}\t{row['role']}\t{row['from']}")
+
+
+def _env_tokens() -> dict[str, Any]:
+    """The tokens this process's environment gives (the servers started from the same environment see them)."""
+    import os
+
+    from serving.auth import env_tokens
+    from serving.config import load_serving
+
+    serving = load_serving()
+    return env_tokens(os.environ, serving.auth.token_env_prefix, serving.admin_token_env)

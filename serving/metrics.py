@@ -113,6 +113,8 @@ def render(m: RouterMetrics, experiment: str) -> str:
     out.append(f"mailroute_events_written_total {m.events['written']}")
     family("mailroute_events_dropped_total", "counter", "Records that could never be written (the store refused them).")
     out.append(f"mailroute_events_dropped_total {m.events['dropped']}")
+    family("mailroute_events_refused_total", "counter", "Records not taken (write buffer full): answered 503.")
+    out.append(f"mailroute_events_refused_total {m.events['refused']}")
     family("mailroute_events_pending", "gauge", "Records waiting in the routers' write buffers.")
     out.append(f"mailroute_events_pending {m.events['pending']}")
     family("mailroute_event_log_failing", "gauge", "Router replicas whose event-log writes are failing right now.")

@@ -218,20 +218,19 @@ def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment:
     if start.note:
         log.warning("%s", start.note)
     running = pin_versions(home, start.experiment)
-    state.save_state(home, running, based_on=experiment)  # what runs, and the file it was started from
-    if start.previous is not None:  # a hand edit applied: a weight change like any other (the SRM check reads it)
-        old, new = start.previous.model_dump(mode="json"), running.model_dump(mode="json")
-        state.audit(home, "experiments.yaml", old, new, start.moved, detail="hand edit applied at start")
-    experiment = running
     policy, note = state.load_policy(home, serving.policy)
     policy.check_queues(queues.names)
     if note:
         log.warning("%s", note)
     resolve_user_salt(serving, home)  # <home>/user_salt made here once, before replicas race for it
-    apps = app_configs(home, queues.model_dump(mode="json"), serving, experiment, policy)
+    apps = app_configs(home, queues.model_dump(mode="json"), serving, running, policy)
     client = _get_global_client()
     assert client is not None
     client.deploy_apps(ServeDeploySchema.model_validate({"applications": apps}), _blocking=True)
+    state.save_state(home, running, based_on=experiment)  # what runs, and the file it was started from
+    if start.previous is not None:  # a hand edit applied: a weight change like any other (the SRM check reads it)
+        old, new = start.previous.model_dump(mode="json"), running.model_dump(mode="json")
+        state.audit(home, "experiments.yaml", old, new, start.moved, detail=start.note)
 
 
 def stop(started_ray: bool = True) -> None:

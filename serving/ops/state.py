@@ -135,7 +135,14 @@ def reconcile(home: Home, configured: ExperimentConfig) -> Start:
         )
     edited = configured.pinned(saved.ranges())
     moved = moved_share(saved.ranges(), edited.ranges())
-    note = f"experiments.yaml was edited since the app last started: applied, {moved:.1%} of users change arm"
+    # The file's experiment replaces the running one whole: say which runtime changes that undoes.
+    fields = ("arms", "coverage", "active", "fallback_order", "shadow", "holdout_arm", "control")
+    undone = [
+        f for f in fields if getattr(saved, f) != getattr(based_on, f) and getattr(saved, f) != getattr(configured, f)
+    ]
+    replaced = f"; it replaces the runtime changes to {', '.join(undone)}" if undone else ""
+    note = (f"experiments.yaml was edited since the app last started: applied, {moved:.1%} of users change arm"
+            f"{replaced}")  # fmt: skip
     return Start(edited, note, previous=saved, moved=moved)
 
 

@@ -46,6 +46,7 @@ class WriterStats:
     dropped: int
     pending: int
     failing: bool = False  # the last write failed and is being retried
+    refused: int = 0  # not taken (the buffer full): the caller was told, nothing acknowledged is lost
 
 
 @dataclass(frozen=True)
@@ -91,14 +92,14 @@ class BufferedWriter:
         self._queue: queue.Queue[PredictionEvent | _Shadow | _Marker] = queue.Queue()
         self._lock = threading.Lock()
         self._by_email_id: dict[tuple[str | None, str], PredictionEvent] = {}  # submitted, not yet written
-        self._submitted = self._written = self._dropped = self._pending = 0
+        self._submitted = self._written = self._dropped = self._pending = self._refused = 0
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
         self._thread.start()
         atexit.register(self.close)
 
     def submit(self, event: PredictionEvent) -> bool:
-        """Queue a prediction for writing; False when the buffer is full and the event was dropped."""
+        """Queue a prediction for writing; False when the buffer is full and the event was refused."""
         with self._lock:
             if not self._accept():
                 return False
@@ -122,8 +123,8 @@ class BufferedWriter:
             raise EventLogError("the event log writer is closed")
         self._submitted += 1
         if self._pending >= self._max_pending:
-            self._dropped += 1
-            logger.warning("event log buffer full (%s events waiting): dropping an event", self._pending)
+            self._refused += 1
+            logger.warning("event log buffer full (%s events waiting): refusing an event", self._pending)
             return False
         self._pending += 1
         return True
@@ -164,7 +165,9 @@ class BufferedWriter:
 
     def stats(self) -> WriterStats:
         with self._lock:
-            return WriterStats(self._submitted, self._written, self._dropped, self._pending, self._failing)
+            return WriterStats(
+                self._submitted, self._written, self._dropped, self._pending, self._failing, self._refused
+            )
 
     def __enter__(self) -> BufferedWriter:
         return self
@@ -187,8 +190,10 @@ class BufferedWriter:
 
     def _write(self, batch: list[PredictionEvent | _Shadow | _Marker]) -> bool:
         events = [item for item in batch if isinstance(item, PredictionEvent)]
-        if events:
-            self._attempt(partial(self._log.record_predictions, events), len(events))
+        write = partial(self._log.record_predictions, events)
+        if events and self._attempt(write, len(events), alone=False) == "refused":
+            for event in events:  # the store refused the batch: write each on its own, so one bad record costs one
+                self._attempt(partial(self._log.record_predictions, [event]), 1)
         # After the predictions: a shadow result updates a row that must already be there.
         for item in batch:
             if isinstance(item, _Shadow):
@@ -203,7 +208,10 @@ class BufferedWriter:
             marker.done.set()
         return any(marker.stop for marker in markers)
 
-    def _attempt(self, write: Callable[[], None], count: int) -> None:
+    def _attempt(self, write: Callable[[], None], count: int, *, alone: bool = True) -> str:
+        """Write, retrying while the failure may pass: "written", "refused" (the store refused the data; dropped and
+        counted unless `alone` is False, when the caller writes the batch's records one by one) or "dropped" (the
+        store still unavailable when close() gave up)."""
         retrying = Retrying(
             retry=retry_if_exception(_passing),
             wait=wait_exponential(multiplier=self._backoff_s, max=self._max_backoff_s),
@@ -214,14 +222,18 @@ class BufferedWriter:
         try:
             retrying(write)
         except Exception as err:
+            self._failing = False
+            if not alone and not _passing(err):
+                return "refused"
             why = "the store stayed unavailable past close()" if _passing(err) else "the store refused it"
             logger.error("event log: dropping %s event(s), %s: %s", count, why, err)
             with self._lock:
                 self._dropped += count
-        else:
-            with self._lock:
-                self._written += count
+            return "dropped"
+        with self._lock:
+            self._written += count
         self._failing = False
+        return "written"
 
     def _failed(self, state: RetryCallState) -> None:
         err = state.outcome.exception() if state.outcome is not None else None
@@ -231,5 +243,10 @@ class BufferedWriter:
 
 
 def _passing(err: BaseException) -> bool:
-    """Whether a failed write may succeed later: anything but the store refusing the data itself."""
-    return isinstance(err, StoreUnavailableError) or not isinstance(err, EventLogError)
+    """Whether a failed write may succeed later: the store unreachable, locked, out of space, an I/O error; not the
+    store refusing the data itself (those are dropped, never retried forever)."""
+    if isinstance(err, StoreUnavailableError | OSError | TimeoutError):
+        return True
+    if isinstance(err, EventLogError):
+        return False
+    return type(err).__name__ == "OperationalError"  # sqlite3's (locked, disk full, I/O) and the SQL drivers' alike

@@ -201,7 +201,7 @@ def test_a_full_buffer_drops_instead_of_blocking() -> None:
     log.gate.set()
     assert writer.close(timeout=10)
     assert log.stats().predictions == 5
-    assert writer.stats() == type(writer.stats())(submitted=8, written=5, dropped=3, pending=0)
+    assert writer.stats() == type(writer.stats())(submitted=8, written=5, dropped=0, pending=0, refused=3)
 
 
 def test_find_by_email_id_sees_buffered_events() -> None:
@@ -224,3 +224,20 @@ def test_bad_settings_and_shadows_are_refused_at_once() -> None:
         BufferedWriter(MemoryEventLog(), max_batch=0)
     with BufferedWriter(MemoryEventLog()) as writer, pytest.raises(EventLogError, match="JSON"):
         writer.submit_shadow("r1", {"bad": {1, 2}})
+
+
+def test_one_record_the_store_refuses_costs_that_record_alone() -> None:
+    # Found in review: any error that was not an EventLogError was retried forever (one bad record would stall the
+    # writer and fill the buffer), and a refused batch dropped every good record in it.
+    class Picky(MemoryEventLog):
+        def record_predictions(self, events: Sequence[PredictionEvent]) -> None:
+            if any(e.request_id == "bad" for e in events):
+                raise ValueError("the store cannot take this one")
+            super().record_predictions(events)
+
+    log = Picky()
+    with BufferedWriter(log, flush_interval_ms=60_000, retry_backoff_s=0.001) as writer:
+        for request_id in ("r1", "bad", "r2"):
+            writer.submit(event(request_id))
+    assert log.get_prediction("r1") is not None and log.get_prediction("r2") is not None
+    assert writer.stats().written == 2 and writer.stats().dropped == 1

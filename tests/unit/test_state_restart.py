@@ -53,6 +53,7 @@ def test_a_hand_edit_of_the_file_is_applied_at_restart_moving_few_users(tmp_path
     start = state.reconcile(home, edited_file)
     assert set(start.experiment.arms) == {"a", "b", "c"} and start.experiment.weights["c"] == pytest.approx(0.3)
     assert start.previous == changed and start.note is not None and "edited" in start.note
+    assert "replaces the runtime changes to arms" in start.note  # the 0.8/0.2 set at runtime is undone: said
     moved = moved_share(changed.ranges(), start.experiment.ranges())
     assert start.moved == pytest.approx(moved) and moved == pytest.approx(0.5 * (0.4 + 0.1 + 0.3))  # the minimum
     fresh = moved_share(changed.ranges(), edited_file.ranges())
