@@ -154,7 +154,9 @@ class DashboardSources:
     live_experiment: Callable[[], ExperimentConfig | None] | None = None
     queues: QueuesConfig | None = None
     report_ttl_s: float = REPORT_TTL_S
-    tokens: TokenStore | None = None  # who may open which page (monitoring.dashboard.routes); None: nobody
+    # Who may open which page (monitoring.dashboard.routes). None only in tests that build sources by hand: the page
+    # is then open, as with authentication off; the Serve app and `mailroute dashboard` always set one.
+    tokens: TokenStore | None = None
     # False inside the Serve app: the page shows the scheduled KPI job's latest report instead of building one in
     # a router replica (a build reads the whole log: seconds of CPU beside the routing path).
     build_report: bool = True
