@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import time
 from datetime import datetime
 from functools import cache
 from typing import Annotated, Any
@@ -46,10 +47,22 @@ autocomplete="current-password" autofocus></label> <button type="submit">sign in
 router = APIRouter()
 
 
-def session_value(principal: Principal) -> str:
-    """What the session cookie holds: the holder, and an HMAC keyed by the token's digest (never the token)."""
-    mac = hmac.new(principal.key.encode(), b"mailroute-dashboard-session", hashlib.sha256).hexdigest()
-    return f"{principal.holder}:{mac}"
+SESSION_S = 12 * 3600  # a sign-in lasts a working day
+
+
+def session_value(principal: Principal, secret: bytes, issued: int) -> str:
+    """What the session cookie holds: the holder, when it signed in, and an HMAC of both keyed by the token's
+    digest and a server secret (never the token; the stored digest alone cannot forge one; revoking the token or
+    twelve hours end it)."""
+    message = f"{principal.holder}|{issued}".encode()
+    mac = hmac.new(secret + principal.key.encode(), message, hashlib.sha256).hexdigest()
+    return f"{principal.holder}:{issued}:{mac}"
+
+
+def _secret(request: Request) -> bytes:
+    from serving.ops.state import user_salt
+
+    return user_salt(_sources(request).home).encode()  # the server-side secret every replica shares
 
 
 def caller(request: Request) -> Principal | None:
@@ -60,9 +73,13 @@ def caller(request: Request) -> Principal | None:
     header = request.headers.get("authorization")
     if header:
         return tokens.authenticate(header)
-    holder, _, _ = request.cookies.get(COOKIE, "").partition(":")
-    principal = tokens.by_holder(holder) if holder else None
-    if principal is not None and hmac.compare_digest(request.cookies.get(COOKIE, ""), session_value(principal)):
+    cookie = request.cookies.get(COOKIE, "")
+    holder, _, rest = cookie.partition(":")
+    issued, _, _ = rest.partition(":")
+    if not holder or not issued.isdigit() or not 0 <= time.time() - int(issued) < SESSION_S:
+        return None
+    principal = tokens.by_holder(holder)
+    if principal is not None and hmac.compare_digest(cookie, session_value(principal, _secret(request), int(issued))):
         return principal
     return None
 
@@ -173,7 +190,11 @@ async def login(request: Request) -> Response:
     if principal is None or not principal.can("dashboard"):
         page = LOGIN_PAGE.format(message="That token does not open the dashboard (agents' and admins' tokens do).")
         return HTMLResponse(page, status_code=401, headers={"Content-Security-Policy": PAGE_CSP})
-    response.set_cookie(COOKIE, session_value(principal), httponly=True, samesite="strict", path="/dashboard")
+    value = session_value(principal, _secret(request), int(time.time()))
+    response.set_cookie(
+        COOKIE, value, max_age=SESSION_S, httponly=True, samesite="strict", path="/dashboard",
+        secure=request.url.scheme == "https",
+    )  # fmt: skip
     return response
 
 

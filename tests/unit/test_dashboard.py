@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -313,12 +314,20 @@ def test_every_dashboard_path_needs_an_agents_or_an_admins_token(filled: Home) -
     cookie = signed.cookies.get(COOKIE) or ""
     assert signed.status_code == 303 and cookie.startswith("ana:") and AGENT_TOKEN not in cookie
     assert (
+        hashlib.sha256(AGENT_TOKEN.encode()).hexdigest() not in cookie
+        and "max-age=43200" in signed.headers["set-cookie"].lower()
+    )
+    assert (
         "httponly" in signed.headers["set-cookie"].lower() and "samesite=strict" in signed.headers["set-cookie"].lower()
     )
     page = web.get("/dashboard")  # the cookie from the login
     assert page.status_code == 200 and "signed in as ana (agent)" in page.text
     forged = client(filled, token=None)  # ana's session under another holder's name opens nothing
     forged.cookies.set(COOKIE, "admin:" + cookie.partition(":")[2])
+    old = client(filled, token=None)  # a session past its twelve hours
+    holder, issued, mac = cookie.split(":")
+    old.cookies.set(COOKIE, f"{holder}:{int(issued) - 13 * 3600}:{mac}")
+    assert old.get("/dashboard").status_code == 401
     assert forged.get("/dashboard").status_code == 401
     genuine = client(filled, token=None)
     genuine.cookies.set(COOKIE, cookie)
