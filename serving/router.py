@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
-from circuitbreaker import STATE_OPEN, CircuitBreaker
+from circuitbreaker import STATE_HALF_OPEN, STATE_OPEN, CircuitBreaker
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
@@ -132,6 +132,7 @@ class RouterCore:
         self.metrics = RouterMetrics()
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._breakers: dict[str, CircuitBreaker] = {}  # arm -> its circuit, made on the arm's first call
+        self._probing: set[str] = set()  # arms whose one trial call after a pause is under way
         self._in_flight: dict[tuple[str, str], asyncio.Future[RouteResponse]] = {}  # (client, email_id) -> answer
         self._id_key = hmac.new(user_salt.encode(), b"mailroute-request-id", hashlib.sha256).digest()
         self.set_experiment(experiment)
@@ -174,10 +175,16 @@ class RouterCore:
         ids = log_ids(email.request_id, email.email_id)
         for arm in chain:
             breaker = self._breaker(arm)
-            if breaker.state == STATE_OPEN:  # failing lately: skipped at once, not waited for
+            state = breaker.state
+            # Failing lately: skipped at once, not waited for; once the pause is over, one call tries the arm again
+            # (the others keep skipping it until that one answers).
+            if state == STATE_OPEN or (state == STATE_HALF_OPEN and arm in self._probing):
                 failures.append((arm, "open"))
                 self.metrics.arm_errors[(arm, "open")] += 1
                 continue
+            probe = state == STATE_HALF_OPEN
+            if probe:
+                self._probing.add(arm)
             try:
                 answer = await breaker.call_async(self._call_checked, arm, email, timeout)
                 return arm, answer, failures
@@ -190,6 +197,9 @@ class RouterCore:
             except Exception as err:  # a broken model must never fail the request: next arm, then triage
                 log.warning("arm %s failed: %s: %s", arm, type(err).__name__, err, extra=ids)
                 failures.append((arm, "error"))
+            finally:
+                if probe:
+                    self._probing.discard(arm)
             self.metrics.arm_errors[(arm, failures[-1][1])] += 1
         return None, None, failures
 

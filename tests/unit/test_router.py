@@ -435,3 +435,24 @@ def test_a_new_arm_or_version_starts_with_a_closed_circuit(setup: tuple[RouterCo
     data["arms"]["transformer"]["version"] = "v2"
     core.set_experiment(ExperimentConfig.model_validate(data))  # a new version: a fresh circuit
     assert not route(core, force_arm="transformer", admin=True).fallback
+
+
+def test_after_the_pause_one_call_tries_the_arm_while_the_others_skip_it(
+    setup: tuple[RouterCore, FakeArms, MemoryEventLog], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found while writing the hung-arm throughput test: once an open circuit's pause was over, every concurrent
+    # request went to the hung arm and waited its full timeout, until one of them failed.
+    core, arms, _ = setup
+    arms.fail = {"transformer": "hang"}
+    for i in range(core.serving.circuit_breaker.failures):
+        route(core, force_arm="transformer", admin=True, user_id=f"h{i}")
+    monkeypatch.setattr("circuitbreaker.monotonic", lambda: time.monotonic() + 3600)  # the pause is over
+    arms.calls.clear()
+
+    async def burst() -> list[Any]:
+        req = RouteRequest(user_id="u", subject="Refund", body="charged twice", force_arm="transformer")
+        return list(await asyncio.gather(*(core.route(req, ADMIN) for _ in range(6))))
+
+    answers = asyncio.run(burst())
+    assert arms.calls.count("transformer") == 1  # the one trial call
+    assert sum(a.reason.endswith("transformer_open") for a in answers) == 5
