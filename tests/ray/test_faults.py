@@ -2,6 +2,8 @@
 
 - an arm's replica is SIGKILLed: requests fall back (none fails), Serve starts a new replica, and the arm takes
   traffic again by itself once its circuit closes;
+- an arm hangs (never answers): routing keeps at least half its throughput, because the router's per-arm circuit
+  breaker stops waiting for it after a few timeouts, and the arm serves again once it is healthy;
 - a router replica (the process that writes the event log) is SIGKILLed: the durability promise holds. With an
   `email_id` an answer is sent only after its record is committed, so every acknowledged one is in the log; without
   one, records wait up to `flush_interval_ms` in the replica's buffer, so a hard crash loses at most what was
@@ -30,6 +32,7 @@ from serve_app import (
     AS_CLIENT,
     register_models,
     running_app,
+    set_fault,
     small_serving_config,
     two_arm_experiment,
     wait_for,
@@ -140,6 +143,35 @@ def test_a_killed_arm_replica_costs_no_request_and_comes_back_by_itself(app: dic
     # The arm takes traffic again by itself: its circuit closes after a second, the new replica answers.
     back = wait_for(lambda: _forced(app, "transformer"), lambda a: not a["fallback"], 60)
     assert not back["fallback"] and back["model_version"].startswith("transformer:")
+
+
+def _rate(app: dict[str, Any], seconds: float) -> tuple[float, Load]:
+    """Answers per second of eight client threads over `seconds`."""
+    with Load(app, threads=8) as load:
+        time.sleep(seconds)
+    return len(load.acks) / seconds, load
+
+
+def test_routing_keeps_its_throughput_while_one_arm_hangs(app: dict[str, Any]) -> None:
+    wait_for(lambda: _forced(app, "transformer"), lambda a: not a["fallback"], 60)  # both routers' circuits closed
+    healthy, _ = _rate(app, 8.0)
+    set_fault("transformer", "hang")  # every call to it now waits forever: only the router's timeout ends it
+    try:
+        hung, load = _rate(app, 8.0)
+    finally:
+        set_fault("transformer", None)
+    assert load.failures == [], load.failures[:3]
+    fell_back = [a for _, _, _, a in load.acks if a["fallback"]]
+    # The transformer arm's half of the traffic falls back; once its circuit opens (three timeouts per router
+    # replica), calls skip it at once instead of each waiting out the one-second timeout.
+    assert fell_back and all(a["reason"].startswith("fallback_to_linear:transformer_") for a in fell_back)
+    assert any(a["reason"] == "fallback_to_linear:transformer_open" for a in fell_back)
+    print(f"\nthroughput with the transformer arm hung: {hung:.1f}/s against {healthy:.1f}/s healthy "
+          f"({hung / healthy:.2f}x); {len(fell_back)} of {len(load.acks)} fell back")  # fmt: skip
+    assert hung >= 0.5 * healthy, (hung, healthy)
+    # The hung calls were cancelled with their timeouts: the arm answers again once its circuit closes.
+    back = wait_for(lambda: _forced(app, "transformer"), lambda a: not a["fallback"], 60)
+    assert back["model_version"].startswith("transformer:")
 
 
 def test_a_killed_event_log_writer_loses_no_acknowledged_email_with_an_id(app: dict[str, Any]) -> None:
