@@ -10,8 +10,9 @@ back during it, on the whole stack (HTTP -> proxy -> router -> linear and MiniLM
 3. every 10 s the resident memory of every Ray process (workers by actor, raylet, GCS) is read from /proc.
 
 Reports, per minute: requests, errors, latency p50/p95/p99; the memory of each process at the end of the first
-minute and at the end (the bound: at most +20% and +64 MB); and the log count against the acknowledged count
-(every 200 has its record). Writes benchmarks/results/soak.json.
+minute and at the end (the bound: at most +20% and +64 MB), its peak and its slope over the second half (a leak
+keeps climbing, a high-water mark stays flat), with every 10 s sample kept; and the log count against the
+acknowledged count (every 200 has its record). Writes benchmarks/results/soak.json.
 """
 
 from __future__ import annotations
@@ -147,15 +148,29 @@ def per_minute(samples: list[tuple[float, float | None, int]], minutes: float) -
 
 
 def memory_growth(memory: list[tuple[float, dict[str, int]]]) -> dict[str, Any]:
-    """Each process's size after the first minute (warm) and at the end; whether it stayed within MEMORY_BOUND."""
+    """Each process's size after the first minute (warm) and at the end, whether it stayed within MEMORY_BOUND, and
+    its trend over the second half of the run (MB per minute, a least-squares slope): a leak keeps climbing there,
+    an allocator's high-water mark after a burst stays flat."""
     warm = next((snap for t, snap in memory if t >= 60), memory[0][1])
     end = memory[-1][1]
+    half = memory[-1][0] / 2
     rows = {}
     for name in sorted(set(warm) & set(end)):
         limit = max(warm[name] * MEMORY_BOUND[0], warm[name] + MEMORY_BOUND[1])
+        late = [(t / 60, snap[name] / 2**20) for t, snap in memory if t >= half and name in snap]
+        minutes, mb = np.array([m for m, _ in late]), np.array([v for _, v in late])
+        slope = float(np.polyfit(minutes, mb, 1)[0]) if len(late) >= 3 else float("nan")
         rows[name] = {"warm_mb": round(warm[name] / 2**20, 1), "end_mb": round(end[name] / 2**20, 1),
-                      "within_bound": end[name] <= limit}  # fmt: skip
+                      "within_bound": end[name] <= limit,
+                      "peak_mb": round(max(snap.get(name, 0) for _, snap in memory) / 2**20, 1),
+                      "second_half_mb_per_min": round(slope, 2)}  # fmt: skip
     return rows
+
+
+def memory_series(memory: list[tuple[float, dict[str, int]]]) -> dict[str, list[tuple[float, float]]]:
+    """(seconds, MB) of each process at every sample, for a plot or a closer look."""
+    names = sorted({name for _, snap in memory for name in snap})
+    return {n: [(round(t, 1), round(snap[n] / 2**20, 1)) for t, snap in memory if n in snap] for n in names}
 
 
 def main() -> int:
@@ -238,6 +253,7 @@ def main() -> int:
     results["per_minute"] = per_minute(run["samples"], args.minutes)
     results["changes"] = run["changes"]
     results["memory"] = memory_growth(run["memory"])
+    results["memory_series"] = memory_series(run["memory"])
     total = len(run["samples"])
     errors = sum(s[2] != 200 for s in run["samples"])
     ok_lat = np.array([s[1] for s in run["samples"] if s[1] is not None])

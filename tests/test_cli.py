@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_support import one_line_error, run_cli
 
-from serving.cli import main
 from training.synth import generate, write_corpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,16 +32,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+    return run_cli(capsys, *args)
 
 
 def test_train_evaluate_and_registry(capsys: pytest.CaptureFixture[str], corpus: dict[str, Path], home: Path) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from cli_support import one_line_error, run_cli
 
-from serving.cli import main
 from serving.config import PolicyConfig, load_queues, parse_config
 from serving.store.eventlog import FeedbackEvent, PredictionEvent
 from serving.store.sqlite import SQLiteEventLog
@@ -83,16 +83,7 @@ def home(tmp_path: Path) -> Path:
 
 
 def run(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, str, str]:
-    code = main(["--home", str(home), "--config-dir", str(CONFIGS), *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+    return run_cli(capsys, "--home", str(home), "--config-dir", str(CONFIGS), *args)
 
 
 class FakeClient:
@@ -182,7 +173,7 @@ def test_apply_thresholds_sends_what_the_server_accepts(
 
 def test_apply_thresholds_needs_the_admin_token(capsys: pytest.CaptureFixture[str], home: Path) -> None:
     code, _, err = run(capsys, home, "analyze", "apply-thresholds")
-    assert code == 1 and "needs an admin token in $MAILROUTE_TOKEN or $MAILROUTE_ADMIN_TOKEN" in one_line(err)
+    assert code == 1 and "needs an admin token in $MAILROUTE_TOKEN or $MAILROUTE_ADMIN_TOKEN" in one_line_error(err)
 
 
 def test_explicit_thresholds_without_a_log(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -212,7 +203,7 @@ def test_usage_errors_exit_2_with_one_line(
     capsys: pytest.CaptureFixture[str], home: Path, args: list[str], expected: str
 ) -> None:
     code, out, err = run(capsys, home, "analyze", *args)
-    line = one_line(err)
+    line = one_line_error(err)
     assert code == 2 and out == ""
     assert line.startswith("mailroute analyze") and expected in line
 
@@ -220,31 +211,31 @@ def test_usage_errors_exit_2_with_one_line(
 def test_missing_log_exits_1_and_creates_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     for command in (["errors"], ["apply-thresholds", "--dry-run"]):
         code, _, err = run(capsys, tmp_path / "nohome", "analyze", *command)
-        assert code == 1 and one_line(err).startswith("mailroute: error: no event log at")
+        assert code == 1 and one_line_error(err).startswith("mailroute: error: no event log at")
     assert not (tmp_path / "nohome").exists()
 
 
 def test_no_judged_emails_exit_1(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     build_log(tmp_path / "events.db", n=10, days_ago=0.5, proba=True)  # young, and right ones get no feedback
     code, _, err = run(capsys, tmp_path, "analyze", "errors", "--since", "1h")
-    assert code == 1 and "no email was routed in the window (since 1h)" in one_line(err)
+    assert code == 1 and "no email was routed in the window (since 1h)" in one_line_error(err)
     empty = tmp_path / "empty"
     SQLiteEventLog(empty / "events.db").close()
     code, _, err = run(capsys, empty, "analyze", "apply-thresholds", "--dry-run")
-    assert code == 1 and "no email was routed in the window" in one_line(err)
+    assert code == 1 and "no email was routed in the window" in one_line_error(err)
     young = tmp_path / "young"
     log = SQLiteEventLog(young / "events.db")
     log.record_predictions([email(1, "billing", 0.9, days_ago=0.5)])
     log.close()
     for command in (["errors"], ["apply-thresholds", "--dry-run"]):
         code, _, err = run(capsys, young, "analyze", *command)
-        assert code == 1 and "has a verdict yet" in one_line(err)
+        assert code == 1 and "has a verdict yet" in one_line_error(err)
 
 
 def test_no_probability_vectors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     build_log(tmp_path / "events.db", proba=False)
     code, _, err = run(capsys, tmp_path, "analyze", "apply-thresholds", "--dry-run")
-    assert code == 1 and "has a probability vector" in one_line(err)
+    assert code == 1 and "has a probability vector" in one_line_error(err)
     code, out, err = run(capsys, tmp_path, "analyze", "errors")  # the misroute pairs need no vector
     assert code == 0, err
     assert "have no probability vector" in out and "threshold what-if" not in out

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import records
+from cli_support import one_line_error, run_cli
 
-from serving.cli import main
 from serving.store.eventlog import FeedbackEvent, PredictionEvent, open_event_log
 
 pytestmark = pytest.mark.unit
@@ -18,37 +19,14 @@ NOW = datetime.now(UTC)
 
 
 def run(capsys: pytest.CaptureFixture[str], home: Path, *args: str) -> tuple[int, str, str]:
-    code = main(["--home", str(home), "--config-dir", str(CONFIGS), "label", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+    return run_cli(capsys, "--home", str(home), "--config-dir", str(CONFIGS), "label", *args)
 
 
 def prediction(request_id: str, hours_ago: float, **fields: Any) -> PredictionEvent:
-    values: dict[str, Any] = {
-        "request_id": request_id,
-        "ts": (NOW - timedelta(hours=hours_ago)).isoformat(),
-        "user_key": "k" * 32,
-        "arm": "linear",
-        "model_name": "linear",
-        "model_version": "v1",
-        "queue": "billing",
-        "confidence": 0.7,
-        "fallback": False,
-        "reason": "confident",
-        "latency_ms": 2.0,
-        "subject": f"about {request_id}",
-        "body": "text",
-        "proba": {"billing": 0.7, "technical": 0.2, "general": 0.1},
-    }
-    values.update(fields)
-    return PredictionEvent(**values)
+    when = (NOW - timedelta(hours=hours_ago)).isoformat()
+    return records.prediction(
+        request_id, when, **{"confidence": 0.7, "proba": {"billing": 0.7, "technical": 0.2, "general": 0.1}, **fields}
+    )
 
 
 @pytest.fixture(autouse=True)

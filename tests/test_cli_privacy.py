@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import records
+from cli_support import one_line_error, run_cli
 
-from serving.cli import main
 from serving.store.eventlog import FeedbackEvent, LabelledEmail, LogRecord, PredictionEvent, open_event_log, user_key
 
 pytestmark = pytest.mark.unit
@@ -20,27 +21,12 @@ SALT = "home-salt-0123456789abcdef"
 
 
 def run(capsys: pytest.CaptureFixture[str], home: Path, *args: str, config_dir: Path = CONFIGS) -> tuple[int, str, str]:
-    code = main(["--home", str(home), "--config-dir", str(config_dir), "privacy", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+    return run_cli(capsys, "--home", str(home), "--config-dir", str(config_dir), "privacy", *args)
 
 
 def prediction(request_id: str, user: str, days_ago: float, salt: str = SALT, **fields: Any) -> PredictionEvent:
-    values: dict[str, Any] = {
-        "request_id": request_id, "ts": (NOW - timedelta(days=days_ago)).isoformat(), "user_key": user_key(salt, user),
-        "arm": "linear", "model_name": "linear", "model_version": "v1", "queue": "billing", "confidence": 0.8,
-        "fallback": False, "reason": "confident", "latency_ms": 2.0, "subject": f"subject {request_id}",
-        "body": f"body {request_id}",
-    }  # fmt: skip
-    values.update(fields)
-    return PredictionEvent(**values)
+    when = (NOW - timedelta(days=days_ago)).isoformat()
+    return records.prediction(request_id, when, **{"user_key": user_key(salt, user), **fields})
 
 
 @pytest.fixture(autouse=True)
@@ -96,7 +82,7 @@ def test_export_writes_every_record_of_the_user_and_audits(capsys: pytest.Captur
     assert [r["record"] for r in rows] == ["prediction", "prediction", "labelled", "log", "report"]
     first = rows[0]
     assert first["request_id"] == "a-old" and first["feedback"]["true_queue"] == "technical"
-    assert first["shadow"] == {"model": "transformer", "queue": "billing"} and first["subject"] == "subject a-old"
+    assert first["shadow"] == {"model": "transformer", "queue": "billing"} and first["subject"] == "subject of a-old"
     assert rows[1]["feedback"] is None
     assert rows[4]["path"].endswith("errors.html")
     assert not any("bob" in json.dumps(r) or r.get("request_id", "").startswith("b-") for r in rows)
@@ -185,7 +171,7 @@ def test_retain_blanks_old_text_from_days_or_the_config(
     log = events(home)
     try:
         frame = log.joined_frame().set_index("request_id")
-        assert frame.loc[["a-old", "b-old"], "body"].isna().all() and frame.loc["a-new", "body"] == "body a-new"
+        assert frame.loc[["a-old", "b-old"], "body"].isna().all() and frame.loc["a-new", "body"] == "body of a-new"
         assert frame.loc["a-old", "true_queue"] == "technical" and log.stats().predictions == 4
     finally:
         log.close()

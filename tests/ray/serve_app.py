@@ -47,6 +47,36 @@ def write_secrets(home: Home) -> None:
     (home.root / "secrets.yaml").write_text(yaml.safe_dump({"tokens": tokens}))
 
 
+def register_linear(
+    home: Home, seed: int, *, rows: int = 1200, rename: tuple[str, str] | None = None, drop: str | None = None
+) -> str:
+    """Another linear version trained on synthetic mail, child of linear:v1; `rename` relabels one queue (a label
+    set that is not the taxonomy's), `drop` leaves one out (a model that can never route there). Returns its version
+    id ("v2"...)."""
+    frame = generate(rows, seed=seed)
+    if rename is not None:
+        frame["queue"] = frame["queue"].replace(*rename)
+    if drop is not None:
+        frame = frame[frame["queue"] != drop]
+    texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
+    model = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
+    meta = ModelRegistry(home.registry).register(
+        "linear", model.save, kind="linear", labels=model.labels, preprocessing_version=PREPROCESSING_VERSION,
+        data_fingerprint="test", metrics={}, params={}, parent="linear:v1",
+    )  # fmt: skip
+    return meta.version
+
+
+def corrupt_version(home: Home, version: str) -> None:
+    """Garbage over the model file of a registered linear version: its checksum in meta.json no longer matches."""
+    import json
+
+    folder = home.registry / "linear" / version
+    files = json.loads((folder / "meta.json").read_text())["files"]
+    biggest = max(files, key=lambda rel: (folder / rel).stat().st_size)
+    (folder / biggest).write_bytes(b"not a model" * 100)
+
+
 def register_models(home: Home) -> None:
     """A linear model on 1,500 synthetic emails (with the drift-monitoring reference a training run stores: 400
     held-out emails) and a tiny random transformer (no reference: its checks are skipped), each champion."""

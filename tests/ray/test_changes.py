@@ -17,7 +17,9 @@ from serve_app import (
     ADMIN,
     AS_CLIENT,
     QUEUES,
+    corrupt_version,
     on_driver_loop,
+    register_linear,
     register_models,
     running_app,
     small_serving_config,
@@ -29,43 +31,14 @@ from experiments.assign import moved_share
 from experiments.config import ExperimentConfig
 from serving.api import ApiError
 from serving.config import Home
-from serving.mail.text import PREPROCESSING_VERSION, model_text
 from serving.models.registry import ModelRegistry
 from serving.ops import admin, launch, state
 from serving.ops.apps import arm_app, arm_deployment
 from serving.ops.changes import Context
 from serving.store.eventlog import open_event_log
-from training.config import LinearConfig
-from training.linear import fit_linear
-from training.synth import generate
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 SHADOW_APP = arm_app("shadow")  # mailroute-shadow
-
-
-def _register_linear(home: Home, seed: int, rename: tuple[str, str] | None = None, drop: str | None = None) -> str:
-    """A linear version trained on synthetic mail; `rename` relabels one queue (a label set that is not the
-    taxonomy's), `drop` leaves one out (a model that can never route there). Returns its version id."""
-    frame = generate(1200, seed=seed)
-    if rename is not None:
-        frame["queue"] = frame["queue"].replace(*rename)
-    if drop is not None:
-        frame = frame[frame["queue"] != drop]
-    texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
-    model = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
-    meta = ModelRegistry(home.registry).register(
-        "linear", model.save, kind="linear", labels=model.labels, preprocessing_version=PREPROCESSING_VERSION,
-        data_fingerprint="test", metrics={}, params={}, parent="linear:v1",
-    )  # fmt: skip
-    return meta.version
-
-
-def _corrupt(home: Home, version: str) -> None:
-    """Garbage over the model file of a registered version (its checksum in meta.json no longer matches)."""
-    folder = home.registry / "linear" / version
-    meta = json.loads((folder / "meta.json").read_text())
-    biggest = max(meta["files"], key=lambda rel: (folder / rel).stat().st_size)
-    (folder / biggest).write_bytes(b"not a model" * 100)
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +46,11 @@ def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port:
     home = Home(tmp_path_factory.mktemp("changes-home"))
     register_models(home)  # linear:v1 and a tiny transformer
     ModelRegistry(home.registry).promote("linear:v1")
-    corrupt = _register_linear(home, seed=41)  # linear:v2, then damaged on disk
-    _corrupt(home, corrupt)
-    bad_labels = _register_linear(home, seed=42, rename=("sales", "refunds"))  # linear:v3, "refunds" is no queue
-    fewer_labels = _register_linear(home, seed=44, drop="sales")  # linear:v4, never routes to sales
-    good = _register_linear(home, seed=43)  # linear:v5, the latest: promoted by the champion test
+    corrupt = register_linear(home, seed=41)  # linear:v2, then damaged on disk
+    corrupt_version(home, corrupt)
+    bad_labels = register_linear(home, seed=42, rename=("sales", "refunds"))  # linear:v3, "refunds" is no queue
+    fewer_labels = register_linear(home, seed=44, drop="sales")  # linear:v4, never routes to sales
+    good = register_linear(home, seed=43)  # linear:v5, the latest: promoted by the champion test
     serving = small_serving_config(linear={"num_cpus": 0.1, "num_replicas": 2})
     experiment = two_arm_experiment(  # no shadow
         arms={

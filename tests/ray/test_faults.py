@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -30,6 +29,8 @@ import httpx
 import pytest
 from serve_app import (
     AS_CLIENT,
+    corrupt_version,
+    register_linear,
     register_models,
     running_app,
     set_fault,
@@ -236,25 +237,10 @@ def test_a_full_disk_keeps_routing_says_so_and_loses_nothing_when_it_is_back(app
 
 
 def test_a_corrupt_version_pushed_to_a_rollout_is_refused_and_the_arm_keeps_serving(app: dict[str, Any]) -> None:
-    from serving.mail.text import PREPROCESSING_VERSION, model_text
-    from serving.models.registry import ModelRegistry
-    from training.config import LinearConfig
-    from training.linear import fit_linear
-    from training.synth import generate
-
-    frame = generate(600, seed=61)
-    texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
-    model = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
-    meta = ModelRegistry(app["home"].registry).register(
-        "linear", model.save, kind="linear", labels=model.labels, preprocessing_version=PREPROCESSING_VERSION,
-        data_fingerprint="test", metrics={}, params={}, parent="linear:v1",
-    )  # fmt: skip
-    folder = app["home"].registry / "linear" / meta.version
-    files = json.loads((folder / "meta.json").read_text())["files"]
-    biggest = max(files, key=lambda rel: (folder / rel).stat().st_size)
-    (folder / biggest).write_bytes(b"not a model" * 100)  # its checksum in meta.json no longer matches
+    version = register_linear(app["home"], seed=61, rows=600)
+    corrupt_version(app["home"], version)
     served = _forced(app, "linear")["model_version"]
-    answer = app["client"].post("/v1/rollout", json={"version": f"linear:{meta.version}"}, timeout=120)
+    answer = app["client"].post("/v1/rollout", json={"version": f"linear:{version}"}, timeout=120)
     assert answer.status_code == 422 and "checksum mismatch" in answer.json()["detail"], answer.text
     assert "\n" not in answer.json()["detail"]
     after = _forced(app, "linear")

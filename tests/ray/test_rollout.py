@@ -17,6 +17,7 @@ from serve_app import (
     AS_CLIENT,
     REPO,
     TOKEN,
+    register_linear,
     register_models,
     running_app,
     set_fault,
@@ -27,11 +28,8 @@ from serve_app import (
 
 from experiments.rollout import state as rollout_state
 from serving.config import Home
-from serving.mail.text import PREPROCESSING_VERSION, model_text
 from serving.models.registry import ModelRegistry
 from serving.store.eventlog import open_event_log
-from training.config import LinearConfig
-from training.linear import fit_linear
 from training.synth import generate
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -51,27 +49,14 @@ rollout:
 MONITORING_YAML = "schedule: {monitor_every: 1h, kpi_report_every: 1h, first_run_after: 1h}\n"
 
 
-def _register_linear(home: Home, seed: int, drop: str | None = None) -> str:
-    frame = generate(1200, seed=seed)
-    if drop is not None:
-        frame = frame[frame["queue"] != drop]
-    texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
-    model = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
-    meta = ModelRegistry(home.registry).register(
-        "linear", model.save, kind="linear", labels=model.labels, preprocessing_version=PREPROCESSING_VERSION,
-        data_fingerprint="test", metrics={}, params={}, parent="linear:v1",
-    )  # fmt: skip
-    return f"{meta.name}:{meta.version}"
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, ray_cluster: None, serve_port: int) -> Iterator[dict[str, Any]]:
     home = Home(tmp_path_factory.mktemp("rollout-home"))
     register_models(home)  # linear:v1 and a tiny transformer
     ModelRegistry(home.registry).promote("linear:v1")
-    candidate = _register_linear(home, seed=51)  # linear:v2, same queues
-    other_labels = _register_linear(home, seed=52, drop="sales")  # linear:v3, one queue fewer
-    another = _register_linear(home, seed=53)  # linear:v4
+    candidate = "linear:" + register_linear(home, seed=51)  # linear:v2, same queues
+    other_labels = "linear:" + register_linear(home, seed=52, drop="sales")  # linear:v3, one queue fewer
+    another = "linear:" + register_linear(home, seed=53)  # linear:v4
     configs = tmp_path_factory.mktemp("rollout-configs")
     for name in ("queues.yaml", "serving.yaml", "training.yaml"):
         shutil.copy(REPO / "configs" / name, configs / name)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import records
 from fastapi.testclient import TestClient
 
 from monitoring.dashboard.data import DashboardSources, read_audit, report_file
@@ -27,25 +28,9 @@ def ts(seconds: float) -> str:
 
 
 def prediction(request_id: str, at: float, **fields: Any) -> PredictionEvent:
-    values: dict[str, Any] = {
-        "request_id": request_id,
-        "ts": ts(at),
-        "user_key": "k" * 32,
-        "arm": "linear",
-        "model_name": "linear",
-        "model_version": "v1",
-        "queue": "billing",
-        "confidence": 0.9,
-        "fallback": False,
-        "reason": "confident",
-        "latency_ms": 3.0,
-        "experiment": "linear-vs-minilm",
-        "in_experiment": True,
-        "subject": "Invoice",
-        "body": "please send the invoice",
-    }
-    values.update(fields)
-    return PredictionEvent(**values)
+    defaults = {"confidence": 0.9, "latency_ms": 3.0, "experiment": "linear-vs-minilm", "in_experiment": True,
+                "subject": "Invoice", "body": "please send the invoice"}  # fmt: skip
+    return records.prediction(request_id, ts(at), **{**defaults, **fields})
 
 
 AGENT_TOKEN = "agent-ana-token-0123456789"

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import records
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
@@ -30,24 +31,10 @@ EVIL = "<script>alert('pwned')</script>"
 
 
 def prediction(request_id: str, minutes_ago: float, **fields: Any) -> PredictionEvent:
-    values: dict[str, Any] = {
-        "request_id": request_id,
-        "ts": (NOW - timedelta(minutes=minutes_ago)).isoformat(),
-        "user_key": "k" * 32,
-        "arm": "linear",
-        "model_name": "linear",
-        "model_version": "v1",
-        "queue": "billing",
-        "confidence": 0.7,
-        "fallback": False,
-        "reason": "confident",
-        "latency_ms": 2.0,
-        "subject": f"about {request_id}",
-        "body": "some text",
-        "proba": {"billing": 0.7, "technical": 0.2, "general": 0.1},
-    }
-    values.update(fields)
-    return PredictionEvent(**values)
+    when = (NOW - timedelta(minutes=minutes_ago)).isoformat()
+    return records.prediction(
+        request_id, when, **{"confidence": 0.7, "proba": {"billing": 0.7, "technical": 0.2, "general": 0.1}, **fields}
+    )
 
 
 def triaged(request_id: str, minutes_ago: float, **fields: Any) -> PredictionEvent:

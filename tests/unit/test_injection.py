@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import records
 from fastapi.testclient import TestClient
 
 from experiments.rollout.state import ROLLOUT_FILE, RolloutState, Step, save
@@ -167,24 +168,13 @@ def ts(minutes_ago: float) -> str:
 
 
 def prediction(request_id: str, minutes_ago: float, **fields: Any) -> PredictionEvent:
-    values: dict[str, Any] = {
-        "request_id": request_id,
-        "ts": ts(minutes_ago),
-        "user_key": "k" * 32,
-        "arm": "linear",
-        "model_name": "linear",
-        "model_version": "v1",
-        "queue": "billing",
+    defaults = {
         "confidence": 0.7,
-        "fallback": False,
-        "reason": "confident",
-        "latency_ms": 2.0,
         "experiment": "linear-vs-minilm",
         "in_experiment": True,
         "proba": {"billing": 0.7, "technical": 0.2, "general": 0.1},
     }
-    values.update(fields)
-    return PredictionEvent(**values)
+    return records.prediction(request_id, ts(minutes_ago), **{**defaults, **fields})
 
 
 def fill(home: Home, t: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import records
 
 from serving.config import QueuesConfig, load_queues
 from serving.store.eventlog import EventLog, FeedbackEvent, PredictionEvent
@@ -32,23 +33,7 @@ def proba(top: str, p1: float, second: str, p2: float) -> dict[str, float]:
 
 
 def prediction(request_id: str, minute: float, **fields: Any) -> PredictionEvent:
-    values: dict[str, Any] = {
-        "request_id": request_id,
-        "ts": ts(minute),
-        "user_key": "k" * 32,
-        "arm": "linear",
-        "model_name": "linear",
-        "model_version": "v1",
-        "queue": "billing",
-        "confidence": 0.8,
-        "fallback": False,
-        "reason": "confident",
-        "latency_ms": 2.0,
-        "subject": f"subject of {request_id}",
-        "body": f"body of {request_id}",
-    }
-    values.update(fields)
-    return PredictionEvent(**values)
+    return records.prediction(request_id, ts(minute), **fields)
 
 
 def triaged(request_id: str, minute: float, guess: str | None = "shipping", **fields: Any) -> PredictionEvent:

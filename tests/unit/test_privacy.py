@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import records
 
 from serving.config import Home, ServingConfig
 from serving.models.registry import ModelMeta
@@ -50,14 +51,8 @@ def at(days_ago: float) -> str:
 
 
 def prediction(request_id: str, key: str, days_ago: float, **fields: Any) -> PredictionEvent:
-    values: dict[str, Any] = {
-        "request_id": request_id, "ts": at(days_ago), "user_key": key, "arm": "linear", "model_name": "linear",
-        "model_version": "v1", "queue": "billing", "confidence": 0.8, "fallback": False, "reason": "confident",
-        "latency_ms": 3.0, "subject": f"subject of {request_id}", "body": f"body of {request_id}",
-        "proba": {"billing": 0.8, "technical": 0.2},
-    }  # fmt: skip
-    values.update(fields)
-    return PredictionEvent(**values)
+    defaults = {"user_key": key, "latency_ms": 3.0, "proba": {"billing": 0.8, "technical": 0.2}}
+    return records.prediction(request_id, at(days_ago), **{**defaults, **fields})
 
 
 def seed(log: EventLog) -> None:
