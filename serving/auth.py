@@ -128,14 +128,26 @@ def secrets_path(serving: ServingConfig, home: Home) -> Path:
 
 def read_secrets(path: Path) -> SecretsFile:
     """The secrets file (an empty one when it does not exist); a ConfigError naming the problem otherwise."""
+    return parse_secrets(_secrets_bytes(path), path)
+
+
+def _secrets_bytes(path: Path) -> bytes | None:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_bytes()
     except FileNotFoundError:
-        return SecretsFile()
-    except (OSError, UnicodeDecodeError) as err:
+        return None
+    except OSError as err:
         raise ConfigError(f"{path}: cannot read the secrets file ({err})") from None
+
+
+def parse_secrets(raw: bytes | None, path: Path) -> SecretsFile:
+    """The secrets file's content (None: there is no file) as a SecretsFile; a ConfigError naming the problem."""
+    if raw is None:
+        return SecretsFile()
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: cannot read the secrets file ({err})") from None
     except yaml.YAMLError:
         raise ConfigError(f"{path}: YAML syntax error in the secrets file") from None  # no excerpt: it holds secrets
     return parse_config(data or {}, SecretsFile, str(path))
@@ -172,18 +184,12 @@ class TokenStore:
         environ = os.environ if environ is None else environ
         self._env = env_tokens(environ, serving.auth.token_env_prefix, serving.admin_token_env)
         self._lock = threading.Lock()
-        self._seen: tuple[int, int, int] | None = None
         self._checked = 0.0
-        self._file = read_secrets(self.path)  # a broken file at start is an error, not an empty token list
-        self._seen = self._stat()
+        # What the file said when last parsed, compared byte for byte (size, mtime and inode can all stay the same
+        # across an edit). A broken file at start is an error, not an empty token list.
+        self._raw = _secrets_bytes(self.path)
+        self._file = parse_secrets(self._raw, self.path)
         self._by_digest = self._index()
-
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = self.path.stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _index(self) -> dict[str, Principal]:
         merged = {**self._env, **self._file.tokens}
@@ -195,15 +201,15 @@ class TokenStore:
             return
         with self._lock:
             self._checked = now
-            seen = self._stat()
-            if seen == self._seen:
-                return
             try:
-                self._file = read_secrets(self.path)
+                raw = _secrets_bytes(self.path)
+                if raw == self._raw:
+                    return
+                self._raw = raw  # a broken version is reported once, not at every check
+                self._file = parse_secrets(raw, self.path)
             except ConfigError as err:
                 log.error("keeping the previous tokens: %s", err)
                 return
-            self._seen = seen
             self._by_digest = self._index()
             log.warning("tokens reloaded from %s: %d in force", self.path, len(self._by_digest))
 

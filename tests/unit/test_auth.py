@@ -88,6 +88,22 @@ def test_tokens_added_rotated_and_revoked_in_the_file_apply_without_a_restart(ho
     assert tokens.authenticate(f"Bearer {rotated}") is None
 
 
+def test_an_edit_that_keeps_the_files_size_time_and_inode_still_applies(home: Home) -> None:
+    """An editor rewriting the file in place within one timestamp tick (or restoring its time) changes none of
+    size, mtime and inode: the store compares what the file says, not its metadata."""
+    path = home.root / "secrets.yaml"
+    old, new = "gateway-token-0123456789", "gateway-token-9876543210"
+    path.parent.mkdir(parents=True)
+    path.write_text(f"tokens:\n  gateway: {{role: client, token: {old}}}\n")
+    before = path.stat()
+    tokens = store(home)
+    assert tokens.authenticate(f"Bearer {old}") is not None
+    with path.open("r+") as fh:  # same inode, same size
+        fh.write(f"tokens:\n  gateway: {{role: client, token: {new}}}\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert tokens.authenticate(f"Bearer {new}") is not None and tokens.authenticate(f"Bearer {old}") is None
+
+
 def test_a_broken_file_is_an_error_at_start_and_keeps_the_last_good_tokens_later(
     home: Home, caplog: pytest.LogCaptureFixture
 ) -> None:
