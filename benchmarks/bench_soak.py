@@ -148,22 +148,25 @@ def per_minute(samples: list[tuple[float, float | None, int]], minutes: float) -
 
 
 def memory_growth(memory: list[tuple[float, dict[str, int]]]) -> dict[str, Any]:
-    """Each process's size after the first minute (warm) and at the end, whether it stayed within MEMORY_BOUND, and
-    its trend over the second half of the run (MB per minute, a least-squares slope): a leak keeps climbing there,
-    an allocator's high-water mark after a burst stays flat."""
+    """Each process's size after the first minute (warm), at its peak and at the end, whether it stayed within
+    MEMORY_BOUND, its biggest rise between two samples (a step: a burst of work, such as a canary starting) and its
+    trend over the last quarter of the run (MB per minute, a least-squares slope): a leak keeps climbing there, an
+    allocator's high-water mark after a step stays flat."""
     warm = next((snap for t, snap in memory if t >= 60), memory[0][1])
     end = memory[-1][1]
-    half = memory[-1][0] / 2
+    last_quarter = memory[-1][0] * 0.75
     rows = {}
     for name in sorted(set(warm) & set(end)):
         limit = max(warm[name] * MEMORY_BOUND[0], warm[name] + MEMORY_BOUND[1])
-        late = [(t / 60, snap[name] / 2**20) for t, snap in memory if t >= half and name in snap]
-        minutes, mb = np.array([m for m, _ in late]), np.array([v for _, v in late])
-        slope = float(np.polyfit(minutes, mb, 1)[0]) if len(late) >= 3 else float("nan")
+        series = [(t, snap[name] / 2**20) for t, snap in memory if name in snap]
+        late = [(t / 60, mb) for t, mb in series if t >= last_quarter]
+        slope = float(np.polyfit([m for m, _ in late], [mb for _, mb in late], 1)[0]) if len(late) >= 3 else None
+        rise, at = max(((b[1] - a[1], b[0]) for a, b in zip(series, series[1:], strict=False)), default=(0.0, None))
         rows[name] = {"warm_mb": round(warm[name] / 2**20, 1), "end_mb": round(end[name] / 2**20, 1),
                       "within_bound": end[name] <= limit,
-                      "peak_mb": round(max(snap.get(name, 0) for _, snap in memory) / 2**20, 1),
-                      "second_half_mb_per_min": round(slope, 2)}  # fmt: skip
+                      "peak_mb": round(max(mb for _, mb in series), 1),
+                      "largest_step_mb": round(rise, 1), "largest_step_at_s": at,
+                      "last_quarter_mb_per_min": None if slope is None else round(slope, 2)}  # fmt: skip
     return rows
 
 
