@@ -54,15 +54,9 @@ class Loaded:
 
 def _event_log_url(home: Home) -> str:
     from serving.config import load_serving
+    from serving.store.location import existing_event_log_url
 
-    url = load_serving().event_log.url or f"sqlite:///{home.event_log}"
-    if url == "memory://":
-        raise ValueError("the event log is in memory (memory://): there is no log for an analysis to read")
-    scheme, sep, rest = url.partition("://")
-    path = Path(rest.removeprefix("/")) if sep and scheme == "sqlite" else None if sep else Path(url)
-    if path is not None and not path.exists():  # opening would create an empty log: say so and create nothing
-        raise FileNotFoundError(f"no event log at {path}: nothing was routed yet")
-    return url
+    return existing_event_log_url(load_serving(), home)
 
 
 def load_window(home: Home, since: str | None, now: datetime | None = None) -> Loaded:

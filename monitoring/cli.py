@@ -55,8 +55,9 @@ def run(
     seconds = _duration(window, "--window")
     cfg, serving = monitoring_config(config_dir()), load_serving()
     home = options(ctx).resolve_home()
-    if serving.event_log.url is None and not home.event_log.exists():  # a wrong --home must not pass as "no alarm"
-        raise FileNotFoundError(f"no event log at {home.event_log}: nothing was routed yet")
+    from serving.store.location import existing_event_log_url
+
+    existing_event_log_url(serving, home)  # a wrong --home must not pass as "no alarm"
     try:
         result = run_monitoring(
             home, cfg, serving, window=None if seconds is None else timedelta(seconds=seconds),

@@ -34,6 +34,7 @@ from serving import clock
 from serving.config import Home, ServingConfig
 from serving.models.registry import ModelRegistry, RegistryError
 from serving.store.eventlog import EventLog, LogRecord, MonitorVerdict, open_event_log, utc_now
+from serving.store.location import event_log_url
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def configured_triage_queue(config_dir: Path) -> str:
 
 def open_job_event_log(home: Home, serving: ServingConfig) -> EventLog:
     """The store the serving config names (the SQLite file of the home by default)."""
-    return open_event_log(serving.event_log.url or f"sqlite:///{home.event_log}")
+    return open_event_log(event_log_url(serving, home))
 
 
 @dataclass

@@ -21,6 +21,7 @@ from monitoring.config import MonitoringConfig
 from serving import clock
 from serving.config import Home, ServingConfig
 from serving.store.eventlog import LogRecord, MonitorVerdict, open_event_log, utc_now
+from serving.store.location import event_log_url, is_missing
 
 JOB = "kpi"
 COMPONENT = "monitor"  # the scheduled jobs' component in the store's log records
@@ -53,8 +54,8 @@ def run_kpi_report(
     from serving.config import load_queues
     from serving.ops.state import AUDIT_FILE, load_state
 
-    url = serving.event_log.url or f"sqlite:///{home.event_log}"
-    if url == "memory://" or (url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()):
+    url = event_log_url(serving, home)
+    if url == "memory://" or is_missing(url):
         return None
     now = now or clock.now()
     experiments = load_experiments(Path(config_dir) / "experiments.yaml")

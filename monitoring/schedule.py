@@ -42,6 +42,7 @@ from monitoring.config import MonitoringConfig, load_monitoring
 from serving import clock
 from serving.clock import parse_duration
 from serving.config import Home, ServingConfig
+from serving.store.location import event_log_url, is_missing
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def run_retention_job(
     from serving.privacy.records import open_existing_log, retain_text
 
     days = serving.event_log.retention_days
-    if days is None or (serving.event_log.url is None and not home.event_log.exists()):
+    if days is None or is_missing(event_log_url(serving, home)):
         return None
     store = open_existing_log(home, serving)
     try:
@@ -298,7 +299,7 @@ def prune_component_logs(home: Home, serving: ServingConfig, days: float) -> int
 
     from monitoring.job import open_job_event_log
 
-    if serving.event_log.url is None and not home.event_log.exists():
+    if is_missing(event_log_url(serving, home)):
         return 0  # nothing routed yet: do not create the file
     try:
         store = open_job_event_log(home, serving)

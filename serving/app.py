@@ -60,6 +60,7 @@ from serving.ops.apps import APP_NAME, SHADOW, arm_app, arm_deployment
 from serving.ops.changes import Context
 from serving.router import ArmAnswer, ArmRequest, RouterCore
 from serving.store.eventlog import EventLog, open_event_log
+from serving.store.location import event_log_url
 from serving.store.loghandler import StoreLogHandler, install_store_logging, log_ids
 from serving.store.writer import BufferedWriter
 
@@ -98,14 +99,10 @@ def _store_logging(store: str | EventLog, default_component: str) -> StoreLogHan
         return None
 
 
-def _store_url(serving: ServingConfig, home: Home) -> str:
-    return serving.event_log.url or f"sqlite:///{home.event_log}"
-
-
 class ModelServer:
     """One arm's model. `user_config` names the registry version, so a new version loads without a restart."""
 
-    def __init__(self, home: str, queues: dict[str, Any], batched: bool, log_store: str | None = None) -> None:
+    def __init__(self, home: str, queues: dict[str, Any], batched: bool, serving: dict[str, Any] | None = None) -> None:
         self.registry = ModelRegistry(Home(Path(home)).registry)
         self.queues = parse_config(queues, QueuesConfig, "queues")
         self.batched = batched
@@ -113,7 +110,9 @@ class ModelServer:
         self.predictor: Any = None
         self.meta: Any = None
         self.fault: str | None = None
-        self.log_handler = _store_logging(log_store or f"sqlite:///{Home(Path(home)).event_log}", "arm")
+        # The event log's URL is resolved here, in the replica (it may carry a password: never in Serve's config).
+        settings = parse_config(serving or {}, ServingConfig, "serving")
+        self.log_handler = _store_logging(event_log_url(settings, Home(Path(home))), "arm")
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         ref, threads, quantize = config["ref"], int(config.get("threads", 1)), bool(config.get("quantize", False))
@@ -302,7 +301,7 @@ class Router:
         if not self.tokens.enabled:
             log.warning("%s", AUTH_OFF_WARNING)
         salt = resolve_user_salt(self.serving, self.home, self.tokens)
-        store_url = _store_url(self.serving, self.home)
+        store_url = event_log_url(self.serving, self.home)
         event_log = open_event_log(store_url)
         self.log_handler = _store_logging(event_log, "router")
         spec = self.serving.event_log
@@ -547,5 +546,4 @@ def build_arm(args: dict[str, Any]) -> serve.Application:
     spec = serving_cfg.transformer if kind == "transformer" else serving_cfg.linear
     deployment: Any = serve.deployment(ModelServer)
     deployment = deployment.options(**_deployment_options(spec, arm_deployment(arm), serving_cfg))
-    log_store = _store_url(serving_cfg, Home(Path(args["home"])))
-    return deployment.bind(args["home"], args["queues"], kind == "transformer", log_store)
+    return deployment.bind(args["home"], args["queues"], kind == "transformer", args["serving"])

@@ -89,6 +89,9 @@ class SecretsFile(StrictModel):
 
     tokens: dict[str, TokenSpec] = Field(default_factory=dict, description="Tokens by holder name.")
     user_salt: str | None = Field(None, min_length=16, description="Salt of the user pseudonyms in the event log.")
+    event_log_url: str | None = Field(
+        None, description="The event log's URL when it carries a password (postgresql://user:pw@host:port/db)."
+    )
 
     @field_validator("tokens")
     @classmethod

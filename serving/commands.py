@@ -206,13 +206,11 @@ def replay(
 @log_app.command("stats", help="count logged emails by arm, queue and fallback reason")
 def log_stats(ctx: typer.Context, as_json: JsonOption = False) -> None:
     from serving.config import load_serving
-    from serving.store.eventlog import open_event_log
 
     home = options(ctx).resolve_home()
-    url = load_serving().event_log.url or f"sqlite:///{home.event_log}"
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise FileNotFoundError(f"no event log at {url.removeprefix('sqlite:///')}: nothing was routed yet")
-    stats = open_event_log(url).stats()
+    from serving.store.location import open_existing_event_log
+
+    stats = open_existing_event_log(load_serving(), home).stats()
     data: dict[str, Any] = {"predictions": stats.predictions, "feedback": stats.feedback, "by_arm": stats.by_arm,
             "by_queue": stats.by_queue, "by_fallback_reason": stats.by_fallback_reason,
             "feedback_accuracy": stats.feedback_accuracy}  # fmt: skip

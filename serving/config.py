@@ -197,8 +197,15 @@ class CircuitBreakerSpec(StrictModel):
     reset_after_s: float = Field(10.0, gt=0, description="How long an open circuit skips the arm.")
 
 
+EVENT_LOG_URL_ENV = "MAILROUTE_EVENT_LOG_URL"
+
+
 class EventLogSpec(StrictModel):
-    url: str | None = Field(None, description="Store URL; default sqlite:///<home>/events.db.")
+    url: str | None = Field(
+        None,
+        description="Store URL without a password (sqlite:///path.db, postgresql://user@host:port/db); default "
+        "sqlite:///<home>/events.db. A URL with a password goes in $MAILROUTE_EVENT_LOG_URL or the secrets file.",
+    )
     text_policy: Literal["full", "redacted", "none"] = Field(
         "redacted", description="Email text kept in the log: full, redacted (addresses, phones, cards masked) or none."
     )
@@ -218,6 +225,19 @@ class EventLogSpec(StrictModel):
         description="Days the email text (subject, body) is kept; `mailroute privacy retain` blanks older text and "
         "keeps every other field (docs/privacy.md). None: kept forever.",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, value: str | None) -> str | None:
+        # Said without the URL: an error message must never carry a secret.
+        if value and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            userinfo = value.split("://", 1)[1].split("@", 1)[0]
+            if ":" in userinfo:
+                raise ValueError(
+                    f"the URL carries a password: put it in ${EVENT_LOG_URL_ENV} or the secrets file "
+                    "(event_log_url), never in a config file"
+                )
+        return value
 
 
 class AuthConfig(StrictModel):

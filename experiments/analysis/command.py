@@ -17,16 +17,16 @@ from experiments.analysis.report import ExperimentReport, build_report
 from experiments.config import load_experiments
 from serving import clock
 from serving.config import Home, load_queues, load_serving
+from serving.store.eventlog import EventLogError
+from serving.store.location import existing_event_log_url
 
 
 def event_log_sql_url(home: Home) -> str:
     """The SQLAlchemy URL of the event log that `serving.yaml` names (default `<home>/events.db`)."""
-    url = load_serving().event_log.url or f"sqlite:///{home.event_log}"
-    if url == "memory://":
-        raise ReportInputError("the event log is in memory (memory://): there is no file for a report to read")
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise FileNotFoundError(f"no event log at {url.removeprefix('sqlite:///')}: nothing was routed yet")
-    return url
+    try:
+        return existing_event_log_url(load_serving(), home)
+    except EventLogError as err:  # an in-memory store
+        raise ReportInputError(str(err)) from None
 
 
 def report_command(

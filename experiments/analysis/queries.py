@@ -5,12 +5,13 @@ difference between arms needs (a user moved by a weight change is one cluster in
 version and by day come back as moments (users, Σ of each column, Σ of the cross-products the KPIs use), one row
 per group.
 
-Portable SQL (SQLite today, PostgreSQL in a later issue): timestamps are ISO 8601 UTC text compared as text;
-a row's local day is a balanced tree of CASE expressions over the days' UTC starts computed in Python (a join
-against a list of days made SQLite walk the ts index row by row). The per-email rows are summed once per
-(arm, model version, day, user) into a temporary table that every breakdown groups further. Latency percentiles
-come from a histogram with three significant digits (GROUP BY bucket): the exact nearest-rank value rounded down
-to 3 significant digits, so within 1% below it; histograms of days and versions merge exactly into the arm's.
+Portable SQL (SQLite and PostgreSQL run the same statements; tests/unit/test_experiment_report.py checks both):
+timestamps are ISO 8601 UTC text compared as text; a row's local day is a balanced tree of CASE expressions over
+the days' UTC starts computed in Python (a join against a list of days made SQLite walk the ts index row by row).
+The per-email rows are summed once per (arm, model version, day, user) into a temporary table that every breakdown
+groups further. Latency percentiles come from a histogram with three significant digits (GROUP BY bucket): the
+exact nearest-rank value rounded down to 3 significant digits, so within 1% below it; histograms of days and
+versions merge exactly into the arm's.
 The dialect-specific bits are `_flag` (booleans are 0/1 integers in SQLite), `_floor` and `_tune` (pragmas).
 """
 
@@ -79,7 +80,13 @@ def _tune(engine: Engine) -> None:
 
 
 def open_engine(url: str) -> Engine:
-    engine = sa.create_engine(url)
+    """An engine on the event log's database (a `postgresql://` URL goes through the psycopg 3 driver)."""
+    if url.startswith(("postgresql:", "postgres:")):
+        from serving.store.postgres import driver_url
+
+        engine = sa.create_engine(driver_url(url))
+    else:
+        engine = sa.create_engine(url)
     _tune(engine)
     return engine
 

@@ -34,6 +34,7 @@ from serving import clock
 from serving.config import Home, ServingConfig
 from serving.ops import state as ops_state
 from serving.store.eventlog import LogRecord, MonitorVerdict, open_event_log, utc_now
+from serving.store.location import event_log_url
 
 log = logging.getLogger(__name__)
 JOB = "rollout"
@@ -63,7 +64,7 @@ def evidence(
 
     files = load_experiments(Path(config_dir) / "experiments.yaml")
     queues = load_queues(Path(config_dir) / "queues.yaml")
-    url = serving.event_log.url or f"sqlite:///{home.event_log}"
+    url = event_log_url(serving, home)
     started = datetime.fromisoformat(rs.started)
     report = build_report(
         url, experiment=experiment.model_copy(update={"control": rs.arm}), analysis=files.analysis, queues=queues,
@@ -142,7 +143,7 @@ def _record(
     from monitoring.alerts import Alarm, payload, post_alarms
     from monitoring.schedule import monitoring_config
 
-    store = open_event_log(serving.event_log.url or f"sqlite:///{home.event_log}")
+    store = open_event_log(event_log_url(serving, home))
     try:
         run_id = uuid.uuid4().hex
         ts = utc_now()

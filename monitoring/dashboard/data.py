@@ -46,6 +46,7 @@ from serving.store.eventlog import (
     open_event_log,
     utc_now,
 )
+from serving.store.location import event_log_url, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -183,12 +184,10 @@ class DashboardSources:
         except (ConfigError, OSError) as err:
             log.warning("dashboard: using the default event log (%s)", err)
         tokens = TokenStore(serving, home)  # a secrets file that does not parse is a ConfigError, not an open page
-        url = serving.event_log.url
-        if url is None or url.startswith("sqlite:") or "://" not in url:
-            path = home.event_log if url is None else Path(url.split("://", 1)[-1].removeprefix("/"))
-            if not path.exists():
-                return cls(home, None, f"{path} (not created yet)", configs, tokens=tokens)
-            url = f"sqlite:///{path}"
+        url = event_log_url(serving, home)
+        path = sqlite_path(url)
+        if path is not None and not path.exists():
+            return cls(home, None, f"{path} (not created yet)", configs, tokens=tokens)
         return cls(home, open_event_log(url), url, configs, tokens=tokens)
 
 

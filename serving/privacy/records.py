@@ -29,7 +29,8 @@ from typing import Any
 from serving import clock
 from serving.config import Home, ServingConfig
 from serving.ops.state import AUDIT_FILE, SALT_FILE, audit
-from serving.store.eventlog import EventLog, TextBlanked, UserDeletion, UserRecords, open_event_log, user_key
+from serving.store.eventlog import EventLog, TextBlanked, UserDeletion, UserRecords, user_key
+from serving.store.location import open_existing_event_log
 
 
 class PrivacyError(ValueError):
@@ -78,12 +79,7 @@ def user_keys(user_id: str, salts: Sequence[str]) -> tuple[str, ...]:
 def open_existing_log(home: Home, serving: ServingConfig) -> EventLog:
     """The store serving.yaml names (else `<home>/events.db`); a missing SQLite file is an error, never an empty
     log: a wrong --home must not look like a user with no records."""
-    url = serving.event_log.url or f"sqlite:///{home.event_log}"
-    scheme, sep, rest = url.partition("://")
-    path = Path(url) if not sep else Path(rest.removeprefix("/")) if scheme == "sqlite" else None
-    if path is not None and not path.is_file():
-        raise FileNotFoundError(f"no event log at {path}: nothing was routed yet (check --home)")
-    return open_event_log(url)
+    return open_existing_event_log(serving, home)
 
 
 def reports_naming(home: Home, request_ids: Collection[str]) -> list[Path]:

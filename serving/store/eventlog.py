@@ -1,11 +1,10 @@
 """The event log: an append-only store of routing decisions (predictions) and agent feedback.
 
 Retraining, monitoring and A/B analysis read only from here; if it is not in the log, it did not happen. The
-store sits behind the small `EventLog` interface with two implementations: `SQLiteEventLog` (the embedded
-default; one file shared by every replica process on a machine) and `MemoryEventLog` (in-process, for unit
-tests of other modules). `open_event_log(url)` picks one from the store URL of the serving config.
-PostgreSQL, the multi-node store of the design, is not implemented yet and is refused with a clear message
-rather than faked.
+store sits behind the small `EventLog` interface with three implementations: `SQLiteEventLog` (the embedded
+default; one file shared by every replica process on a machine), `MemoryEventLog` (in-process, for unit
+tests of other modules) and `PostgresEventLog` (`serving.store.postgres`: one database shared by every node, the
+multi-node store). `open_event_log(url)` picks one from the store URL.
 
 Writes are idempotent so that retries never double count: a repeated request_id is ignored, and feedback is
 first-write-wins per request_id. Replicas write through `serving.store.writer.BufferedWriter`, so that a
@@ -439,7 +438,8 @@ def copy_shadow(shadow: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def open_event_log(url: str) -> EventLog:
-    """The store a URL names: `sqlite:///path.db` (or a bare path) or `memory://`."""
+    """The store a URL names: `sqlite:///path.db` (or a bare path), `postgresql://user:pw@host:port/db` or
+    `memory://`."""
     # Imported here: the store modules import this one for the event types.
     from serving.store.memory import MemoryEventLog
     from serving.store.sqlite import SQLiteEventLog
@@ -457,5 +457,9 @@ def open_event_log(url: str) -> EventLog:
             raise EventLogError(f"event log URL '{url}' names no file; use sqlite:///path/to/events.db")
         return SQLiteEventLog(path)
     if scheme in ("postgresql", "postgres") or scheme.startswith("postgresql+"):
-        raise EventLogError("a PostgreSQL event log is not yet supported; use sqlite:///path/to/events.db or memory://")
-    raise EventLogError(f"event log URL '{url}': unknown scheme '{scheme}'; use sqlite:///path.db or memory://")
+        from serving.store.postgres import PostgresEventLog
+
+        return PostgresEventLog(url)
+    raise EventLogError(
+        f"event log URL: unknown scheme '{scheme}'; use sqlite:///path.db, postgresql://... or memory://"
+    )

@@ -7,8 +7,6 @@ The set-up installs Debian's `chromium` and `chromium-driver` when they are miss
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from serve_app import TOKEN, register_models, running_app, set_fault, small_serving_config, two_arm_experiment
+from system_packages import apt_install
 
 from monitoring.dashboard.data import DashboardSources
 from monitoring.dashboard.routes import standalone_app
@@ -30,27 +29,11 @@ EVIL_SUBJECT = "<script>document.title='pwned'</script> refund please"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
-def _install_chromium() -> str | None:
-    """None when Chromium and its driver are usable; else the reason they are not."""
-    if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
-        return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "chromium and chromium-driver are missing and cannot be installed here (needs root and apt-get)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
-    done = subprocess.run(install, env=env, capture_output=True, timeout=600)
-    if done.returncode != 0:  # a fresh machine may have no package lists yet
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        done = subprocess.run(install, env=env, capture_output=True, timeout=600)
-    if done.returncode != 0 or not os.path.exists(CHROMEDRIVER):
-        tail = done.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        return f"apt-get install chromium chromium-driver failed: {tail[0]}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    reason = _install_chromium()
+    reason = apt_install(
+        ["chromium", "chromium-driver"], lambda: os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
+    )
     if reason:
         pytest.skip(reason)
     from selenium import webdriver

@@ -23,11 +23,13 @@ from serving.store.eventlog import (
     LogRecord,
     MonitorVerdict,
     PredictionEvent,
+    StoreUnavailableError,
     UnknownRequestError,
     open_event_log,
     user_key,
 )
 from serving.store.memory import MemoryEventLog
+from serving.store.postgres import PostgresEventLog
 from serving.store.sqlite import SQLiteEventLog
 
 pytestmark = pytest.mark.unit
@@ -61,9 +63,15 @@ def feedback(request_id: str, true_queue: str = "billing", **fields: Any) -> Fee
     return FeedbackEvent(request_id=request_id, ts=ts(600), true_queue=true_queue, **fields)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EventLog]:
-    store: EventLog = MemoryEventLog() if request.param == "memory" else SQLiteEventLog(tmp_path / "ev.db")
+    store: EventLog
+    if request.param == "memory":
+        store = MemoryEventLog()
+    elif request.param == "sqlite":
+        store = SQLiteEventLog(tmp_path / "ev.db")
+    else:  # a real server, a new database for each test
+        store = PostgresEventLog(request.getfixturevalue("postgres").fresh_url())
     yield store
     store.close()
 
@@ -273,8 +281,11 @@ def test_open_event_log_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         assert isinstance(store, SQLiteEventLog)
         store.close()
         assert path.exists(), url
-    with pytest.raises(EventLogError, match="PostgreSQL event log is not yet supported"):
-        open_event_log("postgresql://user@db/mailroute")
+    with pytest.raises(StoreUnavailableError, match="unavailable") as refused:  # nothing listens on port 9
+        open_event_log("postgresql://mr:s3cret-pw@127.0.0.1:9/mailroute")
+    assert "s3cret-pw" not in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.raises(EventLogError, match="driver 'postgresql\\+asyncpg' is not supported"):
+        open_event_log("postgresql+asyncpg://mr@127.0.0.1:9/mailroute")
     with pytest.raises(EventLogError, match="unknown scheme 'mysql'"):
         open_event_log("mysql://db/mailroute")
     with pytest.raises(EventLogError, match="names no file"):

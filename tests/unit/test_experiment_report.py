@@ -25,7 +25,8 @@ from experiments.config import ExperimentConfig
 from serving.api import RouteRequest
 from serving.config import ConfigError, Home, ServingConfig, load_queues, parse_config
 from serving.router import ArmAnswer, RouterCore
-from serving.store.eventlog import FeedbackEvent, PredictionEvent
+from serving.store.eventlog import EventLog, FeedbackEvent, PredictionEvent
+from serving.store.postgres import PostgresEventLog
 from serving.store.sqlite import SQLiteEventLog
 from serving.store.writer import BufferedWriter
 
@@ -61,7 +62,7 @@ def pred(ts: str, user: str, arm: str, queue: str, **kw: Any) -> PredictionEvent
     return PredictionEvent(**fields)
 
 
-def report(log: SQLiteEventLog, exp: ExperimentConfig | None = None, **kw: Any) -> ExperimentReport:
+def report(log: EventLog, exp: ExperimentConfig | None = None, **kw: Any) -> ExperimentReport:
     args: dict[str, Any] = {"experiment": exp or experiment(), "analysis": AnalysisConfig(), "queues": QUEUES,
                             "as_of": AS_OF} | kw  # fmt: skip
     url = log.sql_url
@@ -77,10 +78,15 @@ def no_nan(r: ExperimentReport) -> None:
     assert not re.search(r"\bnan\b", page.lower())
 
 
-@pytest.fixture
-def hand_log(tmp_path: Path) -> SQLiteEventLog:
-    """The worked example of experiments.analysis.kpi for the linear arm, plus four correct transformer emails."""
-    log = SQLiteEventLog(tmp_path / "events.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def hand_log(request: pytest.FixtureRequest, tmp_path: Path) -> EventLog:
+    """The worked example of experiments.analysis.kpi for the linear arm, plus four correct transformer emails; in
+    the SQLite file and in a real PostgreSQL server (the report's SQL aggregates in either)."""
+    log: EventLog
+    if request.param == "sqlite":
+        log = SQLiteEventLog(tmp_path / "events.db")
+    else:
+        log = PostgresEventLog(request.getfixturevalue("postgres").fresh_url())
     lin = [
         pred("2026-03-01T10:00:00+00:00", "u1", "linear", "billing"),  # agent confirms: correct
         pred("2026-03-01T11:00:00+00:00", "u1", "linear", "billing"),  # old, no feedback: implicitly correct
@@ -121,7 +127,7 @@ def hand_log(tmp_path: Path) -> SQLiteEventLog:
     return log
 
 
-def test_kpi_and_saving_arithmetic_on_a_hand_built_log(hand_log: SQLiteEventLog) -> None:
+def test_kpi_and_saving_arithmetic_on_a_hand_built_log(hand_log: EventLog) -> None:
     r = report(hand_log)
     lin = r.arm("linear")
     assert lin is not None and (lin.emails, lin.users) == (10, 4)

@@ -34,28 +34,11 @@ RequestIdsArgument = Annotated[
 AgentOption = Annotated[str | None, typer.Option("--agent", help="who labels (default: your user name)")]
 
 
-def _store_url(home: Home) -> str:
-    from serving.config import load_serving
-
-    return load_serving().event_log.url or f"sqlite:///{home.event_log}"
-
-
-def _sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite store URL (or a bare path), None for other stores."""
-    if "://" not in url:
-        return Path(url)
-    scheme, _, rest = url.partition("://")
-    return Path(rest.removeprefix("/")) if scheme == "sqlite" else None
-
-
 def _existing_log(home: Home) -> EventLog:
-    from serving.store.eventlog import open_event_log
+    from serving.config import load_serving
+    from serving.store.location import open_existing_event_log
 
-    url = _store_url(home)
-    path = _sqlite_path(url)
-    if path is not None and not path.exists():
-        raise FileNotFoundError(f"no event log at {path}: nothing was routed yet (check --home)")
-    return open_event_log(url)
+    return open_existing_event_log(load_serving(), home)
 
 
 def _since(value: str | None) -> str | None:
@@ -200,7 +183,9 @@ def import_(
 
     queues, serving = load_queues(), load_serving()
     home = options(ctx).resolve_home()
-    store = open_event_log(serving.event_log.url or f"sqlite:///{home.event_log}")
+    from serving.store.location import event_log_url
+
+    store = open_event_log(event_log_url(serving, home))
     try:
         result = import_labels(
             store, path, queues, text_col=text_col, label_col=label_col, agent_id=agent,

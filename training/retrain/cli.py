@@ -69,7 +69,9 @@ def retrain(
 
     home = options(ctx).resolve_home()
     cfg, queues, serving = load_training(), load_queues(), load_serving()
-    if serving.event_log.url is None and not home.event_log.exists():
+    from serving.store.location import event_log_url, is_missing
+
+    if is_missing(event_log_url(serving, home)):
         raise FileNotFoundError(
             f"no event log at {home.event_log}: nothing was routed yet, so no feedback to learn from"
         )

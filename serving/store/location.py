@@ -1,0 +1,59 @@
+"""Where the event log is: the URL each process resolves for itself, and the checks that keep a wrong `--home`
+from reading as an empty log.
+
+The URL comes from `$MAILROUTE_EVENT_LOG_URL`, else the secrets file's `event_log_url`, else serving.yaml's
+`event_log.url` (which may not carry a password), else the embedded SQLite file `<home>/events.db`. Every process
+that opens the log (a router or arm replica, a scheduled job, a command) resolves it here, so a URL with a password
+never travels in the Serve config or a config file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from serving.auth import read_secrets, secrets_path
+from serving.config import EVENT_LOG_URL_ENV, Home, ServingConfig
+from serving.store.eventlog import EventLog, EventLogError, open_event_log
+
+
+def event_log_url(serving: ServingConfig, home: Home) -> str:
+    """The event log's URL for these settings (see the module's docstring for the order)."""
+    from_env = os.environ.get(EVENT_LOG_URL_ENV)
+    if from_env:
+        return from_env
+    secrets = secrets_path(serving, home)
+    from_file = read_secrets(secrets).event_log_url if secrets.is_file() else None
+    return from_file or serving.event_log.url or f"sqlite:///{home.event_log}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite store URL (`sqlite:///path` or a bare path); None for any other store."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return Path(url)
+    return Path(rest.removeprefix("/")) if scheme == "sqlite" else None
+
+
+def is_missing(url: str) -> bool:
+    """Whether the URL names a SQLite file that does not exist yet (nothing routed yet, or a wrong --home)."""
+    path = sqlite_path(url)
+    return path is not None and not path.exists()
+
+
+def existing_event_log_url(serving: ServingConfig, home: Home) -> str:
+    """The URL of a log there is something to read in: a missing SQLite file is a FileNotFoundError (opening it
+    would create an empty log, which a report or an export would read as "nothing happened"), an in-memory store an
+    EventLogError."""
+    url = event_log_url(serving, home)
+    if url == "memory://":
+        raise EventLogError("the event log is in memory (memory://): there is no log to read")
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise FileNotFoundError(f"no event log at {path}: nothing was routed yet (check --home)")
+    return url
+
+
+def open_existing_event_log(serving: ServingConfig, home: Home) -> EventLog:
+    """`open_event_log` of `existing_event_log_url`."""
+    return open_event_log(existing_event_log_url(serving, home))
