@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -161,7 +162,7 @@ def memory_growth(memory: list[tuple[float, dict[str, int]]]) -> dict[str, Any]:
         series = [(t, snap[name] / 2**20) for t, snap in memory if name in snap]
         late = [(t / 60, mb) for t, mb in series if t >= last_quarter]
         slope = float(np.polyfit([m for m, _ in late], [mb for _, mb in late], 1)[0]) if len(late) >= 3 else None
-        rise, at = max(((b[1] - a[1], b[0]) for a, b in zip(series, series[1:], strict=False)), default=(0.0, None))
+        rise, at = max(((b[1] - a[1], b[0]) for a, b in itertools.pairwise(series)), default=(0.0, None))
         rows[name] = {"warm_mb": round(warm[name] / 2**20, 1), "end_mb": round(end[name] / 2**20, 1),
                       "within_bound": end[name] <= limit,
                       "peak_mb": round(max(mb for _, mb in series), 1),
