@@ -364,11 +364,50 @@ class EventLog(Protocol):
     def verdicts(self, *, job: str | None = None, since: str | None = None, limit: int = 1000) -> list[MonitorVerdict]:
         """Verdict rows, newest run first."""
 
+    def read_state(self, key: str) -> dict[str, Any] | None:
+        """The shared state document `key` (STATE_KEYS), or None when none was written."""
+
+    def write_state(self, key: str, doc: dict[str, Any]) -> None:
+        """Replace the document `key` in one transaction: every replica on every node reads the old or the new."""
+
+    def record_audit(self, record: dict[str, Any]) -> None:
+        """Append one change (a dict with `ts`, `actor` and `kind`, and what changed) to the audit log."""
+
+    def audit_records(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """The audit log, oldest first; with `limit`, only the newest `limit` records."""
+
+    def change_lock(self) -> ChangeLock:
+        """The lock every runtime change holds from reading the live config to recording the change, across all
+        the processes and nodes that share this store."""
+
     @property
     def sql_url(self) -> str | None:
         """A SQLAlchemy URL of the same database, for analysis queries that aggregate in SQL; None if it has none."""
 
     def close(self) -> None: ...
+
+
+class ChangeLock(Protocol):
+    """A lock that one thread may take and another release (asyncio callers use worker threads)."""
+
+    def acquire(self, timeout: float) -> object:
+        """Take the lock, waiting at most `timeout` seconds; TimeoutError when it stays taken."""
+
+    def release(self) -> None: ...
+
+
+STATE_KEYS = ("experiment", "policy", "rollout")  # the shared state documents (serving.ops.state, rollout state)
+
+
+def audit_fields(record: dict[str, Any]) -> tuple[str, str, str]:
+    """(ts, actor, kind) of an audit record, checked: a record without them is refused, not stored."""
+    try:
+        ts, actor, kind = (record[k] for k in ("ts", "actor", "kind"))
+    except KeyError as err:
+        raise EventLogError(f"audit record: missing {err}") from None
+    if not all(isinstance(v, str) and v for v in (ts, actor, kind)):
+        raise EventLogError("audit record: ts, actor and kind must be non-empty text")
+    return normalize_ts(ts), actor, kind
 
 
 def ts_bounds(since: str | None, until: str | None) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ from serving.store.eventlog import (
     LABELLED_COLUMNS,
     LOG_LEVELS,
     PREDICTION_COLUMNS,
+    ChangeLock,
     FeedbackEvent,
     FeedbackResult,
     LabelledEmail,
@@ -28,6 +30,7 @@ from serving.store.eventlog import (
     UserRecords,
     about,
     about_any,
+    audit_fields,
     copy_shadow,
     level_number,
     margin_of,
@@ -48,6 +51,9 @@ class MemoryEventLog:
         self._logs: list[LogRecord] = []
         self._verdicts: list[MonitorVerdict] = []
         self._labelled: dict[str, LabelledEmail] = {}
+        self._state: dict[str, str] = {}  # JSON text, so a caller's later edits never reach the store
+        self._audit: list[str] = []
+        self._change_lock = _ThreadLock()
 
     def record_predictions(self, events: Sequence[PredictionEvent]) -> None:
         copies = [
@@ -268,9 +274,48 @@ class MemoryEventLog:
             found = [v for v in self._verdicts if v.ts >= lo and (job is None or v.job == job)]
         return sorted(found, key=lambda v: v.ts, reverse=True)[:limit]
 
+    def read_state(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            doc = self._state.get(key)
+        return None if doc is None else dict(json.loads(doc))
+
+    def write_state(self, key: str, doc: dict[str, Any]) -> None:
+        text = json.dumps(doc)
+        with self._lock:
+            self._state[key] = text
+
+    def record_audit(self, record: dict[str, Any]) -> None:
+        audit_fields(record)
+        text = json.dumps(record)
+        with self._lock:
+            self._audit.append(text)
+
+    def audit_records(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            texts = self._audit[-limit:] if limit else ([] if limit == 0 else list(self._audit))
+        return [json.loads(t) for t in texts]
+
+    def change_lock(self) -> ChangeLock:
+        return self._change_lock
+
     @property
     def sql_url(self) -> str | None:
         return None
 
     def close(self) -> None:
         """Nothing to release; kept for the interface."""
+
+
+class _ThreadLock:
+    """The in-process change lock: `acquire(timeout)` raises TimeoutError like the file and database locks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self, timeout: float) -> object:
+        if not self._lock.acquire(timeout=timeout):
+            raise TimeoutError("the change lock stayed taken")
+        return self
+
+    def release(self) -> None:
+        self._lock.release()

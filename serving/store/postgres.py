@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -38,6 +39,7 @@ from serving.store.eventlog import (
     LABELLED_COLUMNS,
     LOG_LEVELS,
     PREDICTION_COLUMNS,
+    ChangeLock,
     EventLogError,
     FeedbackEvent,
     FeedbackResult,
@@ -51,17 +53,21 @@ from serving.store.eventlog import (
     UnknownRequestError,
     UserDeletion,
     UserRecords,
+    audit_fields,
     copy_shadow,
     level_number,
     margin_of,
     to_frame,
     ts_bounds,
     user_keys_given,
+    utc_now,
 )
 
-SCHEMA_VERSION = 4  # the SQLite file's number: both backends hold the same tables at the same version
+SCHEMA_VERSION = 5  # the SQLite file's number: both backends hold the same tables at the same version
 _ADVISORY_LOCK = 0x6D61696C726F7574  # "mailrout": schema creation and migrations, one process at a time
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}  # version -> the statements that bring version-1 to it
+_CHANGE_LOCK = 0x6D61696C63686E67  # "mailchng": the runtime-change lock (`change_lock`)
+# version -> the statements that bring version-1 to it; a version that only adds tables needs none (create_all).
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
 
 META = sa.MetaData()
 _TEXT, _FLOAT = sa.Text(), sa.Float(precision=53)
@@ -126,6 +132,19 @@ LABELLED = sa.Table(
 )  # fmt: skip
 sa.Index("labelled_emails_email_id", LABELLED.c.email_id)
 VERSION = sa.Table("schema_version", META, sa.Column("version", sa.Integer, nullable=False))
+# Version 5: the state every replica on every node shares, one JSON document per key, and the audit log.
+STATE = sa.Table(
+    "shared_state", META,
+    sa.Column("key", _TEXT, primary_key=True), sa.Column("ts", _TEXT, nullable=False),
+    sa.Column("doc", _TEXT, nullable=False),
+)  # fmt: skip
+AUDIT = sa.Table(
+    "audit", META,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("ts", _TEXT, nullable=False), sa.Column("actor", _TEXT, nullable=False),
+    sa.Column("kind", _TEXT, nullable=False), sa.Column("record", _TEXT, nullable=False),
+)  # fmt: skip
+sa.Index("audit_ts", AUDIT.c.ts)
 
 _P = [PREDICTIONS.c[c] for c in PREDICTION_COLUMNS]
 _FEEDBACK_COLS = ("request_id", "ts", "true_queue", "handling_seconds", "agent_id", "source")
@@ -576,6 +595,36 @@ class PostgresEventLog:
         except sa.exc.DBAPIError:
             pass  # the deletion itself is committed; autovacuum gets to it later
 
+    # ---- shared state and audit ------------------------------------------------------------------------------
+    def read_state(self, key: str) -> dict[str, Any] | None:
+        with self._read() as conn:
+            doc = conn.execute(sa.select(STATE.c.doc).where(STATE.c.key == key)).scalar()
+        return None if doc is None else dict(json.loads(doc))
+
+    def write_state(self, key: str, doc: dict[str, Any]) -> None:
+        row = {"key": key, "ts": utc_now(), "doc": json.dumps(doc)}
+        upsert = pg_insert(STATE).values(row)
+        with self._write() as conn:
+            conn.execute(
+                upsert.on_conflict_do_update(index_elements=[STATE.c.key], set_={"ts": row["ts"], "doc": row["doc"]})
+            )
+
+    def record_audit(self, record: dict[str, Any]) -> None:
+        ts, actor, kind = audit_fields(record)
+        with self._write() as conn:
+            conn.execute(AUDIT.insert().values(ts=ts, actor=actor, kind=kind, record=json.dumps(record)))
+
+    def audit_records(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        query = sa.select(AUDIT.c.record).order_by(AUDIT.c.id.desc())
+        if limit is not None:
+            query = query.limit(int(limit))
+        with self._read() as conn:
+            texts = conn.execute(query).scalars().all()
+        return [json.loads(t) for t in reversed(texts)]
+
+    def change_lock(self) -> ChangeLock:
+        return _AdvisoryLock(self)
+
     @property
     def sql_url(self) -> str | None:
         return self._url.render_as_string(hide_password=False)
@@ -585,3 +634,42 @@ class PostgresEventLog:
         with self._lock:
             self._closed = True
         self._engine.dispose()
+
+
+class _AdvisoryLock:
+    """The change lock across every process and node: a PostgreSQL session advisory lock, held on one connection
+    of its own from `acquire` to `release` (which may run on another thread). A holder that dies loses its session,
+    and with it the lock: a crash never leaves the lock taken."""
+
+    def __init__(self, store: PostgresEventLog) -> None:
+        self._store = store
+        self._conn: Connection | None = None
+
+    def acquire(self, timeout: float) -> object:
+        deadline = time.monotonic() + timeout
+        with self._store._translated():
+            conn = self._store._engine_here().connect()
+            try:
+                while not conn.execute(sa.select(sa.func.pg_try_advisory_lock(_CHANGE_LOCK))).scalar():
+                    conn.rollback()
+                    if time.monotonic() >= deadline:
+                        raise TimeoutError("the change lock stayed taken")
+                    time.sleep(0.05)
+                conn.commit()
+            except BaseException:
+                conn.close()
+                raise
+        self._conn = conn
+        return self
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(_CHANGE_LOCK)))
+            conn.commit()
+        except sa.exc.DBAPIError:
+            conn.invalidate()  # a lost session has released the lock already
+        finally:
+            conn.close()

@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from filelock import FileLock
 
 from serving.store.eventlog import (
     JOINED_COLUMNS,
     LABELLED_COLUMNS,
     LOG_LEVELS,
     PREDICTION_COLUMNS,
+    ChangeLock,
     EventLogError,
     FeedbackEvent,
     FeedbackResult,
@@ -37,6 +39,7 @@ from serving.store.eventlog import (
     UnknownRequestError,
     UserDeletion,
     UserRecords,
+    audit_fields,
     copy_shadow,
     level_number,
     margin_of,
@@ -44,9 +47,10 @@ from serving.store.eventlog import (
     to_frame,
     ts_bounds,
     user_keys_given,
+    utc_now,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -95,6 +99,15 @@ _SCHEMA_V4 = """
 CREATE UNIQUE INDEX IF NOT EXISTS predictions_client_email_id ON predictions (ifnull(client, ''), email_id)
     WHERE email_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS predictions_email_id_any ON predictions (email_id) WHERE email_id IS NOT NULL;
+"""
+# Version 5: the state every replica on every node must share (the running experiment's layout, the runtime policy,
+# the rollout) as one JSON document per key, and the audit log of changes.
+_SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS shared_state (key TEXT PRIMARY KEY, ts TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, ts TEXT NOT NULL, actor TEXT NOT NULL, kind TEXT NOT NULL, record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 """
 _MIGRATE_1_TO_2 = ("ALTER TABLE feedback ADD COLUMN source TEXT NOT NULL DEFAULT 'agent'",)
 _MIGRATE_2_TO_3 = ("ALTER TABLE predictions ADD COLUMN proba TEXT", "ALTER TABLE predictions ADD COLUMN margin REAL")
@@ -252,7 +265,7 @@ class SQLiteEventLog:
             )
             for step in steps:
                 conn.execute(step)
-            for statement in (_SCHEMA + _SCHEMA_V2 + _SCHEMA_V3 + _SCHEMA_V4).split(";"):
+            for statement in (_SCHEMA + _SCHEMA_V2 + _SCHEMA_V3 + _SCHEMA_V4 + _SCHEMA_V5).split(";"):
                 if statement.strip():
                     conn.execute(statement)
             if version is None:
@@ -543,6 +556,33 @@ class SQLiteEventLog:
             d["alarm"] = bool(d["alarm"])
             out.append(MonitorVerdict(**d))
         return out
+
+    def read_state(self, key: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT doc FROM shared_state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else dict(json.loads(row["doc"]))
+
+    def write_state(self, key: str, doc: dict[str, Any]) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO shared_state (key, ts, doc) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
+                (key, utc_now(), json.dumps(doc)),
+            )
+
+    def record_audit(self, record: dict[str, Any]) -> None:
+        ts, actor, kind = audit_fields(record)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO audit (ts, actor, kind, record) VALUES (?, ?, ?, ?)", (ts, actor, kind, json.dumps(record))
+            )
+
+    def audit_records(self, *, limit: int | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT record FROM audit ORDER BY id DESC" + ("" if limit is None else " LIMIT ?")
+        rows = self._conn().execute(sql, () if limit is None else (int(limit),)).fetchall()
+        return [json.loads(row["record"]) for row in reversed(rows)]
+
+    def change_lock(self) -> ChangeLock:
+        return FileLock(str(self.path.with_name(f".{self.path.name}.change.lock")), thread_local=False)
 
     @property
     def sql_url(self) -> str | None:

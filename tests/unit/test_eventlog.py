@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,7 @@ from serving.store.eventlog import (
 )
 from serving.store.memory import MemoryEventLog
 from serving.store.postgres import PostgresEventLog
-from serving.store.sqlite import SQLiteEventLog
+from serving.store.sqlite import SCHEMA_VERSION, SQLiteEventLog
 
 pytestmark = pytest.mark.unit
 
@@ -480,7 +481,7 @@ def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     assert [r.message for r in store.logs()] == ["after the upgrade"]
     store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 4
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
     SQLiteEventLog(path).close()  # opening an upgraded file again changes nothing
 
 
@@ -504,7 +505,7 @@ def test_a_version_2_file_gains_probabilities_and_labelled_emails(tmp_path: Path
     assert store.record_labelled([LabelledEmail("k1", ts(0), "billing", "s", "b")]) == 1
     store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 4
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def _routed(request_id: str, at: float, top: float, **fields: Any) -> PredictionEvent:
@@ -587,7 +588,7 @@ def test_a_version_3_file_gains_the_client_and_a_per_client_email_id(tmp_path: P
     assert old is not None and old.request_id == "old1" and old.client is None
     store.close()
     with sqlite3.connect(path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == 4
+        assert raw.execute("SELECT version FROM schema_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_a_failed_commit_does_not_wedge_the_connection(tmp_path: Path) -> None:
@@ -616,3 +617,40 @@ def test_a_failed_commit_does_not_wedge_the_connection(tmp_path: Path) -> None:
     store.record_predictions([event("r2")])  # the same thread, the same connection
     assert store.get_prediction("r2") is not None and store.get_prediction("r1") is None
     store.close()
+
+
+def test_shared_state_documents_are_replaced_whole_and_read_back_as_copies(log: EventLog) -> None:
+    assert log.read_state("experiment") is None
+    log.write_state("experiment", {"name": "e1", "arms": {"a": 0.5}})
+    log.write_state("policy", {"confidence_threshold": 0.6})
+    log.write_state("experiment", {"name": "e2"})  # a replacement, not a merge
+    got = log.read_state("experiment")
+    assert got == {"name": "e2"}
+    got["name"] = "edited by the caller"
+    assert log.read_state("experiment") == {"name": "e2"} and log.read_state("policy") == {"confidence_threshold": 0.6}
+
+
+def test_the_audit_log_keeps_order_gives_the_newest_and_refuses_a_record_without_its_who(log: EventLog) -> None:
+    for i in range(5):
+        log.record_audit({"ts": f"2026-01-0{i + 1}T09:00:00+00:00", "actor": f"ana{i}", "kind": "experiment", "n": i})
+    assert [r["n"] for r in log.audit_records()] == [0, 1, 2, 3, 4]
+    assert [r["n"] for r in log.audit_records(limit=2)] == [3, 4]
+    assert log.audit_records(limit=0) == []
+    for bad in ({"actor": "x", "kind": "experiment"}, {"ts": "2026-01-01T00:00:00+00:00", "actor": "", "kind": "k"}):
+        with pytest.raises(EventLogError, match="audit record"):
+            log.record_audit(bad)
+    assert len(log.audit_records()) == 5
+
+
+def test_the_change_lock_excludes_a_second_holder_and_may_be_released_by_another_thread(log: EventLog) -> None:
+    first, second = log.change_lock(), log.change_lock()
+    first.acquire(timeout=5)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        second.acquire(timeout=0.3)
+    assert time.monotonic() - started >= 0.25
+    releaser = threading.Thread(target=first.release)  # an asyncio caller releases from a worker thread
+    releaser.start()
+    releaser.join()
+    second.acquire(timeout=5)
+    second.release()

@@ -106,6 +106,23 @@ def test_another_schema_version_is_refused(postgres: PostgresServer) -> None:
         PostgresEventLog(url)
 
 
+def test_a_version_4_database_gains_the_shared_state_tables(postgres: PostgresServer) -> None:
+    url = postgres.fresh_url()
+    store = PostgresEventLog(url)
+    store.record_predictions([event("kept")])
+    store.close()
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:  # the version-4 layout
+        conn.exec_driver_sql("DROP TABLE shared_state; DROP TABLE audit; UPDATE schema_version SET version = 4")
+    store = PostgresEventLog(url)
+    store.write_state("experiment", {"name": "e"})
+    assert store.read_state("experiment") == {"name": "e"} and store.get_prediction("kept") is not None
+    store.close()
+    with engine.begin() as conn:
+        assert conn.exec_driver_sql("SELECT version FROM schema_version").scalar() == 5
+    engine.dispose()
+
+
 def test_a_server_that_goes_away_is_unavailable_and_writes_resume_when_it_is_back(postgres: PostgresServer) -> None:
     store = PostgresEventLog(postgres.fresh_url())
     store.record_predictions([event("before")])
@@ -119,3 +136,30 @@ def test_a_server_that_goes_away_is_unavailable_and_writes_resume_when_it_is_bac
     store.record_predictions([event("during"), event("after")])  # the pool replaces the dead connections
     assert store.stats().predictions == 3
     store.close()
+
+
+def test_the_change_lock_holds_across_processes_and_a_killed_holder_frees_it(postgres: PostgresServer) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    url = postgres.fresh_url()
+    store = PostgresEventLog(url)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom serving.store.postgres import PostgresEventLog\n"
+         f"PostgresEventLog({url!r}).change_lock().acquire(timeout=10)\nprint('held', flush=True)\ntime.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(TimeoutError):
+            store.change_lock().acquire(timeout=0.5)  # another process holds it
+        holder.send_signal(signal.SIGKILL)  # its session ends with it, and so does the lock
+        holder.wait(timeout=30)
+        lock = store.change_lock()
+        lock.acquire(timeout=10)
+        lock.release()
+    finally:
+        holder.kill()
+        store.close()
