@@ -76,6 +76,13 @@ class VersionInfo:
     path: Path
 
 
+def _checked_name(name: str) -> str:
+    """A model name that stays inside the registry (letters, digits, . _ -; no path); RegistryError otherwise."""
+    if not _NAME_RE.fullmatch(name):
+        raise RegistryError(f"'{name[:40]}' is not a model name (lower-case letters, digits, . _ -)")
+    return name
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -106,7 +113,7 @@ class ModelRegistry:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
 
     def _versions(self, name: str) -> list[str]:
-        model_dir = self.root / name
+        model_dir = self.root / _checked_name(name)
         if not model_dir.is_dir():
             return []
         found = [(int(m.group(1)), p.name) for p in model_dir.iterdir() if (m := _VERSION_RE.match(p.name))]
@@ -132,7 +139,9 @@ class ModelRegistry:
         return "candidate"
 
     def read_meta(self, name: str, version: str, *, verify: bool = False) -> ModelMeta:
-        path = self.root / name / version
+        if not _VERSION_RE.fullmatch(version):
+            raise RegistryError(f"'{version[:40]}' is not a version (v1, v2, ...)")
+        path = self.root / _checked_name(name) / version
         if not path.is_dir():
             known = ", ".join(self._versions(name)) or "none"
             raise RegistryError(f"model '{name}' has no version '{version}' (known: {known})")

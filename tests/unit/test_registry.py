@@ -182,3 +182,27 @@ def test_meta_written_before_warnings_existed_still_reads(tmp_path: Path) -> Non
     data.pop("warnings")
     meta_path.write_text(json.dumps(data))
     assert reg.get(f"linear:{version}").meta.warnings == ()
+
+
+@pytest.mark.parametrize("ref", ["../outside:v1", "../outside", "linear/../../outside:v1", "/tmp/outside:v1"])
+def test_a_name_that_leaves_the_registry_is_refused(tmp_path: Path, ref: str) -> None:
+    """Found in review: resolve and read_meta took any name, so `../outside:v1` read (and an arm would load with
+    joblib) a folder outside the registry; an admin's PUT /v1/experiments could name one."""
+    root = tmp_path / "registry"
+    reg = ModelRegistry(root)
+    _register(reg)
+    outside = ModelRegistry(tmp_path / "elsewhere")
+    _register(outside, "outside")
+    (tmp_path / "outside").symlink_to(tmp_path / "elsewhere" / "outside")  # the folder a ../ name would reach
+    with pytest.raises(RegistryError, match="not a model name"):
+        reg.get(ref)
+    with pytest.raises(RegistryError, match="not a model name"):
+        reg.read_meta(ref.partition(":")[0], "v1")
+
+
+@pytest.mark.parametrize("version", ["../v1", "v1/../../x", ".", "v1\n"])
+def test_a_version_that_leaves_its_model_is_refused(tmp_path: Path, version: str) -> None:
+    reg = ModelRegistry(tmp_path)
+    _register(reg)
+    with pytest.raises(RegistryError, match="not a version"):
+        reg.read_meta("linear", version)
