@@ -229,14 +229,14 @@ class EventLogSpec(StrictModel):
     @field_validator("url")
     @classmethod
     def _no_password(cls, value: str | None) -> str | None:
+        from serving.store.eventlog import url_has_password
+
         # Said without the URL: an error message must never carry a secret.
-        if value and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
-            userinfo = value.split("://", 1)[1].split("@", 1)[0]
-            if ":" in userinfo:
-                raise ValueError(
-                    f"the URL carries a password: put it in ${EVENT_LOG_URL_ENV} or the secrets file "
-                    "(event_log_url), never in a config file"
-                )
+        if value and url_has_password(value):
+            raise ValueError(
+                f"the URL carries a password: put it in ${EVENT_LOG_URL_ENV} or the secrets file "
+                "(event_log_url), never in a config file"
+            )
         return value
 
 

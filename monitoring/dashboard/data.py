@@ -44,6 +44,7 @@ from serving.store.eventlog import (
     MonitorVerdict,
     PredictionEvent,
     open_event_log,
+    url_label,
     utc_now,
 )
 from serving.store.location import event_log_url, sqlite_path
@@ -165,14 +166,7 @@ class DashboardSources:
     _report_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
-        if "://" in self.store_label:  # a PostgreSQL URL may carry a password: never show it
-            from sqlalchemy.engine import make_url
-            from sqlalchemy.exc import ArgumentError
-
-            try:
-                self.store_label = make_url(self.store_label).render_as_string(hide_password=True)
-            except ArgumentError:
-                self.store_label = self.store_label.split("://", 1)[0] + "://..."
+        self.store_label = url_label(self.store_label)  # a PostgreSQL URL may carry a password: never show it
 
     @classmethod
     def from_files(cls, home: Home, configs: Path | None = None) -> DashboardSources:

@@ -410,6 +410,28 @@ def audit_fields(record: dict[str, Any]) -> tuple[str, str, str]:
     return normalize_ts(ts), actor, kind
 
 
+def url_label(url: str) -> str:
+    """A store URL fit to show (a log line, the dashboard, an error): no password and no query string (where
+    `?password=` or an sslpassword may sit)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if not parts.netloc:  # a file (sqlite:///path) or memory://: nothing secret but a query
+        return url.split("?", 1)[0]
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username
+    return urlunsplit((parts.scheme, f"{user}@{host}" if user else host, parts.path, "", ""))
+
+
+def url_has_password(url: str) -> bool:
+    """Whether a store URL carries a password: in its user part or as a query parameter."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    query = {k.lower() for k in parse_qs(parts.query, keep_blank_values=True)}
+    return parts.password is not None or bool(query & {"password", "sslpassword"})
+
+
 def ts_bounds(since: str | None, until: str | None) -> tuple[str, str]:
     """The [low, high) text range of normalised timestamps a since/until filter selects (for stores)."""
     # Normalised timestamps compare correctly as text; these sentinels sort below and above all of them.

@@ -59,6 +59,7 @@ from serving.store.eventlog import (
     margin_of,
     to_frame,
     ts_bounds,
+    url_label,
     user_keys_given,
     utc_now,
 )
@@ -231,7 +232,7 @@ class PostgresEventLog:
         )
 
     def __repr__(self) -> str:
-        return f"PostgresEventLog({self._url.render_as_string(hide_password=True)})"
+        return f"PostgresEventLog({url_label(self._url.render_as_string(hide_password=True))})"
 
     # ---- connections ------------------------------------------------------------------------------------------
     def _engine_here(self) -> Engine:
@@ -252,7 +253,7 @@ class PostgresEventLog:
         try:
             yield
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
-            where = self._url.render_as_string(hide_password=True)
+            where = url_label(self._url.render_as_string(hide_password=True))
             raise StoreUnavailableError(f"event log {where} is unavailable: {_one_line(err)}") from None
         except sa.exc.DBAPIError as err:
             if err.connection_invalidated:

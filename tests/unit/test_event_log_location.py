@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from serving.config import EVENT_LOG_URL_ENV, ConfigError, Home, ServingConfig, parse_config
-from serving.store.eventlog import EventLogError
+from serving.store.eventlog import EventLogError, url_label
 from serving.store.location import event_log_url, existing_event_log_url, is_missing, sqlite_path
 
 pytestmark = pytest.mark.unit
@@ -54,3 +54,23 @@ def test_a_missing_file_is_said_and_memory_has_nothing_to_read(tmp_path: Path) -
     assert not (tmp_path / "events.db").exists()  # the check creates nothing
     with pytest.raises(EventLogError, match="in memory"):
         existing_event_log_url(ServingConfig.model_validate({"event_log": {"url": "memory://"}}), home)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://mr:hunter2@db/mr", "postgresql://mr@db/mr?password=hunter2",
+     "postgresql://mr@db/mr?sslmode=require&sslpassword=hunter2"],
+)  # fmt: skip
+def test_a_config_url_with_a_password_anywhere_is_refused_without_showing_it(url: str) -> None:
+    """Found in review: only user:password@ was checked, so ?password= passed into serving.yaml (and from there
+    into the Serve config and the dashboard)."""
+    with pytest.raises(ConfigError, match="carries a password") as err:
+        parse_config({"event_log": {"url": url}}, ServingConfig, "serving.yaml")
+    assert "hunter2" not in str(err.value)
+
+
+def test_a_store_is_named_without_its_password_or_query() -> None:
+    shown = url_label("postgresql+psycopg://mr:hunter2@db.internal:5432/mr?password=hunter2&sslmode=require")
+    assert shown == "postgresql+psycopg://mr@db.internal:5432/mr"
+    assert url_label("sqlite:////var/lib/mailroute/events.db") == "sqlite:////var/lib/mailroute/events.db"
+    assert url_label("memory://") == "memory://"
