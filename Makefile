@@ -11,7 +11,6 @@ DEMO_PORT ?= 8000
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export TRANSFORMERS_OFFLINE := 1
-export RAY_AUTH_MODE := disabled
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 

@@ -122,7 +122,6 @@ def main() -> int:
     parser.add_argument("--n-test", type=int, default=1000, help="test texts per corpus for --windows-table")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.windows_table:
         from transformer_windows import windows_table

@@ -188,9 +188,10 @@ def connect_ray(cfg: TransformerConfig, show_ray_logs: bool) -> bool:
                 f"cannot reach the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
             ) from err
         return False
-    # Our own cluster: no token auth to set up, no dashboard, a small object store, and enough logical CPUs
+    # Our own cluster: Ray's token auth (its default), no dashboard, a small object store, and enough logical CPUs
     # for every worker plus Ray Data's tasks (too few and the trainer waits instead of failing).
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from serving.ops.launch import protect_ray_token
+
     needed = cfg.num_workers * cfg.threads_per_worker
     try:
         ray.init(
@@ -200,6 +201,7 @@ def connect_ray(cfg: TransformerConfig, show_ray_logs: bool) -> bool:
             runtime_env=runtime_env,
             **output,
         )
+        protect_ray_token()
         return True
     except ValueError as err:
         # ray.init found a cluster started with `ray start` here, which refuses sizing arguments: join it.

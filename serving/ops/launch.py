@@ -121,7 +121,8 @@ def _start_ray(num_cpus: int | None, env: dict[str, str]) -> bool:
     if address:  # a cluster: its processes have their own environment; pass ours to Serve's actors
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
         return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local single-user instance on loopback
+    # Ray's token authentication stays on (Ray's default for a new local cluster when RAY_AUTH_MODE is unset): its
+    # ports listen on every interface, and without a token anyone who reaches them could join and run code.
     os.environ.update(env)
     ray.init(
         num_cpus=num_cpus or max(4, os.cpu_count() or 1),
@@ -129,7 +130,16 @@ def _start_ray(num_cpus: int | None, env: dict[str, str]) -> bool:
         object_store_memory=256 * 2**20,
         log_to_driver=False,
     )
+    protect_ray_token()
     return True
+
+
+def protect_ray_token() -> None:
+    """After a local `ray.init`: the token file Ray made at its first start (`~/.ray/auth_token`) readable by its
+    owner only (Ray leaves it 0644)."""
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.path.isfile(path):
+        os.chmod(path, 0o600)
 
 
 def start(

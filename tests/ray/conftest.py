@@ -27,13 +27,12 @@ def serve_port() -> int:
 
 @pytest.fixture(scope="session")
 def ray_cluster(serve_port: int) -> Iterator[None]:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     import ray
 
     from serving.config import ServingConfig
-    from serving.ops.launch import ray_env
+    from serving.ops.launch import protect_ray_token, ray_env
 
     if ray.is_initialized():  # another fixture or test already holds one: share it, leave it alone
         yield
@@ -48,6 +47,7 @@ def ray_cluster(serve_port: int) -> Iterator[None]:
         include_dashboard=False,
         log_to_driver=False,
     )
+    protect_ray_token()
     try:
         yield
     finally:

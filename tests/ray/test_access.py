@@ -160,3 +160,25 @@ def test_the_openapi_schema_declares_the_bearer_scheme_and_docs_work(app: dict[s
         assert schema["paths"][path][method].get("security"), path
     docs = app["bare"].get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_a_process_without_rays_token_cannot_join_the_cluster(app: dict[str, Any]) -> None:
+    """Ray's ports listen on every interface: its token authentication is what keeps a stranger from joining the
+    cluster and running code in it (reading the secrets, applying a Serve config). The same script with the
+    token joins, so the refusal is the token's."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    script = f"import ray\nray.init(address={address!r}, log_to_driver=False)\nprint('joined', flush=True)"
+
+    def join(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, **env})  # fmt: skip
+
+    stranger = join(RAY_AUTH_TOKEN="not-the-clusters-token-0123456789abcdef")
+    assert stranger.returncode != 0 and "joined" not in stranger.stdout, stranger.stdout[-500:]
+    assert "joined" in join().stdout
