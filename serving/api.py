@@ -23,11 +23,13 @@ class ApiError(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-        self.retry_after_s = retry_after_s  # a 503's Retry-After
+        # A 503's Retry-After: every 503 carries one (5 s unless the caller knows better).
+        self.retry_after_s = retry_after_s if retry_after_s is not None or status != 503 else 5
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: JSON's Infinity and NaN (which Starlette's parser takes) are no number a request needs.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 _ONE_FORM: JsonDict = {  # the JSON Schema of `_one_form`: raw alone, or subject and/or body without raw

@@ -141,6 +141,8 @@ class ModelServer:
         self.fault = fault
 
     def ready(self) -> str:
+        if self.fault == "error":  # a drill's failing arm is not ready either
+            raise RuntimeError("injected fault")
         return f"{self.meta.name}:{self.meta.version}"
 
     def _answer(self, proba_row: Any) -> ArmAnswer:
@@ -234,7 +236,8 @@ def _refuse(request: Request, status: int, detail: str) -> JSONResponse:
     core = getattr(request.app.state, "core", None)  # this replica's RouterCore, once configured
     if core is not None:
         core.metrics.rejected[str(status)] += 1
-    return JSONResponse({"detail": detail}, status_code=status)
+    # One line, whatever the detail quotes (a body's key may hold a line break).
+    return JSONResponse({"detail": " ".join(detail.split())[:500]}, status_code=status)
 
 
 @api.exception_handler(RequestValidationError)
@@ -324,6 +327,7 @@ class Router:
             queues=self.queues,
             tokens=self.tokens,
             build_report=False,
+            server_secret=salt,
         )
         # Serve buffers request-path log records (1,000 in throughput mode) with no time limit: flush every second,
         # so that a quiet replica's records reach its log file too.
@@ -401,7 +405,7 @@ class Router:
         return await self.core.route_batch(items, caller)
 
     @api.post("/v1/feedback", response_model=FeedbackResponse, dependencies=BEARER,
-              responses=errors(400, 401, 403, 404, 422, 429, 503))  # fmt: skip
+              responses=errors(400, 401, 403, 404, 413, 422, 429, 503))  # fmt: skip
     async def feedback(self, req: FeedbackRequest, caller: FeedbackCaller) -> FeedbackResponse:
         assert self.core is not None
         return await self.core.feedback(req, caller)
@@ -418,7 +422,9 @@ class Router:
             "config_version": self.config_version,
         }
 
-    @api.put("/v1/experiments/{name}", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 422, 429, 503))
+    @api.put(
+        "/v1/experiments/{name}", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 413, 422, 429, 503)
+    )
     async def change_experiment(
         self, name: str, change: ExperimentChange, caller: Annotated[Principal, _needs("admin", "changing experiments")]
     ) -> dict[str, Any]:
@@ -430,7 +436,7 @@ class Router:
         assert self.core is not None
         return {"policy": self.core.policy.model_dump(mode="json"), "config_version": self.config_version}
 
-    @api.put("/v1/policy", dependencies=BEARER, responses=errors(400, 401, 403, 409, 422, 429, 503))
+    @api.put("/v1/policy", dependencies=BEARER, responses=errors(400, 401, 403, 409, 413, 422, 429, 503))
     async def change_policy(
         self, change: PolicyChange, caller: Annotated[Principal, _needs("admin", "changing the decision policy")]
     ) -> dict[str, Any]:
@@ -441,14 +447,14 @@ class Router:
     async def rollout(self, caller: Annotated[Principal, _needs("admin", "reading the rollout")]) -> dict[str, Any]:
         return _without_salt(await admin.rollout_status(self._context(caller)))
 
-    @api.post("/v1/rollout", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 422, 429, 503))
+    @api.post("/v1/rollout", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 413, 422, 429, 503))
     async def start_rollout(
         self, start: RolloutStart, caller: Annotated[Principal, _needs("admin", "starting a rollout")]
     ) -> dict[str, Any]:
         body = start.model_dump(mode="json", exclude_unset=True)
         return _without_salt(await admin.start_rollout(self._context(caller), body))
 
-    @api.post("/v1/rollback", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 422, 429, 503))
+    @api.post("/v1/rollback", dependencies=BEARER, responses=errors(400, 401, 403, 404, 409, 413, 422, 429, 503))
     async def rollback(
         self, caller: Annotated[Principal, _needs("admin", "a rollback")], body: RollbackRequest | None = None
     ) -> dict[str, Any]:
@@ -478,13 +484,16 @@ class Router:
         for arm in arms:
             try:
                 loaded[arm] = await asyncio.wait_for(self._handle(arm).ready.remote(), 5.0)
-            except Exception as err:
-                return JSONResponse({"status": "not ready", "detail": f"arm {arm}: {_one_line(err)}"}, status_code=503)
+            except Exception as err:  # the details (a Ray error carries pids, addresses, a traceback) to the log only
+                log.warning("readyz: arm %s is not answering: %s", arm, _one_line(err))
+                detail = f"arm {arm}: not answering ({type(err).__name__})"
+                return JSONResponse({"status": "not ready", "detail": detail}, 503, {"Retry-After": "5"})
         stats = self._writer.stats()
         store = {"status": "failing" if stats.failing else "ok", "buffered": stats.pending, "dropped": stats.dropped}
         if stats.failing and self.serving.event_log.on_store_failure == "refuse":
             detail = "the event log is failing and on_store_failure is refuse"
-            return JSONResponse({"status": "not ready", "detail": detail, "event_log": store}, status_code=503)
+            body = {"status": "not ready", "detail": detail, "event_log": store}
+            return JSONResponse(body, 503, {"Retry-After": "5"})
         # buffer mode: still ready (routing goes on, records wait in memory), and says the store is failing
         return JSONResponse({"status": "ready", "arms": loaded, "event_log": store})
 

@@ -107,7 +107,7 @@ def plan_start(ctx: Context, live: Live, ref: str, percent: float | None, arm: s
         raise ApiError(
             422, f"arm {arm} serves no user now (weight 0, or the experiment is stopped): a canary needs users"
         )
-    same_labels(ctx, model, served, version)
+    same_labels(ctx, (model, served), (model, version))
     percent = float(cfg.steps[0] if percent is None else percent)
     if not 0 < percent < 100:
         raise ApiError(422, f"canary_percent: {percent:g} is not between 0 and 100 (exclusive); the job promotes")

@@ -66,12 +66,15 @@ def servable(ctx: Context, model: str, version: str) -> tuple[str, str]:
     return name, pinned
 
 
-def same_labels(ctx: Context, model: str, served: str, version: str) -> None:
-    """A 422 unless `model:version` predicts the very queues of `model:served`: a version that lacks one would never
-    route there again, one with another would need the router's taxonomy changed first."""
+def same_labels(ctx: Context, served: tuple[str, str], candidate: tuple[str, str]) -> None:
+    """A 422 unless the candidate (model, version) predicts the very queues of the served one (a new version of the
+    arm's model or another model on the arm): one that lacks a queue would never route there again, one with another
+    would need the router's taxonomy changed first."""
     registry = ModelRegistry(ctx.home.registry)
     try:
-        old, new = registry.read_meta(model, served), registry.read_meta(model, version)
+        # Resolved first: a live arm may still name `champion` or `latest`.
+        served, candidate = registry.resolve(":".join(served)), registry.resolve(":".join(candidate))
+        old, new = registry.read_meta(*served), registry.read_meta(*candidate)
     except RegistryError as err:
         raise ApiError(422, str(err)) from None
     if set(new.labels) != set(old.labels):
@@ -79,7 +82,7 @@ def same_labels(ctx: Context, model: str, served: str, version: str) -> None:
         only_old = sorted(set(old.labels) - set(new.labels))
         raise ApiError(
             422,
-            f"{model}:{version} has another label set than {model}:{served} (only in the candidate: "
+            f"{':'.join(candidate)} has another label set than {':'.join(served)} (only in the candidate: "
             f"{', '.join(only_new) or 'none'}; only in the arm: {', '.join(only_old) or 'none'})",
         )
 
@@ -95,10 +98,8 @@ def plan_experiment(ctx: Context, live: Live, name: str, body: Any) -> Change:
     new = ExperimentConfig.model_validate(data)
     start = {arm: mv for arm, mv in pinned.items() if arm not in before}  # a shadow switched on
     update = {arm: mv for arm, mv in pinned.items() if arm in before}
-    for arm, (model, version) in update.items():
-        served = before[arm]
-        if served[0] == model:  # a new version of the same model: the same queues
-            same_labels(ctx, model, served[1], version)
+    for arm, candidate in update.items():
+        same_labels(ctx, before[arm], candidate)  # the arm keeps routing to every queue it routed to
     removed = tuple(arm for arm in before if arm not in after)  # a shadow switched off
     return Change("experiment", experiment=new, start_arms=start, set_versions=update, remove_arms=removed)
 

@@ -150,9 +150,8 @@ async def _locked(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any
         raise
     except Exception as err:  # Ray's own (a controller or replica gone): a defined answer, the cause in the log
         log.exception("a change by %s failed inside Ray: %s", ctx.actor, type(err).__name__)
-        why = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-        raise ApiError(
-            503, f"the change failed inside Ray ({why}); GET /v1/experiments shows what runs, then retry", 5
+        raise ApiError(  # the error's kind only: Ray's text (pids, addresses, a traceback) is in the log
+            503, f"the change failed inside Ray ({type(err).__name__}); GET /v1/experiments shows what runs, then retry"
         ) from None
     finally:
         await asyncio.to_thread(lock.release)
@@ -191,9 +190,13 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
             _record(ctx, live, change)
         except Exception as err:  # a full disk, say: a change that cannot be recorded is undone, not left live
             await _deploy(list(live.apps.values()))
+            # The saved state back to the live one, where it can be.
             if change.experiment is not None:
-                with contextlib.suppress(Exception):  # the saved layout back to the live one, where it can be
+                with contextlib.suppress(Exception):
                     state.save_state(ctx.home, live.experiment)
+            if change.policy is not None:
+                with contextlib.suppress(Exception):
+                    state.save_policy(ctx.home, live.policy, ctx.serving.policy)
             raise ApiError(
                 503, f"the change could not be recorded ({type(err).__name__}: {err}): it was undone", 5
             ) from None

@@ -175,6 +175,21 @@ def test_routing_keeps_its_throughput_while_one_arm_hangs(app: dict[str, Any]) -
     assert back["model_version"].startswith("transformer:")
 
 
+def test_readyz_names_a_failing_arm_in_one_line_without_rays_internals(app: dict[str, Any]) -> None:
+    """Found in review: /readyz (open to anyone) answered with 500 characters of the arm's Ray error: a process id,
+    an internal address, actor ids, the remote traceback. Now: the arm and the error's kind; the rest in the log."""
+    set_fault("transformer", "error")
+    try:
+        answer = wait_for(lambda: app["client"].get("/readyz"), lambda r: r.status_code == 503, 30)
+    finally:
+        set_fault("transformer", None)
+    detail = answer.json()["detail"]
+    assert detail.startswith("arm transformer: not answering (") and "\n" not in detail, detail
+    assert not any(word in detail for word in ("pid=", "ip=", "Traceback", "actor", "File ")), detail
+    assert int(answer.headers["retry-after"]) > 0
+    wait_for(lambda: app["client"].get("/readyz"), lambda r: r.status_code == 200, 30)
+
+
 def test_a_killed_event_log_writer_loses_no_acknowledged_email_with_an_id(app: dict[str, Any]) -> None:
     title = "ServeReplica:mailroute:Router"
     routers = wait_for(lambda: _pids(title), lambda pids: len(pids) == 2, 30)

@@ -219,6 +219,8 @@ def test_bad_experiment_changes(app: dict[str, Any], change: dict[str, Any], sta
         (b'{"user_id": "u", "raw": "\\u0000\\u0001"}', 422, "raw:"),
         (b'{"user_id": "u", "subject": 5, "body": "b"}', 422, "subject: Input should be a valid string"),
         (b'{"user_id": "u", "subject": "a", "body": "b", "colour": "red"}', 422, "colour: Extra inputs"),
+        # Found in review: a key with a line break came back in the detail as two lines.
+        (b'{"user_id": "u", "subject": "a", "body": "b", "x\\nInjected: 1": 1}', 422, "x Injected: 1: Extra"),
     ],
 )
 def test_bad_route_requests(app: dict[str, Any], content: bytes, status: int, detail: str) -> None:
@@ -237,6 +239,12 @@ def test_bad_feedback(app: dict[str, Any]) -> None:
     unknown = app["client"].post("/v1/feedback", json={"request_id": "nope", "true_queue": "billing"})
     assert unknown.status_code == 404 and "unknown request_id" in unknown.json()["detail"]
     rid = _route(app, "fb").json()["request_id"]
+    infinite = app["client"].post(
+        "/v1/feedback",
+        content=f'{{"request_id": "{rid}", "true_queue": "billing", "handling_seconds": Infinity}}',
+        headers={"content-type": "application/json"},
+    )
+    assert infinite.status_code == 422 and "handling_seconds" in infinite.json()["detail"]  # found in review
     bad_queue = app["client"].post("/v1/feedback", json={"request_id": rid, "true_queue": "refunds"})
     assert bad_queue.status_code == 422 and "not a queue" in bad_queue.json()["detail"]
 

@@ -75,3 +75,64 @@ def test_a_change_that_cannot_be_recorded_is_undone(tmp_path: Path, monkeypatch:
     from serving.ops import state
 
     assert state.load_state(Home(tmp_path), experiment(0.5)).weights["linear"] == pytest.approx(0.5)
+
+
+def test_a_policy_change_that_cannot_be_recorded_leaves_no_saved_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Found in review: the undo put the live config back but not the saved policy, so the 503 said "undone" while
+    # the next start served the new threshold, with no audit line for it.
+    live = Live({"mailroute": {"name": "mailroute", "deployments": [{"name": "Router"}]}}, experiment(0.5),
+                PolicyConfig(), 1)  # fmt: skip
+
+    async def read_live(app_name: str = "mailroute") -> Live:
+        return live
+
+    async def deploy(apps: list[dict[str, Any]]) -> None:
+        pass
+
+    def audit(*args: Any, **kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(changes, "read_live", read_live)
+    monkeypatch.setattr(changes, "_deploy", deploy)
+    monkeypatch.setattr(changes.state, "audit", audit)
+    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops")
+    stricter = PolicyConfig(confidence_threshold=0.9)
+    with pytest.raises(ApiError) as err:
+        asyncio.run(changes.apply(ctx, lambda live: Change("policy", policy=stricter)))
+    assert err.value.status == 503 and "undone" in err.value.detail
+    from serving.ops import state
+
+    policy, _ = state.load_policy(Home(tmp_path), ServingConfig().policy)
+    assert policy == ServingConfig().policy  # what the next start serves: the policy before the change
+
+
+def test_an_arm_switched_to_another_model_must_predict_the_same_queues(tmp_path: Path) -> None:
+    """Found in review: the label check ran only for a new version of the arm's own model, so an arm could switch
+    to a model that lacks a queue (and would never route there again)."""
+    from serving.models.registry import ModelRegistry
+    from serving.ops.admin import plan_experiment
+
+    home = Home(tmp_path)
+    registry = ModelRegistry(home.registry)
+    every = list(QUEUES.names)
+
+    def register(name: str, labels: list[str]) -> None:
+        registry.register(name, lambda folder: (folder / "model.bin").write_text(name), kind="linear", labels=labels,
+                          preprocessing_version="1", data_fingerprint="t", metrics={}, params={})  # fmt: skip
+
+    register("linear", every)
+    register("transformer", every)
+    register("narrow", [q for q in every if q != "sales"])
+    register("broad", every)
+    arms = {"linear": {"model": "linear", "version": "v1", "weight": 0.5},
+            "transformer": {"model": "transformer", "version": "v1", "weight": 0.5}}  # fmt: skip
+    running = ExperimentConfig.model_validate({"name": "e", "salt": "s", "arms": arms, "holdout_arm": "linear"})
+    live = Live({}, running, PolicyConfig(), 1)
+    ctx = Context(home, QUEUES.model_dump(mode="json"), ServingConfig(), "ops")
+    with pytest.raises(ApiError) as err:
+        plan_experiment(ctx, live, "e", {"arms": {"linear": {"model": "narrow", "version": "v1"}}})
+    assert err.value.status == 422 and "sales" in err.value.detail
+    change = plan_experiment(ctx, live, "e", {"arms": {"linear": {"model": "broad", "version": "v1"}}})
+    assert change.set_versions == {"linear": ("broad", "v1")}
