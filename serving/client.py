@@ -18,8 +18,9 @@ CHANGE_TIMEOUT_S = 300.0  # longer than the server's worst case: the change lock
 class MailrouteError(Exception):
     """The service refused a request (4xx) or stayed unavailable; `status` and the one-line `detail`."""
 
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(f"HTTP {status}: {detail}")
+    def __init__(self, status: int, detail: str, *, answered: bool = True) -> None:
+        # `answered`: the server said so (shown with its HTTP status); else nothing came back (no status to show).
+        super().__init__(f"HTTP {status}: {detail}" if answered else detail)
         self.status = status
         self.detail = detail
 
@@ -52,12 +53,12 @@ class MailrouteClient:
                 response = self._http.request(method, path, json=json, timeout=timeout)
             except (httpx.ConnectError, httpx.ConnectTimeout) as err:  # never sent: safe to send again
                 if attempt == retries:
-                    raise MailrouteError(503, f"cannot reach {self._http.base_url}: {err}") from None
+                    raise MailrouteError(503, f"cannot reach {self._http.base_url}: {err}", answered=False) from None
             except httpx.TransportError as err:
                 # Sent, answer lost (a read timeout, a dropped connection): the server may have acted on it, so a
                 # resend could route an email twice. Said, not retried; an email_id makes a resend safe.
                 raise MailrouteError(
-                    503, f"no answer from {self._http.base_url} ({type(err).__name__}): {err}"
+                    503, f"no answer from {self._http.base_url} ({type(err).__name__}): {err}", answered=False
                 ) from None
             else:
                 if response.status_code not in (429, 503) or attempt == retries:
@@ -68,8 +69,11 @@ class MailrouteClient:
         if response.status_code >= 400:
             try:
                 detail = str(response.json().get("detail", response.text))
-            except ValueError:
-                detail = response.text.strip()[:200]
+            except ValueError:  # not our JSON (a proxy's HTML page, say)
+                detail = response.text
+            detail = " ".join(detail.split())[:300]
+            if response.status_code == 401:
+                detail += f" (the command line sends the token in ${TOKEN_ENV}: mailroute tokens add makes one)"
             raise MailrouteError(response.status_code, detail)
         if response.headers.get("content-type", "").startswith("application/json"):
             return response.json()
@@ -161,9 +165,11 @@ def env_token() -> tuple[str | None, str]:
     and where it was looked for, for the error message."""
     import os
 
-    from serving.config import load_serving
+    from serving.config import ServingConfig, config_dir, load_serving
 
-    admin_env = load_serving().admin_token_env
+    # Run away from the project's configs (no serving.yaml here): the default variable name.
+    found = (config_dir() / "serving.yaml").is_file()
+    admin_env = (load_serving() if found else ServingConfig()).admin_token_env
     return os.environ.get(TOKEN_ENV) or os.environ.get(admin_env), f"${TOKEN_ENV} or ${admin_env}"
 
 
