@@ -32,7 +32,7 @@ from experiments.config import ExperimentConfig, load_experiments
 from experiments.rollout.state import RolloutState
 from monitoring.dashboard.changes import AuditEntry, read_audit, read_rollout
 from serving import clock
-from serving.auth import TokenStore
+from serving.auth import TokenStore, resolve_user_salt
 from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, config_dir, load_queues, load_serving
 from serving.ops.state import AUDIT_FILE, STATE_FILE, load_state
 from serving.policy import LOW_CONFIDENCE
@@ -162,6 +162,10 @@ class DashboardSources:
     # False inside the Serve app: the page shows the scheduled KPI job's latest report instead of building one in
     # a router replica (a build reads the whole log: seconds of CPU beside the routing path).
     build_report: bool = True
+    # The server-side secret of session cookies and labelling forms: the user salt, resolved as the router resolves
+    # it (environment, secrets file, the home's file); None: resolved on first use, with `serving`'s settings.
+    server_secret: str | None = field(default=None, repr=False)
+    serving: ServingConfig | None = None
     _report_cache: dict[str, tuple[float, ReportView]] = field(default_factory=dict, repr=False)
     _report_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -181,8 +185,13 @@ class DashboardSources:
         url = event_log_url(serving, home)
         path = sqlite_path(url)
         if path is not None and not path.exists():
-            return cls(home, None, f"{path} (not created yet)", configs, tokens=tokens)
-        return cls(home, open_event_log(url), url, configs, tokens=tokens)
+            return cls(home, None, f"{path} (not created yet)", configs, tokens=tokens, serving=serving)
+        return cls(home, open_event_log(url), url, configs, tokens=tokens, serving=serving)
+
+    def secret(self) -> bytes:
+        if self.server_secret is None:
+            self.server_secret = resolve_user_salt(self.serving or ServingConfig(), self.home, self.tokens)
+        return self.server_secret.encode()
 
 
 # ---- the page -------------------------------------------------------------------------------------------------------

@@ -66,11 +66,7 @@ class LabellingPage:
 
 
 def _key(sources: DashboardSources, viewer: Principal) -> bytes:
-    if viewer.key:
-        return viewer.key.encode()
-    from serving.ops.state import user_salt
-
-    return user_salt(sources.home).encode()
+    return viewer.key.encode() if viewer.key else sources.secret()
 
 
 def csrf_token(sources: DashboardSources, viewer: Principal) -> str:

@@ -60,9 +60,7 @@ def session_value(principal: Principal, secret: bytes, issued: int) -> str:
 
 
 def _secret(request: Request) -> bytes:
-    from serving.ops.state import user_salt
-
-    return user_salt(_sources(request).home).encode()  # the server-side secret every replica shares
+    return _sources(request).secret()  # the server-side secret every replica shares
 
 
 def caller(request: Request) -> Principal | None:
@@ -175,7 +173,7 @@ def render_page(sources: DashboardSources, viewer: Principal = ANONYMOUS, **para
 def _sources(request: Request) -> DashboardSources:
     sources = getattr(request.app.state, "dashboard", None)
     if sources is None:
-        raise HTTPException(503, "the dashboard is not configured on this server yet")
+        raise HTTPException(503, "the dashboard is not configured on this server yet", {"Retry-After": "5"})
     return sources
 
 

@@ -347,3 +347,20 @@ def test_with_authentication_off_the_page_is_open_and_says_so(filled: Home, tmp_
 def test_a_password_in_the_store_url_is_never_shown(home: Home) -> None:
     sources = DashboardSources(home, None, "postgresql://mr:hunter2@db.internal:5432/mailroute")
     assert "hunter2" not in sources.store_label and "db.internal" in sources.store_label
+
+
+def test_a_session_is_signed_with_the_salt_in_force_not_a_home_file(
+    filled: Home, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the session secret was always `<home>/user_salt`, made on first sign-in even when the salt
+    comes from the environment (on a cluster, another secret per node; and a file to make the pseudonyms drift to
+    the day the variable goes away)."""
+    from monitoring.dashboard.routes import COOKIE
+
+    monkeypatch.setenv("MAILROUTE_USER_SALT", "a-salt-from-the-environment-0123456789")
+    (filled.root / "user_salt").unlink(missing_ok=True)
+    web = client(filled, token=None)
+    signed = web.post("/dashboard/login", data={"token": AGENT_TOKEN}, follow_redirects=False)
+    assert signed.status_code == 303 and (signed.cookies.get(COOKIE) or "").startswith("ana:")
+    assert web.get("/dashboard").status_code == 200
+    assert not (filled.root / "user_salt").exists()
