@@ -241,3 +241,25 @@ def test_one_record_the_store_refuses_costs_that_record_alone() -> None:
             writer.submit(event(request_id))
     assert log.get_prediction("r1") is not None and log.get_prediction("r2") is not None
     assert writer.stats().written == 2 and writer.stats().dropped == 1
+
+
+def test_dropped_and_refused_records_reach_the_metrics_page() -> None:
+    """Found in review: only a zero count was ever checked on /metrics. What the writer counts, summed over the
+    replicas' snapshots (as /metrics merges them), is what Prometheus reads."""
+    from dataclasses import asdict
+
+    from serving.metrics import RouterMetrics, merge, render
+
+    log = GatedLog(gate_open=False)
+    writer = BufferedWriter(log, flush_interval_ms=1, max_pending=2)
+    taken = [writer.submit(event(f"r{i}")) for i in range(4)]  # two refused: the buffer is full
+    writer.submit_shadow("ghost", {"queue": "sales"})  # refused too, or dropped once the gate opens
+    log.gate.set()
+    assert writer.close(timeout=10) and taken == [True, True, False, False]
+    stats = asdict(writer.stats())
+    assert stats["refused"] + stats["dropped"] == 3
+    replica = {**RouterMetrics().snapshot(), "writer": stats}
+    text = render(merge([replica, replica]), "exp")  # two replicas with the same counts
+    assert f"mailroute_events_refused_total {2 * stats['refused']}" in text
+    assert f"mailroute_events_dropped_total {2 * stats['dropped']}" in text
+    assert f"mailroute_events_written_total {2 * stats['written']}" in text

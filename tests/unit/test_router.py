@@ -53,7 +53,8 @@ class FakeArms:
             raise RuntimeError("boom")
         if self.fail.get(arm) == "hang":
             await asyncio.sleep(10)
-        return ArmAnswer(LABELS, tuple(self.proba[q] for q in LABELS), arm if arm != SHADOW else "shadowmodel", "v1")
+        proba = tuple(float("nan") if self.fail.get(arm) == "nan" else self.proba[q] for q in LABELS)
+        return ArmAnswer(LABELS, proba, arm if arm != SHADOW else "shadowmodel", "v1")
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_repeated_email_id_returns_the_first_answer(setup: tuple[RouterCore, Fak
     assert len(arms.calls) == 1
 
 
-@pytest.mark.parametrize("fault", ["error", "hang"])
+@pytest.mark.parametrize("fault", ["error", "hang", "nan"])  # nan: a model answering NaN probabilities
 def test_failed_arm_falls_back_then_triage(setup: tuple[RouterCore, FakeArms, MemoryEventLog], fault: str) -> None:
     core, arms, _ = setup
     arms.fail = {"transformer": fault}
