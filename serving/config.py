@@ -244,7 +244,9 @@ class AuthConfig(StrictModel):
     """Access by role (`serving.auth`): tokens come from a secrets file or the environment, never from this file."""
 
     enabled: bool = Field(
-        True, description="Require a token on every call but the health checks; off warns loudly at every start."
+        True,
+        description="Require a token on every call but /healthz, /readyz, /metrics, /openapi.json and /docs; off "
+        "warns loudly at every start.",
     )
     secrets_file: str | None = Field(
         None,
