@@ -116,13 +116,16 @@ def errors_command(
     from experiments.analysis.thresholds import what_if
     from serving.config import load_serving
     from serving.ops.state import load_policy
+    from serving.store.location import existing_store
 
     data = load_window(home, since, now)
     at = data.as_of
     judged = prepare(data.frame, data.queues, data.analysis, as_of=at, since=since, arm=arm, version=version)
     analysis = analyze_errors(judged, data.queues, data.analysis, as_of=at, since=since, arm=arm, version=version)
     sample = what_if_sample(judged)
-    policy, _ = load_policy(home, load_serving().policy)
+    serving = load_serving()
+    with existing_store(serving, home) as store:
+        policy = serving.policy if store is None else load_policy(store, serving.policy)[0]
     w = what_if(sample, data.queues, policy) if not sample.empty else None
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)
@@ -137,9 +140,12 @@ def _current_policy(home: Home, url: str, dry_run: bool) -> tuple[PolicyConfig, 
     """The policy in force: the server's (when changing it), else the one `mailroute serve` would start with."""
     from serving.config import PolicyConfig, load_serving, parse_config
     from serving.ops.state import load_policy
+    from serving.store.location import existing_store
 
     if dry_run:
-        policy, note = load_policy(home, load_serving().policy)
+        serving = load_serving()
+        with existing_store(serving, home) as store:
+            policy, note = (serving.policy, None) if store is None else load_policy(store, serving.policy)
         return policy, note or "current policy: serving.yaml's (dry run: the server was not asked)"
     with _admin_client(url) as client:
         return parse_config(client.policy()["policy"], PolicyConfig, f"{url} policy"), f"current policy: {url}'s"

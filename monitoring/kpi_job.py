@@ -52,17 +52,17 @@ def run_kpi_report(
     from experiments.analysis.report import build_report
     from experiments.config import load_experiments
     from serving.config import load_queues
-    from serving.ops.state import AUDIT_FILE, load_state
+    from serving.ops.state import load_state_at
 
     url = event_log_url(serving, home)
     if url == "memory://" or is_missing(url):
         return None
     now = now or clock.now()
     experiments = load_experiments(Path(config_dir) / "experiments.yaml")
-    experiment = experiment or load_state(home, experiments.experiment)
+    experiment = experiment or load_state_at(url, experiments.experiment)
     report = build_report(
         url, experiment=experiment, analysis=experiments.analysis, queues=load_queues(Path(config_dir) / "queues.yaml"),
-        as_of=now, audit_log=home.root / AUDIT_FILE,
+        as_of=now,
     )  # fmt: skip
     run_id = uuid.uuid4().hex
     stem = kpi_dir(home) / f"{reports.stamp(now)}-{run_id[:8]}-kpi"

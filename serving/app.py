@@ -60,7 +60,7 @@ from serving.ops.apps import APP_NAME, SHADOW, arm_app, arm_deployment
 from serving.ops.changes import Context
 from serving.router import ArmAnswer, ArmRequest, RouterCore
 from serving.store.eventlog import EventLog, open_event_log
-from serving.store.location import event_log_url
+from serving.store.location import event_log_url, is_shared
 from serving.store.loghandler import StoreLogHandler, install_store_logging, log_ids
 from serving.store.writer import BufferedWriter
 
@@ -303,9 +303,9 @@ class Router:
         api.state.max_request_bytes = self.serving.max_request_bytes
         if not self.tokens.enabled:
             log.warning("%s", AUTH_OFF_WARNING)
-        salt = resolve_user_salt(self.serving, self.home, self.tokens)
         store_url = event_log_url(self.serving, self.home)
         event_log = open_event_log(store_url)
+        salt = resolve_user_salt(self.serving, self.home, self.tokens, shared=is_shared(event_log, 1))
         self.log_handler = _store_logging(event_log, "router")
         spec = self.serving.event_log
         writer = BufferedWriter(event_log, flush_interval_ms=spec.flush_interval_ms, max_pending=spec.max_pending)
@@ -368,7 +368,14 @@ class Router:
 
     def _context(self, caller: Principal) -> Context:
         """The context of an admin's change: who acts is the token's holder, never a header the caller chooses."""
-        return Context(self.home, self.queues.model_dump(mode="json"), self.serving, caller.holder, self.config_dir)
+        return Context(
+            self.home,
+            self.queues.model_dump(mode="json"),
+            self.serving,
+            caller.holder,
+            self.config_dir,
+            store=self._event_log,
+        )
 
     # ---- routes --------------------------------------------------------------------------------------------
     @api.post("/v1/route", response_model=RouteResponse, dependencies=BEARER,

@@ -255,15 +255,28 @@ class TokenStore:
         return principal
 
 
-def resolve_user_salt(serving: ServingConfig, home: Home, tokens: TokenStore | None = None) -> str:
-    """The user-pseudonym salt: the environment's, else the secrets file's, else `<home>/user_salt` (made once)."""
+def resolve_user_salt(
+    serving: ServingConfig, home: Home, tokens: TokenStore | None = None, *, shared: bool = False
+) -> str:
+    """The user-pseudonym salt: the environment's, else the secrets file's, else `<home>/user_salt` (made once).
+    `shared` (replicas on several machines, or a store they all share): the home's file would be one machine's
+    salt, so a ConfigError says where to put it instead."""
     from serving.ops.state import user_salt
 
     from_env = os.environ.get(serving.user_salt_env)
     if from_env:
         return from_env
     from_file = (tokens or TokenStore(serving, home)).user_salt()
-    return from_file or user_salt(home)
+    if from_file:
+        return from_file
+    if shared:
+        raise ConfigError(
+            f"on a cluster (or with a shared event store) the user salt must be the same secret on every node: set "
+            f"{serving.user_salt_env} or user_salt in the secrets file ({secrets_path(serving, home)}), e.g. "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`; keep the one in use if there is one "
+            f"({home.root / 'user_salt'})"
+        )
+    return user_salt(home)
 
 
 def _write_secrets(path: Path, secrets_file: SecretsFile) -> None:

@@ -115,8 +115,11 @@ def models_promote(
     stage: Annotated[Literal["champion", "canary"], typer.Option()] = "champion",
 ) -> None:
     from experiments.rollout import state as rollout_state
+    from serving.config import load_serving
+    from serving.store.location import existing_store
 
-    rollout = rollout_state.load(options(ctx).resolve_home())
+    with existing_store(load_serving(), options(ctx).resolve_home()) as store:
+        rollout = None if store is None else rollout_state.load(store)
     if rollout is not None and rollout.running and model.partition(":")[0] == rollout.model:
         raise ValueError(
             f"a rollout of {rollout.ref} is running: it promotes the candidate itself, or `mailroute rollback` ends it"

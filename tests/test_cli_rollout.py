@@ -50,12 +50,14 @@ def test_models_promote_refuses_the_model_of_a_running_rollout(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from experiments.rollout.state import RolloutState, save
-    from serving.config import Home
+    from serving.store.sqlite import SQLiteEventLog
 
     now = "2026-03-02T12:00:00+00:00"
-    save(Home(tmp_path), RolloutState(model="linear", candidate="v2", previous="v1", arm="linear",
-                                      canary_arm="linear-canary", arm_weight=0.5, steps=(10, 100), step=0,
-                                      status="running", started=now, step_started=now))  # fmt: skip
+    store = SQLiteEventLog(tmp_path / "events.db")
+    save(store, RolloutState(model="linear", candidate="v2", previous="v1", arm="linear", canary_arm="linear-canary",
+                             arm_weight=0.5, steps=(10, 100), step=0, status="running", started=now,
+                             step_started=now))  # fmt: skip
+    store.close()
     code, err = _run(capsys, "--home", str(tmp_path), "models", "promote", "linear:v2")
     assert code == 1 and "a rollout of linear:v2 is running" in err and len(err.splitlines()) == 1
 

@@ -42,13 +42,14 @@ def report_command(
 ) -> ExperimentReport:
     """Build the report of the running experiment over `[since, until)` and print it (text, or JSON with
     `as_json`); `html` and `csv` also write the HTML page and the daily counts per queue."""
-    from serving.ops.state import AUDIT_FILE, load_state
+    from serving.ops.state import load_state_at
 
     out = out or sys.stdout
     now = now or clock.now()
     experiments = load_experiments()
     analysis = experiments.analysis
-    experiment = load_state(home, experiments.experiment)  # runtime weight changes live in <home>/experiment.json
+    url = event_log_sql_url(home)
+    experiment = load_state_at(url, experiments.experiment)  # with its runtime changes (the store's layout)
     start = None if since is None else parse_time(since, analysis.zone, now, "--since")
     end = None if until is None else parse_time(until, analysis.zone, now, "--until")
     if start is not None and end is not None and end <= start:
@@ -56,14 +57,13 @@ def report_command(
     if start is not None and start >= now:
         raise ReportInputError(f"--since ({since}) is in the future")
     report = build_report(
-        event_log_sql_url(home),
+        url,
         experiment=experiment,
         analysis=analysis,
         queues=load_queues(),
         since=start,
         until=end,
         as_of=now,
-        audit_log=home.root / AUDIT_FILE,
     )
     if html is not None:
         html.parent.mkdir(parents=True, exist_ok=True)

@@ -51,6 +51,7 @@ P = sa.table(
         )
     ),
 )
+AUDIT = sa.table("audit", sa.column("id"), sa.column("kind"), sa.column("record"))
 F = sa.table("feedback", *(sa.column(c) for c in ("request_id", "ts", "true_queue", "source")))
 PERCENTILES = (50, 95, 99)
 
@@ -365,3 +366,10 @@ def log_span(conn: Connection) -> tuple[str | None, str | None, int]:
     """(first ts, last ts, predictions) of the whole log."""
     row = conn.execute(sa.select(sa.func.min(P.c.ts), sa.func.max(P.c.ts), sa.func.count()).select_from(P)).one()
     return row[0], row[1], int(row[2])
+
+
+def audit_records(conn: Connection) -> list[str]:
+    """The audit log's records that may change arm weights (JSON text, oldest first)."""
+    kinds = ("experiment", "rollout", "rollback")
+    q = sa.select(AUDIT.c.record).where(AUDIT.c.kind.in_(kinds)).order_by(AUDIT.c.id)
+    return [str(r) for r in conn.execute(q).scalars()]

@@ -14,7 +14,6 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -196,13 +195,12 @@ def build_report(
     since: datetime | None = None,
     until: datetime | None = None,
     as_of: datetime | None = None,
-    audit_log: Path | None = None,
 ) -> ExperimentReport:
     """The report over `[since, until)` of the log at `event_log_url` (a SQLAlchemy URL: `EventLog.sql_url`).
 
     since defaults to the first logged prediction, until and as_of to now; feedback recorded after as_of is
     ignored, and the implicit policy judges emails older than `implicit_correct_after_hours` at as_of.
-    `audit_log` (`<home>/audit.jsonl`) gives the weights in force over time for the SRM check.
+    The store's audit log gives the weights in force over time for the SRM check.
     """
     cfg, exp = analysis, experiment
     as_of = (as_of or clock.now()).astimezone(UTC)
@@ -286,7 +284,8 @@ def build_report(
     # SRM: each user once, in the arm that first served them, against the weights in force when they first wrote.
     srm = None
     if arm_groups:
-        changes, audit_notes = read_changes(audit_log, exp.name) if audit_log else ([], [])
+        with engine.connect() as conn:
+            changes, audit_notes = read_changes(queries.audit_records(conn), exp.name)
         notes.extend(audit_notes)
         pieces, change_notes = segments(changes, exp.weights, since, until)
         notes.extend(change_notes)

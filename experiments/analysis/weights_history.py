@@ -1,4 +1,4 @@
-"""The arm weights in force over the report's window, from the audit log of runtime changes (`<home>/audit.jsonl`).
+"""The arm weights in force over the report's window, from the audit log of runtime changes (the event store's).
 
 Each audit record (`serving.ops.state.audit`) holds the experiment before (`old`) and after (`new`) a change. Over a
 window `[since, until)` the weights are piecewise constant. The SRM check counts each user once, in the arm that
@@ -16,11 +16,10 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -40,14 +39,11 @@ def _weights(exp: Mapping[str, Any]) -> dict[str, float]:
     return {a: w / total for a, w in raw.items()} if total > 0 else raw
 
 
-def read_changes(path: Path, experiment: str) -> tuple[list[WeightChange], list[str]]:
-    """Weight changes of `experiment` in the audit log, oldest first, and notes on lines that could not be read."""
-    if not path.exists():
-        return [], []
+def read_changes(records: Iterable[str], experiment: str) -> tuple[list[WeightChange], list[str]]:
+    """Weight changes of `experiment` in the audit log's records (JSON text, oldest first), oldest first, and notes
+    on records that could not be read."""
     changes, notes = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in enumerate(records, 1):
         try:
             record = json.loads(line)
             old, new = record["old"], record["new"]
@@ -58,7 +54,7 @@ def read_changes(path: Path, experiment: str) -> tuple[list[WeightChange], list[
                 raise ValueError("timestamp without a time zone")
             changes.append(WeightChange(ts, _weights(old), _weights(new)))
         except (ValueError, KeyError, TypeError, AttributeError) as err:
-            notes.append(f"audit log line {number} skipped ({type(err).__name__}: {err})")
+            notes.append(f"audit record {number} skipped ({type(err).__name__}: {err})")
     changes.sort(key=lambda c: c.ts)
     return changes, notes
 

@@ -3,7 +3,7 @@
 Scheduled beside the app like the monitoring jobs (`monitoring.schedule`, in the scheduler actor, which can reach
 Serve). One check:
 
-1. nothing to do unless `<home>/rollout.json` says a rollout is running;
+1. nothing to do unless the saved rollout (the event store's) says one is running;
 2. the experiment report (`experiments.analysis.report.build_report`) over the rollout so far, with the arm the
    candidate would replace as the control, gives the canary's guardrails and the always-valid interval of
    (canary - arm) on the primary metric; a count of the canary's emails since the current step began gives the
@@ -32,8 +32,7 @@ from experiments.rollout.rule import PROMOTE, ROLLBACK, WIDEN, Decision, Evidenc
 from experiments.rollout.state import RolloutState, Step
 from serving import clock
 from serving.config import Home, ServingConfig
-from serving.ops import state as ops_state
-from serving.store.eventlog import LogRecord, MonitorVerdict, open_event_log, utc_now
+from serving.store.eventlog import EventLog, LogRecord, MonitorVerdict, open_event_log, utc_now
 from serving.store.location import event_log_url
 
 log = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def evidence(
     started = datetime.fromisoformat(rs.started)
     report = build_report(
         url, experiment=experiment.model_copy(update={"control": rs.arm}), analysis=files.analysis, queues=queues,
-        since=started, as_of=now, audit_log=home.root / ops_state.AUDIT_FILE,
+        since=started, as_of=now,
     )  # fmt: skip
     comparison = next((c for c in report.comparisons if c.challenger == rs.canary_arm), None)
     primary = None
@@ -94,12 +93,22 @@ def run_rollout_job(
     home: Home, config_dir: Path, serving: ServingConfig, experiment: ExperimentConfig | None = None
 ) -> dict[str, Any] | None:
     """One check of the running rollout (module docstring); None when no rollout is running."""
+    store = open_event_log(event_log_url(serving, home))
+    try:
+        return _check(home, config_dir, serving, experiment, store)
+    finally:
+        store.close()
+
+
+def _check(
+    home: Home, config_dir: Path, serving: ServingConfig, experiment: ExperimentConfig | None, store: EventLog
+) -> dict[str, Any] | None:
     from experiments.config import load_experiments
     from experiments.rollout import service
     from serving.config import load_queues
     from serving.ops.changes import Context, run_sync
 
-    rs = rollout_state.load(home)
+    rs = rollout_state.load(store)
     if rs is None or not rs.running:
         return None
     if experiment is None or rs.canary_arm not in experiment.arms:
@@ -112,7 +121,7 @@ def run_rollout_job(
     ev = evidence(home, config_dir, serving, experiment, rs, now)
     decision = decide(rs.canary_arm, rs.arm, rs.steps, rs.step, ev, files.rollout)
     queues = load_queues(Path(config_dir) / "queues.yaml").model_dump(mode="json")
-    ctx = Context(home, queues, serving, ACTOR, Path(config_dir))
+    ctx = Context(home, queues, serving, ACTOR, Path(config_dir), store=store)
     applied = None
     if decision.action in (WIDEN, PROMOTE, ROLLBACK):
         applied = run_sync(service.step(ctx, rs, decision.action, "; ".join(decision.reasons)))
@@ -126,14 +135,17 @@ def run_rollout_job(
 
 def _note_check(ctx: Any, rs: RolloutState, decision: Decision) -> None:
     """Keep the last check in the rollout file (under the change lock, and only if the rollout has not moved)."""
-    lock = ops_state.change_lock(ctx.home)
-    with lock.acquire(timeout=60):
-        current = rollout_state.load(ctx.home)
+    lock = ctx.store.change_lock()
+    lock.acquire(timeout=60)
+    try:
+        current = rollout_state.load(ctx.store)
         if current is None or (current.ref, current.step, current.status) != (rs.ref, rs.step, rs.status):
             return
         check = Step(ts=clock.now().isoformat(), action="check", percent=rs.percent, actor=ACTOR,
                      reason=decision.sentence)  # fmt: skip
-        rollout_state.save(ctx.home, current.model_copy(update={"last_check": check}))
+        rollout_state.save(ctx.store, current.model_copy(update={"last_check": check}))
+    finally:
+        lock.release()
 
 
 def _record(

@@ -7,7 +7,7 @@ weight is that share of the arm's weight, and the bucket layout moves only those
 is started as a new arm application before any router sends it a user, and deleted after the routers stopped. A
 promotion first makes the arm itself serve the candidate, then gives the canary's users back to it; a rollback gives
 them back to the arm still serving the previous version. Each step is audited (kind rollout or rollback), written to
-`<home>/rollout.json` with its reason, and mirrored in the registry's stages (canary, champion, archived).
+the store's `rollout` document with its reason, and mirrored in the registry's stages (canary, champion, archived).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def experiments_file(config_dir: Path) -> ExperimentsFile:
 
 def _load(ctx: Context) -> RolloutState | None:
     try:
-        return rollout_state.load(ctx.home)
+        return rollout_state.load(ctx.store)
     except rollout_state.RolloutStateError as err:
         raise ApiError(409, str(err)) from None
 
@@ -124,7 +124,7 @@ def plan_start(ctx: Context, live: Live, ref: str, percent: float | None, arm: s
     started = rs.model_copy(update={"history": (_step("start", percent, ctx.actor, reason),)})
 
     def commit() -> None:
-        rollout_state.save(ctx.home, started)  # first: the rollout file is what the job and rollback go by
+        rollout_state.save(ctx.store, started)  # first: the rollout file is what the job and rollback go by
         _quietly(registry.promote, f"{model}:{version}", "canary")
 
     return Change(
@@ -162,7 +162,7 @@ def plan_step(ctx: Context, live: Live, expected: RolloutState, action: str, rea
                                       "history": (*rs.history, _step(WIDEN, nxt, ctx.actor, reason))})  # fmt: skip
         return Change("rollout", experiment=_experiment(live, _weights(live, rs, nxt)),
                       detail=f"rollout widen {rs.ref} to {nxt:g}%: {reason}",
-                      commit=lambda: rollout_state.save(ctx.home, after))  # fmt: skip
+                      commit=lambda: rollout_state.save(ctx.store, after))  # fmt: skip
     if action == PROMOTE:
         arms = _weights(live, rs, 100.0)
         arms[rs.arm]["version"] = rs.candidate
@@ -170,7 +170,7 @@ def plan_step(ctx: Context, live: Live, expected: RolloutState, action: str, rea
                                      "history": (*rs.history, _step(PROMOTE, 100.0, ctx.actor, reason))})  # fmt: skip
 
         def promoted() -> None:
-            rollout_state.save(ctx.home, done)
+            rollout_state.save(ctx.store, done)
             if registry.get(f"{rs.model}:champion", verify=False).meta.version != rs.candidate:
                 _quietly(registry.promote, rs.ref, "champion")
 
@@ -188,7 +188,7 @@ def _plan_rollback_canary(ctx: Context, live: Live, rs: RolloutState, reason: st
                                  "history": (*rs.history, _step(ROLLBACK, 0.0, ctx.actor, reason))})  # fmt: skip
 
     def rolled_back() -> None:
-        rollout_state.save(ctx.home, done)
+        rollout_state.save(ctx.store, done)
         _quietly(registry.retire, rs.ref)
 
     return Change("rollback", experiment=_experiment(live, _weights(live, rs, 0.0)), remove_arms=(rs.canary_arm,),
@@ -250,7 +250,7 @@ def _ended_elsewhere(ctx: Context, rs: RolloutState) -> Change:
     reason = f"the running experiment no longer has arm {rs.canary_arm}: the rollout ended outside the rollout job"
     done = rs.model_copy(update={"status": "rolled back",
                                  "history": (*rs.history, _step(ROLLBACK, 0.0, ctx.actor, reason))})  # fmt: skip
-    return Change("rollback", detail=reason, commit=lambda: rollout_state.save(ctx.home, done))
+    return Change("rollback", detail=reason, commit=lambda: rollout_state.save(ctx.store, done))
 
 
 async def rollback(ctx: Context, arm: str | None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Where a rollout stands: `<home>/rollout.json`, written only under the change lock (`serving.ops.state`).
+"""Where a rollout stands: the event store's `rollout` state document (`serving.ops.state`), so every node sees
+the same rollout; written only under the change lock.
 
 One rollout at a time. It records the candidate, the arm it would replace and that arm's version before, the canary
 arm, the steps and the current one, the status (running, promoted, rolled back) and every step taken with its
@@ -8,16 +9,12 @@ rollout waits.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from serving.config import Home
+from serving.store.eventlog import EventLog
 
-ROLLOUT_FILE = "rollout.json"
 Status = Literal["running", "promoted", "rolled back"]
 
 
@@ -67,23 +64,19 @@ class RolloutStateError(ValueError):
     """An unreadable rollout file; one line."""
 
 
-def path(home: Home) -> Path:
-    return home.root / ROLLOUT_FILE
+ROLLOUT_KEY = "rollout"
 
 
-def load(home: Home) -> RolloutState | None:
+def load(store: EventLog) -> RolloutState | None:
     """The last rollout (running or finished), or None when there has been none."""
-    file = path(home)
-    if not file.exists():
+    doc = store.read_state(ROLLOUT_KEY)
+    if doc is None:
         return None
     try:
-        return RolloutState.model_validate_json(file.read_text(encoding="utf-8"))
-    except (OSError, ValidationError, ValueError) as err:
-        raise RolloutStateError(f"{file} is unreadable ({' '.join(str(err).split())[:200]})") from None
+        return RolloutState.model_validate(doc)
+    except ValidationError as err:
+        raise RolloutStateError(f"the saved rollout is unreadable ({' '.join(str(err).split())[:200]})") from None
 
 
-def save(home: Home, rollout: RolloutState) -> None:
-    home.root.mkdir(parents=True, exist_ok=True)
-    tmp = path(home).with_name(f".{ROLLOUT_FILE}.tmp")
-    tmp.write_text(json.dumps(rollout.model_dump(mode="json"), indent=2), encoding="utf-8")
-    os.replace(tmp, path(home))
+def save(store: EventLog, rollout: RolloutState) -> None:
+    store.write_state(ROLLOUT_KEY, rollout.model_dump(mode="json"))

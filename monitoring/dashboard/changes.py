@@ -1,24 +1,21 @@
 """The runtime changes the dashboard lists: the audit log's records in words, and where the rollout stands.
 
 Split from `monitoring.dashboard.data` (which keeps the page together) so that each stays small. The audit log
-(`<home>/audit.jsonl`, written by `serving.ops.state.audit`) holds every change of the running app; its `kind` says
+(the event store's, written by `serving.ops.state.audit`) holds every change of the running app; its `kind` says
 what its old and new are: experiments (experiment, and a rollout or rollback that changes arm weights), decision
 policies (policy), or `{"versions": {arm: model:version}}` (a rollout or rollback that only repins versions). The
-rollout is `experiments.rollout.state.load(home)`, `<home>/rollout.json`.
+rollout is `experiments.rollout.state.load(store)`, the store's `rollout` document.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from experiments.rollout.state import RolloutState, RolloutStateError, load
-from serving.config import Home
-from serving.ops.state import AUDIT_FILE
+from serving.store.eventlog import EventLog, EventLogError
 
 AUDIT_LIMIT = 50  # changes shown
-AUDIT_TAIL_BYTES = 256 * 1024  # read at most this much of the end of audit.jsonl
 
 
 @dataclass(frozen=True)
@@ -31,30 +28,11 @@ class AuditEntry:
     detail: str | None = None  # the change's reason in words, when it gave one
 
 
-def read_audit(home: Home, limit: int = AUDIT_LIMIT) -> list[AuditEntry]:
-    """The newest changes, from the tail of `<home>/audit.jsonl` (never the whole file)."""
-    path = home.root / AUDIT_FILE
-    try:
-        with path.open("rb") as fh:
-            size = fh.seek(0, 2)
-            fh.seek(max(0, size - AUDIT_TAIL_BYTES))
-            tail = fh.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
+def read_audit(store: EventLog | None, limit: int = AUDIT_LIMIT) -> list[AuditEntry]:
+    """The newest changes, newest first, from the event store's audit log (no store yet: none)."""
+    if store is None:
         return []
-    lines = tail.splitlines()
-    if size > AUDIT_TAIL_BYTES:
-        lines = lines[1:]  # the first line was cut by the seek
-    entries = []
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            entries.append(audit_entry(record))
-        if len(entries) >= limit:
-            break
-    return entries
+    return [audit_entry(r) for r in reversed(store.audit_records(limit=limit)) if isinstance(r, dict)]
 
 
 def _experiment_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -113,9 +91,11 @@ def audit_entry(record: dict[str, Any]) -> AuditEntry:
     )
 
 
-def read_rollout(home: Home) -> tuple[RolloutState | None, str | None]:
-    """The last rollout (None: there has been none) and, when `<home>/rollout.json` cannot be read, why."""
+def read_rollout(store: EventLog | None) -> tuple[RolloutState | None, str | None]:
+    """The last rollout (None: there has been none) and, when the saved rollout cannot be read, why."""
+    if store is None:
+        return None, None
     try:
-        return load(home), None
-    except (RolloutStateError, OSError) as err:
-        return None, f"The rollout file could not be read: {' '.join(str(err).split())[:300]}"
+        return load(store), None
+    except (RolloutStateError, EventLogError) as err:
+        return None, f"The saved rollout could not be read: {' '.join(str(err).split())[:300]}"

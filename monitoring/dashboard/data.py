@@ -6,9 +6,9 @@ plus one indexed log query. Nothing here loads the whole log. A part that cannot
 broken config, a model missing from the registry) becomes a sentence on the page, never an error page.
 
 Where each part comes from:
-- experiment: the running app's live config when served by the app; else `<home>/experiment.json` (the running
-  layout `serving.ops.state` saves) when it is the configured experiment, else `configs/experiments.yaml`; the model
-  versions from the registry; changes from `<home>/audit.jsonl` and the rollout from `<home>/rollout.json`
+- experiment: the running app's live config when served by the app; else the running layout `serving.ops.state`
+  saves in the event store, when it is the configured experiment, else `configs/experiments.yaml`; the model
+  versions from the registry; changes (the audit log) and the rollout from the event store
   (`monitoring.dashboard.changes`);
 - experiment report: `experiments.analysis.report` (KPIs, intervals, SRM, guardrails, recommendation);
 - drift: the store's monitoring verdict rows, with links to the report files under `<home>/reports`;
@@ -34,7 +34,7 @@ from monitoring.dashboard.changes import AuditEntry, read_audit, read_rollout
 from serving import clock
 from serving.auth import TokenStore, resolve_user_salt
 from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, config_dir, load_queues, load_serving
-from serving.ops.state import AUDIT_FILE, STATE_FILE, load_state
+from serving.ops.state import load_state
 from serving.policy import LOW_CONFIDENCE
 from serving.store.eventlog import (
     EventLog,
@@ -203,7 +203,7 @@ def gather(
     experiment = None if config is None else _experiment_view(sources.home, config, experiment_source)
     log_filter = LogFilter(level if level in LOG_LEVEL_CHOICES else "WARNING", component or None)
     report, report_note = _report(sources, config)
-    rollout, rollout_note = read_rollout(sources.home)
+    rollout, rollout_note = read_rollout(sources.event_log)
     store = sources.event_log
     logs: list[LogRecord] = []
     flagged: list[PredictionEvent] = []
@@ -225,7 +225,7 @@ def gather(
         store=sources.store_label,
         experiment=experiment,
         experiment_note=experiment_note,
-        audit=read_audit(sources.home),
+        audit=read_audit(sources.event_log),
         rollout=rollout,
         rollout_note=rollout_note,
         report=report,
@@ -281,15 +281,11 @@ def _experiment_config(sources: DashboardSources) -> tuple[ExperimentConfig | No
             configured = load_experiments(configs / "experiments.yaml").experiment
         except (ConfigError, OSError) as err:
             configured, problem = None, f"experiments.yaml: {err}"
-        state = sources.home.root / STATE_FILE
-        if configured is not None:
-            config = load_state(sources.home, configured)
-            source = str(state) if config is not configured else str(configs / "experiments.yaml")
-        elif state.exists():
-            try:
-                config, source = ExperimentConfig.model_validate_json(state.read_text()), str(state)
-            except ValueError as err:
-                problem = f"{problem}; {state}: {' '.join(str(err).split())[:300]}"
+        if configured is not None and sources.event_log is not None:
+            config = load_state(sources.event_log, configured)
+            source = "the saved layout (event store)" if config is not configured else str(configs / "experiments.yaml")
+        elif configured is not None:
+            config, source = configured, str(configs / "experiments.yaml")
     if config is None:
         return None, "", f"No experiment could be read ({problem or 'no config'})."
     return config, source, None
@@ -355,7 +351,6 @@ def _report(sources: DashboardSources, experiment: ExperimentConfig | None) -> t
                 experiment=experiment,
                 analysis=analysis,
                 queues=queues,
-                audit_log=sources.home.root / AUDIT_FILE,
             )
         except Exception as err:  # the rest of the page must render whatever the analysis does
             log.warning("dashboard: the experiment report failed: %s: %s", type(err).__name__, err)

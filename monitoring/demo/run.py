@@ -203,7 +203,7 @@ def _phases(home: Home, start: datetime, plan: DemoPlan) -> list[Any]:
 
     drift = start + timedelta(hours=plan.drift_after_h)
     end = clock.now()
-    rs = rollout_state.load(home)
+    rs = _rollout(home, rollout_state)
     done = next((s for s in (rs.history if rs else ()) if s.action in ("promote", "roll back")), None)
     phases = [Phase("before the drift", start, drift)]
     if done is None:
@@ -289,14 +289,23 @@ def _loop(home: Home, configs: Path, url: str, start: datetime, plan: DemoPlan, 
         progress()
 
 
+def _rollout(home: Home, rollout_state: Any) -> Any:
+    """The saved rollout (the event store's), or None."""
+    from serving.config import load_serving
+    from serving.store.location import existing_store
+
+    with existing_store(load_serving(), home) as store:
+        return None if store is None else rollout_state.load(store)
+
+
 def _follow_rollout(home: Home, start: datetime, plan: DemoPlan, progress: Any, rollout_state: Any) -> int:
     seen = 1
     deadline = clock.now() + timedelta(hours=plan.rollout_within_h)
-    rs = rollout_state.load(home)
+    rs = _rollout(home, rollout_state)
     last, shown_check = time.monotonic(), ""
     while rs is not None and rs.running and clock.now() < deadline:
         time.sleep(1)
-        rs = rollout_state.load(home)
+        rs = _rollout(home, rollout_state)
         for step in rs.history[seen:] if rs else ():
             _say(f"   {step.ts[:16]} {step.action} -> {step.percent:g}% of {rs.arm}'s users: {step.reason}")
         seen = len(rs.history) if rs else seen

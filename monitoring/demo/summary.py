@@ -11,7 +11,7 @@ from experiments.analysis.report import build_report
 from experiments.config import ExperimentsFile
 from serving.config import Home, QueuesConfig
 from serving.models.registry import ModelRegistry, VersionInfo
-from serving.ops.state import AUDIT_FILE, load_state
+from serving.ops.state import load_state_at
 from serving.store.eventlog import open_event_log
 
 
@@ -36,12 +36,11 @@ def _share(v: object) -> str:
 
 def summary(home: Home, files: ExperimentsFile, queues: QueuesConfig, phases: list[Phase], url: str) -> list[str]:
     store_url = f"sqlite:///{home.event_log}"
-    experiment = load_state(home, files.experiment)
+    experiment = load_state_at(store_url, files.experiment)
     lines = ["== what the loop did, from the event log (experiments.analysis.report, as `mailroute experiment report`)"]
     for phase in phases:
         report = build_report(store_url, experiment=experiment, analysis=files.analysis, queues=queues,
-                              since=phase.since, until=phase.until, as_of=phase.until,
-                              audit_log=home.root / AUDIT_FILE)  # fmt: skip
+                              since=phase.since, until=phase.until, as_of=phase.until)  # fmt: skip
         lines.append(f"-- {phase.name}: {phase.since:%a %d %b %H:%M} to {phase.until:%a %d %b %H:%M} (simulated)")
         for g in sorted(report.versions, key=lambda g: (g.arm, g.key)):
             v = g.values
@@ -50,8 +49,7 @@ def summary(home: Home, files: ExperimentsFile, queues: QueuesConfig, phases: li
                 f"auto-routed {_share(v['auto_route_coverage']):>6}  net saving {_interval(v['net_saving'])} min/email"
             )
     whole = build_report(store_url, experiment=experiment, analysis=files.analysis, queues=queues,
-                         since=phases[0].since, until=phases[-1].until, as_of=phases[-1].until,
-                         audit_log=home.root / AUDIT_FILE)  # fmt: skip
+                         since=phases[0].since, until=phases[-1].until, as_of=phases[-1].until)  # fmt: skip
     total = sum(g.values["net_saving_total"].estimate or 0.0 for g in whole.arms)
     hours = total / 60
     money = hours * queues.agent_cost_per_hour
@@ -83,6 +81,6 @@ def summary(home: Home, files: ExperimentsFile, queues: QueuesConfig, phases: li
             extra = f", gate: {gate.get('reason')}" if gate else ""
             lines.append(f"   {m.name}:{m.version:<4} {item.stage:<9} parent {m.parent or '-':<12} "
                          f"data {m.data_fingerprint[:19]}{extra}")  # fmt: skip
-    lines.append(f"-- reports: {home.reports}   event log: {home.event_log}   audit: {home.root / AUDIT_FILE}")
+    lines.append(f"-- reports: {home.reports}   event log (with the audit log and the saved layout): {home.event_log}")
     lines.append(f"-- dashboard: {url}/dashboard (labelling: {url}/dashboard/label)")
     return lines

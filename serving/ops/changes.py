@@ -1,14 +1,14 @@
 """Runtime changes of the running app, applied through Serve's config path so that no replica restarts.
 
-A change (`Change`) is planned from the live state under the change lock (`serving.ops.state.change_lock`), so two
+A change (`Change`) is planned from the live state under the event store's change lock (`EventLog.change_lock`), so two
 changes never interleave, and applied in an order that never fails a request:
 
 1. new arm applications (a canary) start, and arms whose pinned version changes load it through `reconfigure()`;
    the change waits until every one of their replicas answers with the new version. If one does not come up in
    time, those applications are put back as they were and the change fails having changed nothing;
 2. the router's `user_config` (experiment and decision policy) is replaced: Serve calls `reconfigure()` on the
-   running routers. Once Serve has the new config, the new state is saved (`<home>/experiment.json`,
-   `<home>/policy.json`) and the change is written to the audit log, and only then does the change wait for every
+   running routers. Once Serve has the new config, the new state is saved (the store's `experiment` and `policy`
+   documents) and the change is written to the store's audit log, and only then does the change wait for every
    router replica to confirm it, so a slow confirmation never leaves a live change unrecorded;
 3. arm applications no router uses any more (a finished canary) are deleted.
 
@@ -33,6 +33,7 @@ from serving.api import ApiError
 from serving.config import Home, PolicyConfig, ServingConfig, config_dir, parse_config
 from serving.ops import state
 from serving.ops.apps import APP_NAME, arm_app, arm_app_config, arm_deployment, arm_user_config, model_kind
+from serving.store.eventlog import EventLog
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_S = 120.0
@@ -76,7 +77,8 @@ class Change:
 
 @dataclass(frozen=True)
 class Context:
-    """Who changes what: the home, the configs the app was started with, the acting person or job."""
+    """Who changes what: the home, the configs the app was started with, the acting person or job, and the event
+    store that holds the shared state (the saved layout, the audit log, the rollout, the change lock)."""
 
     home: Home
     queues: dict[str, Any]
@@ -84,6 +86,7 @@ class Context:
     actor: str
     config_dir: Path = field(default_factory=config_dir)  # where experiments.yaml (the rollout rule) is read
     app_name: str = APP_NAME
+    store: EventLog = field(kw_only=True)
 
     @property
     def router_replicas(self) -> int:
@@ -137,7 +140,7 @@ async def apply(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any]:
 
 
 async def _locked(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any]:
-    lock = state.change_lock(ctx.home)
+    lock = ctx.store.change_lock()
     try:
         await asyncio.to_thread(lock.acquire, timeout=LOCK_WAIT_S)
     except TimeoutError:
@@ -193,10 +196,10 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
             # The saved state back to the live one, where it can be.
             if change.experiment is not None:
                 with contextlib.suppress(Exception):
-                    state.save_state(ctx.home, live.experiment)
+                    state.save_state(ctx.store, live.experiment)
             if change.policy is not None:
                 with contextlib.suppress(Exception):
-                    state.save_policy(ctx.home, live.policy, ctx.serving.policy)
+                    state.save_policy(ctx.store, live.policy, ctx.serving.policy)
             raise ApiError(
                 503, f"the change could not be recorded ({type(err).__name__}: {err}): it was undone", 5
             ) from None
@@ -232,18 +235,18 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
 def _record(ctx: Context, live: Live, change: Change) -> None:
     """Save the new state and write the audit line: done once Serve holds the change, before waiting on replicas."""
     if change.experiment is not None:
-        state.save_state(ctx.home, change.experiment)
+        state.save_state(ctx.store, change.experiment)
         moved = moved_share(live.experiment.ranges(), change.experiment.ranges())
         old, new = live.experiment.model_dump(mode="json"), change.experiment.model_dump(mode="json")
-        state.audit(ctx.home, ctx.actor, old, new, moved, kind=change.kind, detail=change.detail)
+        state.audit(ctx.store, ctx.actor, old, new, moved, kind=change.kind, detail=change.detail)
     if change.policy is not None:
-        state.save_policy(ctx.home, change.policy, ctx.serving.policy)  # serving.yaml's, which it replaces
+        state.save_policy(ctx.store, change.policy, ctx.serving.policy)  # serving.yaml's, which it replaces
         old, new = live.policy.model_dump(mode="json"), change.policy.model_dump(mode="json")
-        state.audit(ctx.home, ctx.actor, old, new, kind="policy", detail=change.detail)
+        state.audit(ctx.store, ctx.actor, old, new, kind="policy", detail=change.detail)
     if change.experiment is None and change.policy is None:
         old = {arm: live.arm_ref(arm) for arm in change.set_versions}
         new = {arm: f"{m}:{v}" for arm, (m, v) in change.set_versions.items()}
-        state.audit(ctx.home, ctx.actor, {"versions": old}, {"versions": new}, kind=change.kind, detail=change.detail)
+        state.audit(ctx.store, ctx.actor, {"versions": old}, {"versions": new}, kind=change.kind, detail=change.detail)
 
 
 def _commit(change: Change) -> None:

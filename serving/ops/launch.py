@@ -24,6 +24,8 @@ from serving.auth import AUTH_OFF_WARNING, TokenStore, resolve_user_salt
 from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, config_dir
 from serving.ops import state
 from serving.ops.apps import APP_NAME, app_configs, pin_versions
+from serving.store.eventlog import open_event_log
+from serving.store.location import event_log_url, is_shared
 
 log = logging.getLogger(__name__)
 DIRECT_PORTS = 200  # replica ports per instance (replicas of every application, with restarts)
@@ -221,26 +223,35 @@ def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment:
     still named `champion` or `latest` are resolved here, once per deploy, and the replicas load what this resolved
     (a replica restarted after a promotion loads the same version as its siblings). The
     saved runtime policy wins over serving.yaml's unless serving.yaml was edited since (`serving.ops.state`)."""
+    import ray
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    start = state.reconcile(home, experiment)
-    if start.note:
-        log.warning("%s", start.note)
-    running = pin_versions(home, start.experiment)
-    policy, note = state.load_policy(home, serving.policy)
-    policy.check_queues(queues.names)
-    if note:
-        log.warning("%s", note)
-    resolve_user_salt(serving, home)  # <home>/user_salt made here once, before replicas race for it
-    apps = app_configs(home, queues.model_dump(mode="json"), serving, running, policy)
-    client = _get_global_client()
-    assert client is not None
-    client.deploy_apps(ServeDeploySchema.model_validate({"applications": apps}), _blocking=True)
-    state.save_state(home, running, based_on=experiment)  # what runs, and the file it was started from
-    if start.previous is not None:  # a hand edit applied: a weight change like any other (the SRM check reads it)
-        old, new = start.previous.model_dump(mode="json"), running.model_dump(mode="json")
-        state.audit(home, "experiments.yaml", old, new, start.moved, detail=start.note)
+    store = open_event_log(event_log_url(serving, home))
+    try:
+        for moved in state.import_home_files(store, home):  # a home from before the store held the shared state
+            log.warning("%s", moved)
+        # The salt before anything deploys: on several nodes, or with a store every node shares, a salt made in
+        # one node's home would give another node's replicas other pseudonyms.
+        resolve_user_salt(serving, home, shared=is_shared(store, len(ray.nodes())))
+        start = state.reconcile(store, experiment)
+        if start.note:
+            log.warning("%s", start.note)
+        running = pin_versions(home, start.experiment)
+        policy, note = state.load_policy(store, serving.policy)
+        policy.check_queues(queues.names)
+        if note:
+            log.warning("%s", note)
+        apps = app_configs(home, queues.model_dump(mode="json"), serving, running, policy)
+        client = _get_global_client()
+        assert client is not None
+        client.deploy_apps(ServeDeploySchema.model_validate({"applications": apps}), _blocking=True)
+        state.save_state(store, running, based_on=experiment)  # what runs, and the file it was started from
+        if start.previous is not None:  # a hand edit applied: a weight change like any other (the SRM check reads it)
+            old, new = start.previous.model_dump(mode="json"), running.model_dump(mode="json")
+            state.audit(store, "experiments.yaml", old, new, start.moved, detail=start.note)
+    finally:
+        store.close()
 
 
 def stop(started_ray: bool = True) -> None:

@@ -1,17 +1,23 @@
-"""The running app's state kept in the home folder: the user salt, the experiment and decision policy in force, the
-audit log of every change, and the lock that serialises changes.
+"""The running app's shared state, kept in the event store so every replica on every node reads the same: the
+experiment and decision policy in force, the audit log of every change, and the lock that serialises changes
+(`serving.store.eventlog.EventLog.read_state`/`write_state`, `record_audit`, `change_lock`).
 
-- `<home>/user_salt`: the salt of user pseudonyms, made once (0600) so every replica and restart agrees.
-- `<home>/experiment.json`: the running experiment with its pinned bucket layout and model versions, so a restart
+- state document `experiment`: the running experiment with its pinned bucket layout and model versions, so a restart
   keeps every user's arm and every arm's version; and `based_on`, the experiments.yaml experiment the app was last
   started from, so a restart can tell a hand edit of the file (applied, moving as few users as possible) from
   runtime changes (kept): `reconcile`.
-- `<home>/policy.json`: the decision policy set at runtime (`mailroute analyze apply-thresholds`), with the
+- state document `policy`: the decision policy set at runtime (`mailroute analyze apply-thresholds`), with the
   `serving.yaml` policy it replaced; a restart keeps it unless `serving.yaml`'s policy was edited since, in which case
   the edit (newer) wins and the start says so.
-- `<home>/audit.jsonl`: one JSON line per change (who, when, what kind, old, new, share of users moved).
-- `<home>/.control.lock`: held while a change is applied, so two changes (an admin's and the rollout job's, say)
-  never interleave their read-modify-write of the Serve config.
+- the audit log: one record per change (who, when, what kind, old, new, share of users moved).
+- the change lock: held while a change is applied, so two changes (an admin's and the rollout job's, say) never
+  interleave their read-modify-write of the Serve config, on one machine or many.
+
+Before the store held them, these lived in files of the home folder (experiment.json, policy.json, audit.jsonl,
+rollout.json); `import_home_files` moves them into the store once, at the first start that finds them.
+
+The user salt is not here: it is a secret (`serving.auth.resolve_user_salt`), never stored beside the pseudonyms it
+protects. `user_salt(home)` makes the single-machine default, `<home>/user_salt` (0600).
 """
 
 from __future__ import annotations
@@ -24,19 +30,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from filelock import FileLock
-
 from experiments.assign import moved_share
 from experiments.config import ExperimentConfig
 from serving import clock
 from serving.config import ConfigError, Home, PolicyConfig, parse_config
+from serving.store.eventlog import EventLog
 
 log = logging.getLogger(__name__)
-STATE_FILE = "experiment.json"
-POLICY_FILE = "policy.json"
-AUDIT_FILE = "audit.jsonl"
+EXPERIMENT_KEY = "experiment"
+POLICY_KEY = "policy"
 SALT_FILE = "user_salt"
-LOCK_FILE = ".control.lock"
+# The home-folder files of earlier versions, imported into the store once (`import_home_files`).
+LEGACY_FILES = {"experiment.json": EXPERIMENT_KEY, "policy.json": POLICY_KEY, "rollout.json": "rollout"}
+LEGACY_AUDIT = "audit.jsonl"
 
 
 def user_salt(home: Home) -> str:
@@ -58,48 +64,53 @@ def user_salt(home: Home) -> str:
     raise RuntimeError(f"{path} is empty")
 
 
-def _write_atomic(home: Home, name: str, data: Any) -> None:
-    home.root.mkdir(parents=True, exist_ok=True)
-    tmp = home.root / f".{name}.tmp"
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, home.root / name)
-
-
-def _read_saved(home: Home) -> tuple[ExperimentConfig | None, ExperimentConfig | None]:
-    """(the saved running experiment, the file's experiment it started from); None where absent or unreadable. A
-    file written before `based_on` existed holds the experiment alone."""
-    path = home.root / STATE_FILE
-    if not path.exists():
-        return None, None
+def _read_saved(store: EventLog) -> tuple[ExperimentConfig | None, ExperimentConfig | None, bool]:
+    """(the saved running experiment, the file's experiment it started from, whether the saved document predates
+    `based_on`); None where absent or unreadable."""
+    data = store.read_state(EXPERIMENT_KEY)
+    if data is None:
+        return None, None, False
+    where = "the saved experiment (event store)"
     try:
-        data = json.loads(path.read_text())
-        if isinstance(data, dict) and "experiment" in data:
-            saved = parse_config(data["experiment"], ExperimentConfig, str(path))
+        if "experiment" in data:
+            saved = parse_config(data["experiment"], ExperimentConfig, where)
             based = data.get("based_on")
-            return saved, None if based is None else parse_config(based, ExperimentConfig, str(path))
-        return parse_config(data, ExperimentConfig, str(path)), None
-    except (json.JSONDecodeError, ConfigError) as err:
-        log.warning("ignoring unreadable %s: %s", path, err)
-        return None, None
+            return saved, None if based is None else parse_config(based, ExperimentConfig, where), False
+        return parse_config(data, ExperimentConfig, where), None, True  # an experiment.json from before based_on
+    except ConfigError as err:
+        log.warning("ignoring %s: %s", where, err)
+        return None, None, False
 
 
-def load_state(home: Home, configured: ExperimentConfig) -> ExperimentConfig:
+def load_state(store: EventLog, configured: ExperimentConfig) -> ExperimentConfig:
     """The running experiment: the saved one if it is the configured one (same name and salt), else the configured
     one. (A start writes what it runs, `reconcile` deciding; readers of the running layout call this.)"""
-    saved, _ = _read_saved(home)
+    saved, _, _ = _read_saved(store)
     if saved is None or (saved.name, saved.salt) != (configured.name, configured.salt):
         return configured
     return saved
 
 
-def save_state(home: Home, experiment: ExperimentConfig, based_on: ExperimentConfig | None = None) -> None:
-    """Save the running experiment; `based_on` (the file's experiment a start ran from) is kept from the saved file
-    unless given."""
+def load_state_at(url: str, configured: ExperimentConfig) -> ExperimentConfig:
+    """`load_state` from the store at `url` (opened for the call)."""
+    from serving.store.eventlog import open_event_log
+
+    store = open_event_log(url)
+    try:
+        return load_state(store, configured)
+    finally:
+        store.close()
+
+
+def save_state(store: EventLog, experiment: ExperimentConfig, based_on: ExperimentConfig | None = None) -> None:
+    """Save the running experiment; `based_on` (the file's experiment a start ran from) is kept from the saved
+    document unless given."""
     if based_on is None:
-        based_on = _read_saved(home)[1]
-    data = {"experiment": experiment.model_dump(mode="json"),
-            "based_on": None if based_on is None else based_on.model_dump(mode="json")}  # fmt: skip
-    _write_atomic(home, STATE_FILE, data)
+        based_on = _read_saved(store)[1]
+    store.write_state(EXPERIMENT_KEY, {
+        "experiment": experiment.model_dump(mode="json"),
+        "based_on": None if based_on is None else based_on.model_dump(mode="json"),
+    })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -113,25 +124,24 @@ class Start:
     moved: float | None = None
 
 
-def reconcile(home: Home, configured: ExperimentConfig) -> Start:
+def reconcile(store: EventLog, configured: ExperimentConfig) -> Start:
     """The experiment a start runs: the saved one (with its runtime changes) when experiments.yaml is unchanged
     since the app last started from it; the file's when the file was edited since, laid out from the saved ranges
     so as few users as possible change arm. An edit while a canary a rollout added is running cannot be applied
     safely: a ConfigError says how to reconcile."""
-    saved, based_on = _read_saved(home)
-    path = home.root / STATE_FILE
+    saved, based_on, legacy = _read_saved(store)
     if saved is None or (saved.name, saved.salt) != (configured.name, configured.salt):
         return Start(configured)
-    if based_on is None:
-        return Start(saved, f"{path} predates hand-edit detection: its layout is kept (from now on edits apply)")
-    if configured == based_on:
+    if legacy:
+        return Start(saved, "the saved layout predates hand-edit detection: it is kept (from now on edits apply)")
+    if based_on is None or configured == based_on:
         return Start(saved)
     added = sorted(set(saved.arms) - set(configured.arms) - set(based_on.arms))
     if added:
         raise ConfigError(
             f"experiments.yaml was edited while arm(s) {', '.join(added)} added by a rollout are running: finish or "
-            f"undo the rollout first (mailroute rollout status; mailroute rollback), then restart; or delete {path} "
-            "to start from the file as it is (users are then laid out afresh)"
+            "undo the rollout first (mailroute rollout status; mailroute rollback), then restart; or give the "
+            "experiment a new name or salt to lay users out afresh"
         )
     edited = configured.pinned(saved.ranges())
     moved = moved_share(saved.ranges(), edited.ranges())
@@ -146,36 +156,34 @@ def reconcile(home: Home, configured: ExperimentConfig) -> Start:
     return Start(edited, note, previous=saved, moved=moved)
 
 
-def load_policy(home: Home, configured: PolicyConfig) -> tuple[PolicyConfig, str | None]:
+def load_policy(store: EventLog, configured: PolicyConfig) -> tuple[PolicyConfig, str | None]:
     """The policy to serve with, and a sentence when it is not serving.yaml's: the runtime one saved by a change,
     unless serving.yaml's policy changed since that change (then the file's, a newer hand edit, wins)."""
-    path = home.root / POLICY_FILE
-    if not path.exists():
+    data = store.read_state(POLICY_KEY)
+    if data is None:
         return configured, None
+    where = "the runtime policy (event store)"
     try:
-        data = json.loads(path.read_text())
-        saved = parse_config(data["policy"], PolicyConfig, str(path))
-        based_on = parse_config(data["based_on"], PolicyConfig, str(path))
-    except (json.JSONDecodeError, ConfigError, KeyError, TypeError) as err:
-        return configured, f"ignoring unreadable {path} ({' '.join(str(err).split())[:200]}): serving.yaml's policy"
+        saved = parse_config(data["policy"], PolicyConfig, where)
+        based_on = parse_config(data["based_on"], PolicyConfig, where)
+    except (ConfigError, KeyError, TypeError) as err:
+        return configured, f"ignoring {where} ({' '.join(str(err).split())[:200]}): serving.yaml's policy"
     if based_on != configured:
-        return configured, f"serving.yaml's policy was edited after the runtime change saved in {path}: the edit wins"
+        return configured, "serving.yaml's policy was edited after the runtime change: the edit wins"
     if saved == configured:
         return configured, None
-    return saved, f"decision policy from {path} (set at runtime on {data.get('ts', '?')}), not serving.yaml's"
+    return saved, f"decision policy set at runtime on {data.get('ts', '?')}, not serving.yaml's"
 
 
-def save_policy(home: Home, policy: PolicyConfig, based_on: PolicyConfig) -> None:
-    _write_atomic(
-        home,
-        POLICY_FILE,
-        {"ts": clock.now().isoformat(), "policy": policy.model_dump(mode="json"),
-         "based_on": based_on.model_dump(mode="json")},
-    )  # fmt: skip
+def save_policy(store: EventLog, policy: PolicyConfig, based_on: PolicyConfig) -> None:
+    store.write_state(POLICY_KEY, {
+        "ts": clock.now().isoformat(), "policy": policy.model_dump(mode="json"),
+        "based_on": based_on.model_dump(mode="json"),
+    })  # fmt: skip
 
 
 def audit(
-    home: Home,
+    store: EventLog,
     actor: str,
     old: dict[str, Any],
     new: dict[str, Any],
@@ -184,20 +192,51 @@ def audit(
     kind: str = "experiment",
     detail: str | None = None,
 ) -> None:
-    """Append one change to `<home>/audit.jsonl`. `kind`: experiment (old/new are experiments: the SRM check reads
-    their weights), policy, rollout or rollback."""
+    """Append one change to the audit log. `kind`: experiment (old/new are experiments: the SRM check reads their
+    weights), policy, rollout, rollback, or a privacy run's."""
     record: dict[str, Any] = {"ts": clock.now().isoformat(), "actor": actor, "kind": kind, "old": old, "new": new}
     if moved is not None:
         record["moved_share"] = moved
     if detail:
         record["detail"] = detail
-    home.root.mkdir(parents=True, exist_ok=True)
-    with (home.root / AUDIT_FILE).open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    store.record_audit(record)
 
 
-def change_lock(home: Home) -> FileLock:
-    """The lock every runtime change holds from reading the live config to recording the change. Not tied to a
-    thread: an asyncio caller takes and releases it from worker threads."""
-    home.root.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(home.root / LOCK_FILE), thread_local=False)
+def import_home_files(store: EventLog, home: Home) -> list[str]:
+    """Move the state files of a home from before the store held them into the store, once: a document the store
+    already has is kept (the file is then stale); each file is renamed `<name>.imported` after. Returns a sentence
+    per file moved. An unreadable file is a ConfigError naming it (nothing is half imported)."""
+    done = []
+    for name, key in LEGACY_FILES.items():
+        path = home.root / name
+        if not path.is_file():
+            continue
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            why = " ".join(str(err).split())[:120]
+            raise ConfigError(f"{path}: cannot import it into the event store ({why})") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: cannot import it into the event store (not a JSON object)")
+        kept = store.read_state(key) is not None
+        if not kept:
+            store.write_state(key, doc)
+        path.rename(path.with_name(f"{name}.imported"))
+        done.append(f"{path}: {'the store already had its state; kept that' if kept else 'moved into the store'}")
+    path = home.root / LEGACY_AUDIT
+    if path.is_file():
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                record = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                raise ConfigError(f"{path}, line {number}: not JSON; fix or remove the line, then restart") from None
+            if record is not None:
+                records.append(record)
+        known = {json.dumps(r, sort_keys=True) for r in store.audit_records()}
+        for record in records:  # a start that died half way through an import repeats none
+            if json.dumps(record, sort_keys=True) not in known:
+                store.record_audit(record)
+        path.rename(path.with_name(f"{LEGACY_AUDIT}.imported"))
+        done.append(f"{path}: {len(records)} audit records moved into the store")
+    return done

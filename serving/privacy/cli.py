@@ -2,7 +2,7 @@
 
 The commands work on the home's event log directly, with or without a running server, and refuse a log that does not
 exist (a wrong --home must not look like a user with no records). A user with no records is not an error: the command
-says so and exits 0 (an export with --out still writes its empty file). Each run is audited in `<home>/audit.jsonl`.
+says so and exits 0 (an export with --out still writes its empty file). Each run is audited in the event store.
 """
 
 from __future__ import annotations
@@ -83,18 +83,18 @@ def export(
     salt_file: SaltFileOption = None,
     actor: ActorOption = None,
 ) -> None:
-    from serving.privacy.records import audit_export, check_audit_writable, describe, find_user
+    from serving.privacy.records import audit_export, describe, find_user
 
     with _user_store(ctx, user_id, salt_file) as (home, store, keys):
-        check_audit_writable(home)  # no export leaves without its audit line
         found = find_user(store, home, keys)
+        # Audited before it leaves: no export goes out without its audit record.
+        audit_export(store, _actor(actor), found, str(out) if out is not None else "stdout")
     lines = list(found.lines())
     if out is not None:
         _write_private(out, lines)
     else:
         for line in lines:
             print(line)
-    audit_export(home, _actor(actor), found, str(out) if out is not None else "stdout")
     summary = (
         f"no records of this user (user_key {', '.join(keys)}): nothing to export"
         if found.empty

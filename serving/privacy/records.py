@@ -11,7 +11,7 @@ and text retention. What each keeps and what it cannot reach is in docs/privacy.
 - Retention blanks (sets NULL) the subject and body of what was stored more than N days ago; every other field stays,
   so counts, KPIs and feedback do not move.
 
-Each export, deletion and retention run appends one line to `<home>/audit.jsonl` (kinds privacy-export,
+Each export, deletion and retention run appends one record to the event store's audit log (kinds privacy-export,
 privacy-delete, retention) with the pseudonyms and counts, never the user id itself.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,8 +28,8 @@ from typing import Any
 
 from serving import clock
 from serving.config import Home, ServingConfig
-from serving.ops.state import AUDIT_FILE, SALT_FILE, audit
-from serving.store.eventlog import EventLog, TextBlanked, UserDeletion, UserRecords, user_key
+from serving.ops.state import SALT_FILE, audit
+from serving.store.eventlog import EventLog, EventLogError, TextBlanked, UserDeletion, UserRecords, user_key
 from serving.store.location import open_existing_event_log
 
 
@@ -170,19 +170,9 @@ def find_user(store: EventLog, home: Home, keys: Sequence[str]) -> Export:
     return Export(tuple(keys), records, tuple(reports_naming(home, records.request_ids)))
 
 
-def check_audit_writable(home: Home) -> None:
-    """Fail before changing anything when the audit line could not be written afterwards."""
-    try:
-        home.root.mkdir(parents=True, exist_ok=True)
-        with (home.root / AUDIT_FILE).open("a", encoding="utf-8"):
-            pass
-    except OSError as err:
-        raise PrivacyError(f"cannot write the audit log in {home.root}: {err}; nothing was changed") from None
-
-
-def audit_export(home: Home, actor: str, export: Export, out: str) -> None:
+def audit_export(store: EventLog, actor: str, export: Export, out: str) -> None:
     counts = export.counts()
-    audit(home, actor, {}, {"user_keys": list(export.user_keys), **counts, "out": out}, kind="privacy-export",
+    audit(store, actor, {}, {"user_keys": list(export.user_keys), **counts, "out": out}, kind="privacy-export",
           detail=f"exported {describe(counts)} of user_key {', '.join(export.user_keys)}")  # fmt: skip
 
 
@@ -190,7 +180,6 @@ def delete_user(store: EventLog, home: Home, keys: Sequence[str], actor: str) ->
     """Delete the user's report files, then their records (one transaction), then audit it. Report files go first:
     once the records are gone their request_ids can no longer be found, so a failed file deletion must leave the
     request intact for a rerun."""
-    check_audit_writable(home)
     reports = find_user(store, home, keys).reports
     for path in reports:
         try:
@@ -199,21 +188,29 @@ def delete_user(store: EventLog, home: Home, keys: Sequence[str], actor: str) ->
             raise PrivacyError(f"cannot delete report {path}: {err}; no record was deleted") from None
     result = Deletion(tuple(keys), store.delete_user_records(keys), reports)
     counts = result.counts()
-    audit(home, actor, {}, {"user_keys": list(keys), **counts, "report_files": [str(p) for p in reports]},
-          kind="privacy-delete", detail=f"deleted {describe(counts)} of user_key {', '.join(keys)}")  # fmt: skip
+    _audited(f"deleted {describe(counts)} of user_key {', '.join(keys)}", lambda: audit(
+        store, actor, {}, {"user_keys": list(keys), **counts, "report_files": [str(p) for p in reports]},
+        kind="privacy-delete", detail=f"deleted {describe(counts)} of user_key {', '.join(keys)}"))  # fmt: skip
     return result
+
+
+def _audited(done: str, write: Callable[[], None]) -> None:
+    """Write a change's audit record; a store that fails now is said with what was done, in one line."""
+    try:
+        write()
+    except EventLogError as err:
+        raise PrivacyError(f"{done}, but its audit record could not be written ({err})") from None
 
 
 def retain_text(store: EventLog, home: Home, days: int, actor: str) -> Retention:
     """Blank the text stored more than `days` ago, and audit it (kind retention)."""
     if days < 0:
         raise PrivacyError(f"retention of {days} days: use 0 or more")
-    check_audit_writable(home)
     before = (clock.now() - timedelta(days=days)).isoformat()
     result = Retention(days, before, store.blank_text(before))
     new: dict[str, Any] = {"days": days, "before": before, "predictions": result.blanked.predictions,
                            "labelled": result.blanked.labelled}  # fmt: skip
-    audit(home, actor, {}, new, kind="retention",
-          detail=f"text older than {days} days blanked: {result.blanked.predictions} predictions, "
-          f"{result.blanked.labelled} imported labelled emails")  # fmt: skip
+    detail = (f"text older than {days} days blanked: {result.blanked.predictions} predictions, "
+              f"{result.blanked.labelled} imported labelled emails")  # fmt: skip
+    _audited(detail, lambda: audit(store, actor, {}, new, kind="retention", detail=detail))
     return result

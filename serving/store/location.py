@@ -10,6 +10,8 @@ never travels in the Serve config or a config file.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from serving.auth import read_secrets, secrets_path
@@ -57,3 +59,25 @@ def existing_event_log_url(serving: ServingConfig, home: Home) -> str:
 def open_existing_event_log(serving: ServingConfig, home: Home) -> EventLog:
     """`open_event_log` of `existing_event_log_url`."""
     return open_event_log(existing_event_log_url(serving, home))
+
+
+@contextmanager
+def existing_store(serving: ServingConfig, home: Home) -> Iterator[EventLog | None]:
+    """The event store, opened for a `with` block, to read the shared state (the saved layout, policy, rollout);
+    None when its SQLite file does not exist yet (nothing ran: nothing saved), so a read creates no file."""
+    url = event_log_url(serving, home)
+    if is_missing(url):
+        yield None
+        return
+    store = open_event_log(url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def is_shared(store: EventLog, nodes: int) -> bool:
+    """Whether replicas may run on several machines: a Ray cluster of more than one node, or an event store every
+    node can reach (a database server, not a SQLite file or memory)."""
+    url = store.sql_url
+    return nodes > 1 or (url is not None and not url.startswith("sqlite"))

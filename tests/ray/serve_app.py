@@ -33,8 +33,9 @@ AS_CLIENT = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
 AS_AGENT = {"Authorization": f"Bearer {AGENT_TOKEN}"}
 
 
-def write_secrets(home: Home) -> None:
-    """The home's secrets file: a mail gateway (client) and an agent; the admin token comes from the environment."""
+def write_secrets(home: Home, **extra: str) -> None:
+    """The home's secrets file: a mail gateway (client) and an agent; the admin token comes from the environment;
+    `extra`: other fields (user_salt, event_log_url)."""
     import hashlib
 
     import yaml
@@ -44,7 +45,30 @@ def write_secrets(home: Home) -> None:
 
     home.root.mkdir(parents=True, exist_ok=True)
     tokens = {"gateway": spec("client", CLIENT_TOKEN), "ana": spec("agent", AGENT_TOKEN)}
-    (home.root / "secrets.yaml").write_text(yaml.safe_dump({"tokens": tokens}))
+    (home.root / "secrets.yaml").write_text(yaml.safe_dump({"tokens": tokens, **extra}))
+
+
+def audit_records(home: Home) -> list[dict[str, Any]]:
+    """The audit log of the app's event store (the home's SQLite file), oldest first."""
+    from serving.store.eventlog import open_event_log
+
+    store = open_event_log(f"sqlite:///{home.event_log}")
+    try:
+        return store.audit_records()
+    finally:
+        store.close()
+
+
+def saved_rollout(home: Home) -> Any:
+    """The rollout saved in the app's event store, or None."""
+    from experiments.rollout import state as rollout_state
+    from serving.store.eventlog import open_event_log
+
+    store = open_event_log(f"sqlite:///{home.event_log}")
+    try:
+        return rollout_state.load(store)
+    finally:
+        store.close()
 
 
 def register_linear(
@@ -137,12 +161,12 @@ def two_arm_experiment(**overrides: Any) -> ExperimentConfig:
 
 @contextmanager
 def running_app(
-    home: Home, port: int, serving: ServingConfig, experiment: ExperimentConfig
+    home: Home, port: int, serving: ServingConfig, experiment: ExperimentConfig, secrets: dict[str, str] | None = None
 ) -> Iterator[dict[str, Any]]:
     """Deploy the app on the session's Ray, yield its URL, home and an HTTP client (with the admin token, which may
-    do everything); shut Serve down after."""
+    do everything); shut Serve down after. `secrets`: more fields of the home's secrets file."""
     assert os.environ["MAILROUTE_ADMIN_TOKEN"] == TOKEN
-    write_secrets(home)
+    write_secrets(home, **(secrets or {}))
     running = launch.start(home, QUEUES, serving, experiment, port=port)
     client = httpx.Client(base_url=running.url, timeout=30, headers=ADMIN)
     try:

@@ -17,6 +17,7 @@ from serve_app import (
     ADMIN,
     AS_CLIENT,
     QUEUES,
+    audit_records,
     corrupt_version,
     on_driver_loop,
     register_linear,
@@ -73,14 +74,17 @@ def _weights(experiment: dict[str, Any]) -> dict[str, float]:
 
 
 def _audit(app: dict[str, Any]) -> list[dict[str, Any]]:
-    path = app["home"].root / "audit.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return audit_records(app["home"])
 
 
 def _saved(app: dict[str, Any]) -> dict[str, Any]:
-    """The experiment saved in <home>/experiment.json (what a restart runs), read as a start reads it."""
-    assert (app["home"].root / state.STATE_FILE).exists()
-    return state.load_state(app["home"], app["experiment"]).model_dump(mode="json")
+    """The experiment saved in the event store (what a restart runs), read as a start reads it."""
+    store = open_event_log(f"sqlite:///{app['home'].event_log}")
+    try:
+        assert store.read_state(state.EXPERIMENT_KEY) is not None
+        return state.load_state(store, app["experiment"]).model_dump(mode="json")
+    finally:
+        store.close()
 
 
 def _put(app: dict[str, Any], body: dict[str, Any], client: httpx.Client | None = None) -> httpx.Response:
@@ -136,12 +140,13 @@ class _ImpatientContext(Context):
 
 
 def test_a_live_change_the_routers_did_not_confirm_is_recorded_and_survives_a_restart(app: dict[str, Any]) -> None:
-    """Defect 1: the config went live, the wait for the routers failed, and neither experiment.json nor the audit
+    """Defect 1: the config went live, the wait for the routers failed, and neither the saved layout nor the audit
     line was written, so a restart moved users back."""
     from ray import serve
 
     audit_before = len(_audit(app))
-    ctx = _ImpatientContext(app["home"], QUEUES.model_dump(mode="json"), app["serving"], "tester")
+    store = open_event_log(f"sqlite:///{app['home'].event_log}")
+    ctx = _ImpatientContext(app["home"], QUEUES.model_dump(mode="json"), app["serving"], "tester", store=store)
     change = {"arms": {"linear": 0.7, "transformer": 0.3}}
     with pytest.raises(ApiError) as refused:
         on_driver_loop(admin.change_experiment(ctx, "t-exp", change))
@@ -165,6 +170,7 @@ def test_a_live_change_the_routers_did_not_confirm_is_recorded_and_survives_a_re
     wait_for(lambda: app["client"].get("/v1/experiments").status_code, lambda status: status == 200)
     assert _weights(_live(app)) == {"linear": 0.7, "transformer": 0.3}
     assert {u: _route(app, u)["arm"] for u in users} == before
+    store.close()
 
 
 def test_two_changes_at_once_are_applied_one_after_the_other(app: dict[str, Any]) -> None:

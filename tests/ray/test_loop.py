@@ -10,9 +10,8 @@ import socket
 from pathlib import Path
 
 import pytest
-from serve_app import REPO
+from serve_app import REPO, saved_rollout
 
-from experiments.rollout import state as rollout_state
 from monitoring.demo.plan import QUICK
 from monitoring.demo.run import DemoError, run_demo
 from serving import clock
@@ -46,7 +45,7 @@ def test_drift_is_caught_the_model_retrained_canaried_and_promoted(
     recent = v2.meta.metrics["evaluation"]["recent"]
     assert recent["candidate"]["accuracy"] > recent["champion"]["accuracy"], recent
     assert v2.stage == "champion" and v2.meta.parent == "linear:v1"
-    rs = rollout_state.load(home)
+    rs = saved_rollout(home)
     assert rs is not None and rs.status == "promoted"
     assert rs.history[0].action == "start" and rs.history[-1].action == "promote"
     assert {s.actor for s in rs.history[1:]} == {"rollout-job"}  # widened and promoted by the rule, not by hand

@@ -17,9 +17,11 @@ from serve_app import (
     AS_CLIENT,
     REPO,
     TOKEN,
+    audit_records,
     register_linear,
     register_models,
     running_app,
+    saved_rollout,
     set_fault,
     small_serving_config,
     two_arm_experiment,
@@ -84,7 +86,7 @@ def _traffic(app: dict[str, Any], n: int, seed: int, users: int = 300) -> list[d
 
 
 def _rollout(app: dict[str, Any]) -> rollout_state.RolloutState | None:
-    return rollout_state.load(app["home"])
+    return saved_rollout(app["home"])
 
 
 def _arms(app: dict[str, Any]) -> dict[str, Any]:
@@ -144,7 +146,7 @@ def test_a_broken_canary_is_rolled_back_by_the_job(app: dict[str, Any]) -> None:
     assert "linear-canary" not in wait_for(lambda: _arms(app), lambda arms: "linear-canary" not in arms, 30)
     assert wait_for(_serve_apps, lambda a: a == apps_before, 30) == apps_before
     assert ModelRegistry(app["home"].registry).get(app["candidate"], verify=False).stage == "archived"
-    kinds = [line for line in (app["home"].root / "audit.jsonl").read_text().splitlines() if '"rollback"' in line]
+    kinds = [r for r in audit_records(app["home"]) if r["kind"] == "rollback"]
     assert kinds, "the rollback is in the audit log"
     verdicts = open_event_log(f"sqlite:///{app['home'].event_log}").verdicts(job="rollout")
     assert any(v.alarm and v.check == "step.roll_back" for v in verdicts)

@@ -16,6 +16,7 @@ from serve_app import (
     AS_CLIENT,
     QUEUES,
     TOKEN,
+    audit_records,
     register_models,
     running_app,
     set_fault,
@@ -188,8 +189,8 @@ def test_weight_change_under_traffic_fails_no_request(app: dict[str, Any]) -> No
     assert all(before[u] == "transformer" and after[u] == "linear" for u in moved)  # only the needed direction
     shown = app["client"].get("/v1/experiments").json()
     assert shown["experiment"]["arms"]["linear"]["weight"] == 0.8
-    audit = (app["home"].root / "audit.jsonl").read_text().splitlines()
-    assert len(audit) == 1 and '"moved_share": 0.3' in audit[0]
+    audit = audit_records(app["home"])
+    assert len(audit) == 1 and audit[0]["moved_share"] == pytest.approx(0.3)
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,3 +163,35 @@ def test_the_user_salt_comes_from_the_environment_then_the_secrets_file_then_the
     assert resolve_user_salt(serving, home) == "from-the-secrets-file-0123"
     monkeypatch.setenv("MAILROUTE_USER_SALT", "from-the-environment")
     assert resolve_user_salt(serving, home) == "from-the-environment"
+
+
+def test_on_a_cluster_the_user_salt_must_be_a_shared_secret(home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A salt made in one node's home would give another node's replicas other pseudonyms for the same user: with
+    several nodes, or a store they all share, the start refuses without a salt from the environment or the secrets
+    file, and says where to put one."""
+    monkeypatch.delenv("MAILROUTE_USER_SALT", raising=False)
+    serving = ServingConfig()
+    with pytest.raises(ConfigError, match="MAILROUTE_USER_SALT") as err:
+        resolve_user_salt(serving, home, shared=True)
+    assert "\n" not in str(err.value) and not (home.root / "user_salt").exists()
+    home.root.mkdir(parents=True)
+    (home.root / "secrets.yaml").write_text("user_salt: from-the-secrets-file-0123\n")
+    assert resolve_user_salt(serving, home, shared=True) == "from-the-secrets-file-0123"
+    monkeypatch.setenv("MAILROUTE_USER_SALT", "from-the-environment")
+    assert resolve_user_salt(serving, home, shared=True) == "from-the-environment"
+
+
+def test_a_store_is_shared_on_several_nodes_or_on_a_database_server(tmp_path: Path, postgres: Any) -> None:
+    from serving.store.location import is_shared
+    from serving.store.memory import MemoryEventLog
+    from serving.store.postgres import PostgresEventLog
+    from serving.store.sqlite import SQLiteEventLog
+
+    local = SQLiteEventLog(tmp_path / "events.db")
+    server = PostgresEventLog(postgres.fresh_url())
+    try:
+        assert not is_shared(local, 1) and is_shared(local, 2) and not is_shared(MemoryEventLog(), 1)
+        assert is_shared(server, 1)
+    finally:
+        local.close()
+        server.close()

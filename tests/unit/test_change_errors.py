@@ -11,8 +11,9 @@ import pytest
 from experiments.config import ExperimentConfig
 from serving.api import ApiError
 from serving.config import Home, PolicyConfig, ServingConfig, load_queues
-from serving.ops import changes
+from serving.ops import changes, state
 from serving.ops.changes import Change, Context, Live
+from serving.store.memory import MemoryEventLog
 
 pytestmark = pytest.mark.unit
 QUEUES = load_queues(Path(__file__).resolve().parents[2] / "configs" / "queues.yaml")
@@ -40,17 +41,17 @@ def test_a_ray_error_inside_a_change_is_a_503_not_a_500(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(changes, "read_live", read_live)
     monkeypatch.setattr(changes, "_deploy", deploy)
-    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops")
+    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops", store=MemoryEventLog())
     with pytest.raises(ApiError) as err:
         asyncio.run(changes.apply(ctx, lambda live: Change("experiment", experiment=experiment(0.8))))
     assert err.value.status == 503 and err.value.retry_after_s and "\n" not in err.value.detail
     assert "GET /v1/experiments" in err.value.detail
-    assert not (tmp_path / "audit.jsonl").exists()  # nothing recorded for a change Serve never took
+    assert ctx.store.audit_records() == []  # nothing recorded for a change Serve never took
 
 
-def test_a_change_that_cannot_be_recorded_is_undone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Found in review: a change live in Serve whose audit line could not be written (a full disk) stayed live and
-    # unrecorded, and a restart moved its users back. Now it is undone and said.
+@pytest.fixture
+def audit_fails(monkeypatch: pytest.MonkeyPatch) -> tuple[Live, list[list[dict[str, Any]]]]:
+    """Serve takes every config (each deployed list is kept), and the audit cannot be written (a full disk)."""
     live = Live({"mailroute": {"name": "mailroute", "deployments": [{"name": "Router"}]}}, experiment(0.5),
                 PolicyConfig(), 1)  # fmt: skip
     deployed: list[list[dict[str, Any]]] = []
@@ -67,44 +68,34 @@ def test_a_change_that_cannot_be_recorded_is_undone(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(changes, "read_live", read_live)
     monkeypatch.setattr(changes, "_deploy", deploy)
     monkeypatch.setattr(changes.state, "audit", audit)
-    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops")
+    return live, deployed
+
+
+def test_a_change_that_cannot_be_recorded_is_undone(
+    tmp_path: Path, audit_fails: tuple[Live, list[list[dict[str, Any]]]]
+) -> None:
+    # Found in review: a change live in Serve whose audit line could not be written (a full disk) stayed live and
+    # unrecorded, and a restart moved its users back. Now it is undone and said.
+    live, deployed = audit_fails
+    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops", store=MemoryEventLog())
     with pytest.raises(ApiError) as err:
         asyncio.run(changes.apply(ctx, lambda live: Change("experiment", experiment=experiment(0.8))))
     assert err.value.status == 503 and "undone" in err.value.detail
     assert len(deployed) == 2 and deployed[-1] == list(live.apps.values())  # the live config put back
-    from serving.ops import state
-
-    assert state.load_state(Home(tmp_path), experiment(0.5)).weights["linear"] == pytest.approx(0.5)
+    assert state.load_state(ctx.store, experiment(0.5)).weights["linear"] == pytest.approx(0.5)
 
 
 def test_a_policy_change_that_cannot_be_recorded_leaves_no_saved_policy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, audit_fails: tuple[Live, list[list[dict[str, Any]]]]
 ) -> None:
     # Found in review: the undo put the live config back but not the saved policy, so the 503 said "undone" while
     # the next start served the new threshold, with no audit line for it.
-    live = Live({"mailroute": {"name": "mailroute", "deployments": [{"name": "Router"}]}}, experiment(0.5),
-                PolicyConfig(), 1)  # fmt: skip
-
-    async def read_live(app_name: str = "mailroute") -> Live:
-        return live
-
-    async def deploy(apps: list[dict[str, Any]]) -> None:
-        pass
-
-    def audit(*args: Any, **kwargs: Any) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(changes, "read_live", read_live)
-    monkeypatch.setattr(changes, "_deploy", deploy)
-    monkeypatch.setattr(changes.state, "audit", audit)
-    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops")
+    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops", store=MemoryEventLog())
     stricter = PolicyConfig(confidence_threshold=0.9)
     with pytest.raises(ApiError) as err:
         asyncio.run(changes.apply(ctx, lambda live: Change("policy", policy=stricter)))
     assert err.value.status == 503 and "undone" in err.value.detail
-    from serving.ops import state
-
-    policy, _ = state.load_policy(Home(tmp_path), ServingConfig().policy)
+    policy, _ = state.load_policy(ctx.store, ServingConfig().policy)
     assert policy == ServingConfig().policy  # what the next start serves: the policy before the change
 
 
@@ -130,7 +121,7 @@ def test_an_arm_switched_to_another_model_must_predict_the_same_queues(tmp_path:
             "transformer": {"model": "transformer", "version": "v1", "weight": 0.5}}  # fmt: skip
     running = ExperimentConfig.model_validate({"name": "e", "salt": "s", "arms": arms, "holdout_arm": "linear"})
     live = Live({}, running, PolicyConfig(), 1)
-    ctx = Context(home, QUEUES.model_dump(mode="json"), ServingConfig(), "ops")
+    ctx = Context(home, QUEUES.model_dump(mode="json"), ServingConfig(), "ops", store=MemoryEventLog())
     with pytest.raises(ApiError) as err:
         plan_experiment(ctx, live, "e", {"arms": {"linear": {"model": "narrow", "version": "v1"}}})
     assert err.value.status == 422 and "sales" in err.value.detail

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -219,11 +218,12 @@ def test_running_experiment_and_audit_log(home: Home) -> None:
     home.root.mkdir(parents=True)
     base = {"arms": {"linear": {"weight": 0.5, "version": "champion"}, "transformer": {"weight": 0.5}}}
     changed = {"arms": {"linear": {"weight": 0.8, "version": "champion"}, "transformer": {"weight": 0.2}}}
-    with (home.root / "audit.jsonl").open("w") as fh:
-        fh.write(json.dumps({"ts": ts(0), "actor": "ops<b>", "old": base, "new": changed, "moved_share": 0.3}) + "\n")
-        fh.write("not json\n")
-        fh.write(json.dumps({"ts": ts(9), "actor": "ops", "old": changed, "new": {**changed, "coverage": 0.5}}) + "\n")
-    entries = read_audit(home)
+    store = open_event_log(f"sqlite:///{home.event_log}")
+    store.record_audit({"ts": ts(0), "actor": "ops<b>", "kind": "experiment", "old": base, "new": changed,
+                        "moved_share": 0.3})  # fmt: skip
+    store.record_audit({"ts": ts(9), "actor": "ops", "kind": "experiment", "old": changed,
+                        "new": {**changed, "coverage": 0.5}})  # fmt: skip
+    entries = read_audit(store)
     assert [e.summary for e in entries] == [
         "coverage None → 0.5",
         "linear weight 0.5 → 0.8; transformer weight 0.5 → 0.2",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,14 +17,14 @@ import records
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
-from experiments.rollout.state import ROLLOUT_FILE, RolloutState, Step, save
+from experiments.rollout.state import RolloutState, Step, save
 from monitoring.dashboard.changes import read_audit
 from monitoring.dashboard.data import DashboardSources
 from monitoring.dashboard.labelling import CSRF_MESSAGE
 from monitoring.dashboard.routes import PAGE_CSP, standalone_app
 from serving.config import Home, PolicyConfig
 from serving.ops.state import audit, user_salt
-from serving.store.eventlog import FeedbackEvent, PredictionEvent, open_event_log
+from serving.store.eventlog import EventLog, FeedbackEvent, PredictionEvent, open_event_log
 
 pytestmark = pytest.mark.unit
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -63,6 +65,15 @@ def _tokens(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def home(tmp_path: Path) -> Home:
     return Home(tmp_path / "home")
+
+
+@contextmanager
+def _store(home: Home) -> Iterator[EventLog]:
+    log = open_event_log(f"sqlite:///{home.event_log}")
+    try:
+        yield log
+    finally:
+        log.close()
 
 
 @pytest.fixture
@@ -253,9 +264,10 @@ def test_the_main_page_links_to_labelling_and_has_no_rollout_yet(filled: Home) -
     page = client(filled).get("/dashboard").text
     assert 'href="/dashboard/label"' in page
     assert "No rollout yet." in section(page, "rollout")
-    (filled.root / ROLLOUT_FILE).write_text("{not json")
+    with _store(filled) as store:
+        store.write_state("rollout", {"model": "linear", "candidate": 2})  # not a rollout
     note = section(client(filled).get("/dashboard").text, "rollout")
-    assert "The rollout file could not be read" in note and "rollout.json" in note
+    assert "The saved rollout could not be read" in note and "candidate" in note
 
 
 def test_the_rollout_section_shows_state_steps_history_and_last_check(filled: Home) -> None:
@@ -266,11 +278,12 @@ def test_the_rollout_section_shows_state_steps_history_and_last_check(filled: Ho
              reason="guardrails <b>held</b>"),
     )  # fmt: skip
     check = Step(ts=NOW.isoformat(), action="check", percent=25, actor="rollout-job", reason="waiting for 400 emails")
-    save(filled, RolloutState(
+    with _store(filled) as store:
+        save(store, RolloutState(
         model="linear", candidate="v2", previous="v1", arm="linear", canary_arm="linear-canary", arm_weight=0.5,
         steps=(5, 25, 50, 100), step=1, status="running", started=t0.isoformat(),
         step_started=history[1].ts, history=history, last_check=check,
-    ))  # fmt: skip
+        ))  # fmt: skip
     rollout = section(client(filled).get("/dashboard").text, "rollout")
     assert (
         "running" in rollout and "linear:v2" in rollout and "arm linear (linear:v1 when the rollout began)" in rollout
@@ -285,10 +298,11 @@ def test_the_rollout_section_shows_state_steps_history_and_last_check(filled: Ho
 def test_the_audit_table_shows_kind_detail_and_threshold_changes(filled: Home) -> None:
     old = PolicyConfig().model_dump(mode="json")
     new = PolicyConfig(confidence_threshold=0.55, queue_thresholds={"billing": 0.7}).model_dump(mode="json")
-    audit(filled, "ops", old, new, kind="policy", detail="threshold what-if of last week")
-    audit(filled, "rollout-job", {"versions": {"linear": "linear:v2"}}, {"versions": {"linear": "linear:v1"}},
-          kind="rollback", detail="fallback rate guardrail breached")  # fmt: skip
-    rollback, policy = read_audit(filled)
+    with _store(filled) as store:
+        audit(store, "ops", old, new, kind="policy", detail="threshold what-if of last week")
+        audit(store, "rollout-job", {"versions": {"linear": "linear:v2"}}, {"versions": {"linear": "linear:v1"}},
+              kind="rollback", detail="fallback rate guardrail breached")  # fmt: skip
+        rollback, policy = read_audit(store)
     assert policy.kind == "policy" and policy.detail == "threshold what-if of last week"
     assert policy.summary == "confidence threshold 0.6 → 0.55; billing threshold default 0.6 → 0.7"
     assert rollback.kind == "rollback" and rollback.summary == "linear linear:v2 → linear:v1"

@@ -276,23 +276,22 @@ def test_the_default_window_starts_at_the_first_emails_local_midnight_and_ends_n
     assert "2026-03-09" in text and "2026-03-02" not in text and "(8 days without email not shown)" in text
 
 
-def _audit(path: Path, ts: datetime, old: dict[str, float], new: dict[str, float]) -> None:
+def _audit(log: EventLog, ts: datetime, old: dict[str, float], new: dict[str, float]) -> None:
     def exp(w: dict[str, float]) -> dict[str, Any]:
         return experiment(arms={a: {"model": a, "weight": x} for a, x in w.items()}).model_dump(mode="json")
 
-    rec = {"ts": ts.isoformat(), "actor": "test", "old": exp(old), "new": exp(new), "moved_share": 0.3}
-    with path.open("a") as fh:
-        fh.write(json.dumps(rec) + "\n")
+    log.record_audit({"ts": ts.isoformat(), "actor": "test", "kind": "experiment", "old": exp(old), "new": exp(new),
+                      "moved_share": 0.3})  # fmt: skip
 
 
 def test_srm_expectation_follows_the_weights_in_force_when_users_arrived(tmp_path: Path) -> None:
-    audit = tmp_path / "audit.jsonl"
+    log = SQLiteEventLog(tmp_path / "events.db")
     since = datetime(2026, 3, 1, tzinfo=UTC)
-    _audit(audit, since - timedelta(days=3), {"linear": 0.5, "transformer": 0.5}, {"linear": 0.5, "transformer": 0.5})
-    _audit(audit, since + timedelta(hours=12), {"linear": 0.5, "transformer": 0.5}, {"linear": 0.8, "transformer": 0.2})
-    audit.open("a").write("not json\n")
-    changes, notes = read_changes(audit, "exp")
-    assert len(changes) == 2 and len(notes) == 1 and notes[0].startswith("audit log line 3 skipped (JSONDecodeError")
+    _audit(log, since - timedelta(days=3), {"linear": 0.5, "transformer": 0.5}, {"linear": 0.5, "transformer": 0.5})
+    _audit(log, since + timedelta(hours=12), {"linear": 0.5, "transformer": 0.5}, {"linear": 0.8, "transformer": 0.2})
+    records = [json.dumps(r) for r in log.audit_records()] + ["not json"]
+    changes, notes = read_changes(records, "exp")
+    assert len(changes) == 2 and len(notes) == 1 and notes[0].startswith("audit record 3 skipped (JSONDecodeError")
     current = {"linear": 0.8, "transformer": 0.2}
     pieces, words = segments(changes, current, since, since + timedelta(hours=24))
     assert [p.weights for p in pieces] == [{"linear": 0.5, "transformer": 0.5}, current]
@@ -304,8 +303,8 @@ def test_srm_expectation_follows_the_weights_in_force_when_users_arrived(tmp_pat
     observed = {"linear": 980, "transformer": 620}
     assert not srm_test(observed, shares, 0.001).alarm
     assert srm_test(observed, current, 0.001).alarm
-    # Through the report: 400 users, one email each every 3 minutes (240 before noon, 160 after), split 65/35.
-    log = SQLiteEventLog(tmp_path / "events.db")
+    # Through the report (which reads the store's audit): 400 users, one email each every 3 minutes (240 before noon,
+    # 160 after), split 65/35.
     events = []
     for i in range(400):
         arm = "linear" if i % 20 < 13 else "transformer"
@@ -313,10 +312,12 @@ def test_srm_expectation_follows_the_weights_in_force_when_users_arrived(tmp_pat
     log.record_predictions(events)
     exp80 = experiment(arms={"linear": {"model": "linear", "weight": 0.8},
                              "transformer": {"model": "transformer", "weight": 0.2}})  # fmt: skip
-    r = report(log, exp80, since=since, until=since + timedelta(hours=24), audit_log=audit)
+    r = report(log, exp80, since=since, until=since + timedelta(hours=24))
     assert r.srm is not None and not r.srm.alarm
     assert r.srm.expected_share == pytest.approx({"linear": 0.62, "transformer": 0.38})  # (240 x .5 + 160 x .8) / 400
-    r_static = report(log, exp80, since=since, until=since + timedelta(hours=24))
+    bare = SQLiteEventLog(tmp_path / "no-audit.db")  # the same emails, no record of the change
+    bare.record_predictions(events)
+    r_static = report(bare, exp80, since=since, until=since + timedelta(hours=24))
     assert r_static.srm is not None and r_static.srm.alarm  # 260/140 against 80/20: p < 0.001
 
 
@@ -325,10 +326,10 @@ def test_srm_counts_returning_users_once_across_a_weight_change(tmp_path: Path) 
     moved by the change are in both arms' logs, yet the split is exactly as planned: no alarm."""
     from experiments.assign import choose_arm
 
-    audit = tmp_path / "audit.jsonl"
+    log = SQLiteEventLog(tmp_path / "events.db")
     since = datetime(2026, 3, 1, tzinfo=UTC)
     change = since + timedelta(hours=12)
-    _audit(audit, change, {"linear": 0.5, "transformer": 0.5}, {"linear": 0.8, "transformer": 0.2})
+    _audit(log, change, {"linear": 0.5, "transformer": 0.5}, {"linear": 0.8, "transformer": 0.2})
     before = experiment()
     arms80 = {"linear": {"model": "linear", "weight": 0.8}, "transformer": {"model": "transformer", "weight": 0.2}}
     after = experiment(arms=arms80).pinned(before.ranges())
@@ -340,9 +341,8 @@ def test_srm_counts_returning_users_once_across_a_weight_change(tmp_path: Path) 
             arm = choose_arm(before.salt, user, ranges).arm
             assert arm is not None
             events.append(pred((since + timedelta(hours=hour)).isoformat(), user, arm, "billing"))
-    log = SQLiteEventLog(tmp_path / "events.db")
     log.record_predictions(events)
-    r = report(log, after, since=since, until=since + timedelta(hours=24), audit_log=audit)
+    r = report(log, after, since=since, until=since + timedelta(hours=24))
     assert r.srm is not None and not r.srm.alarm, r.srm.note
     assert sum(r.srm.observed.values()) == 3000  # each user once
     assert r.srm.expected_share == pytest.approx({"linear": 0.5, "transformer": 0.5})  # every user first came at 50/50

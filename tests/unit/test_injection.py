@@ -32,7 +32,7 @@ import pytest
 import records
 from fastapi.testclient import TestClient
 
-from experiments.rollout.state import ROLLOUT_FILE, RolloutState, Step, save
+from experiments.rollout.state import RolloutState, Step, save
 from monitoring.dashboard.data import DashboardSources
 from monitoring.dashboard.routes import REPORT_CSP, standalone_app
 from serving.config import Home
@@ -212,19 +212,19 @@ def fill(home: Home, t: str) -> None:
             MonitorVerdict(t, ts(10), "drift", "all", "confidence", False, ts(70), ts(10), 0.1, 0.5, t, t),
         ]
     )
-    log.close()
     arms = {"arms": {t: {"weight": 0.5, "model": t, "version": t}, "linear": {"weight": 0.5}}}
-    audit(home, t, arms, {"arms": {t: {"weight": 0.8, "model": t}}}, 0.3, kind="experiment", detail=t)
-    audit(home, t, {"versions": {t: t}}, {"versions": {t: f"{t}:v2"}}, kind=t, detail=t)
+    audit(log, t, arms, {"arms": {t: {"weight": 0.8, "model": t}}}, 0.3, kind="experiment", detail=t)
+    audit(log, t, {"versions": {t: t}}, {"versions": {t: f"{t}:v2"}}, kind=t, detail=t)
     meta = {"name": t, "version": t, "kind": "linear", "labels": [t], "preprocessing_version": t,
             "data_fingerprint": t, "metrics": {}, "params": {}, "parent": t, "created": ts(60)}  # fmt: skip
     (home.registry / "linear" / "v1").mkdir(parents=True)  # a meta.json edited by hand: the arms table quotes it
     (home.registry / "linear" / "v1" / "meta.json").write_text(json.dumps(meta))
     step = Step(ts=ts(30), action=t, percent=5, actor=t, reason=t)
-    save(home, RolloutState(
+    save(log, RolloutState(
         model=t, candidate=t, previous=t, arm=t, canary_arm=t, arm_weight=0.5, steps=(5, 25), step=0,
         status="running", started=ts(30), step_started=ts(30), history=(step,), last_check=step,
     ))  # fmt: skip
+    log.close()
 
 
 def client(home: Home, configs: Path = CONFIGS, token: str | None = AGENT_TOKEN) -> TestClient:
@@ -267,7 +267,9 @@ def dashboard_pages(home: Home, t: str) -> dict[str, str]:
     login = client(home, token=None).get("/dashboard", params={"q": t})
     assert login.status_code == 401
     pages["login"] = login.text
-    (home.root / ROLLOUT_FILE).write_text(t)  # unreadable: the note quotes the error, which quotes the file
+    unreadable = open_event_log(f"sqlite:///{home.event_log}")
+    unreadable.write_state("rollout", {"model": t})  # unreadable: the note quotes the error, which quotes the payload
+    unreadable.close()
     get("rollout note", "/dashboard")
     return pages
 

@@ -32,6 +32,7 @@ from serving.store.eventlog import (
     LabelledEmail,
     LogRecord,
     PredictionEvent,
+    StoreUnavailableError,
     user_key,
 )
 from serving.store.memory import MemoryEventLog
@@ -262,8 +263,8 @@ def test_delete_user_deletes_reports_then_records_and_audits_without_the_id(log:
     result = delete_user(log, home, [ALICE], "ops-anna")
     assert result.counts() == {"predictions": 3, "feedback": 2, "shadow": 1, "labelled": 1, "logs": 2, "reports": 1}
     assert not (home.reports / "errors.html").exists() and (home.reports / "bob.html").exists()
-    line = (home.root / "audit.jsonl").read_text()
-    record = json.loads(line)
+    (record,) = log.audit_records()
+    line = json.dumps(record)
     assert record["kind"] == "privacy-delete" and record["actor"] == "ops-anna"
     assert record["new"]["user_keys"] == [ALICE] and record["new"]["predictions"] == 3
     assert "alice" not in line
@@ -274,7 +275,7 @@ def test_retain_text_audits_each_run(log: EventLog, tmp_path: Path) -> None:
     first = retain_text(log, home, 30, "scheduler")
     second = retain_text(log, home, 30, "scheduler")
     assert (first.blanked.predictions, second.blanked.predictions) == (2, 0)
-    records = [json.loads(line) for line in (home.root / "audit.jsonl").read_text().splitlines()]
+    records = log.audit_records()
     assert [(r["kind"], r["new"]["days"], r["new"]["predictions"]) for r in records] == [
         ("retention", 30, 2),
         ("retention", 30, 0),
@@ -304,11 +305,11 @@ def test_the_scheduler_runs_retention_daily_when_a_period_is_set(
 
     ticker, states = schedule.Ticker(first_after_s=60, start=time.monotonic()), dict[str, schedule.JobState]()
     schedule.run_due(home, configs, no_period, ticker, states, time.monotonic() + 120)
-    assert "retention" not in states and not (home.root / "audit.jsonl").exists()
+    assert "retention" not in states and store.audit_records() == []
     schedule.run_due(home, configs, with_period, ticker, states, time.monotonic() + 120)
     assert states["retention"].runs == 1 and states["retention"].last_error is None
     assert store.user_records([ALICE]).predictions[0].body is None  # a1, 100 days old
-    (record,) = [json.loads(line) for line in (home.root / "audit.jsonl").read_text().splitlines()]
+    (record,) = store.audit_records()
     assert (record["kind"], record["actor"], record["new"]["predictions"]) == ("retention", "retention-job", 2)
     store.close()
 
@@ -327,3 +328,19 @@ def test_an_email_id_another_client_also_uses_is_not_the_users(log: EventLog) ->
     assert "shared-7" in set(log.labelled_frame()["key"])
     assert "about shared-7, before an id" in {r.message for r in all_logs(log)}
     assert log.get_prediction("c9") is not None
+
+
+def test_a_deletion_whose_audit_record_cannot_be_written_says_so(
+    log: EventLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audit record follows the deletion's transaction in the same store: a store that fails between the two is
+    said in one line with what was deleted, never passed over."""
+    home = _home(tmp_path)
+
+    def failing(record: dict[str, Any]) -> None:
+        raise StoreUnavailableError("event log is unavailable: connection refused")
+
+    monkeypatch.setattr(log, "record_audit", failing)
+    with pytest.raises(PrivacyError, match=r"deleted 3 predictions.*but its audit record could not be written") as err:
+        delete_user(log, home, [ALICE], "ops-anna")
+    assert "\n" not in str(err.value)

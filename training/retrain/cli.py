@@ -9,7 +9,6 @@ champion), 1 a data check stopped the retrain (the report names each failed chec
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,20 +16,20 @@ import typer
 from serving.cli import options, print_json
 
 if TYPE_CHECKING:
+    from serving.store.eventlog import EventLog
     from training.retrain.job import RetrainOutcome
 
 EXIT_NOT_BETTER = 3
 
 
-def _models(which: str, home_root: Path) -> list[str]:
+def _models(which: str, store: EventLog) -> list[str]:
     """The registry names to retrain: one, or every model an arm of the running experiment serves."""
     if which != "all":
         return [which]
     from experiments.config import load_experiments
-    from serving.config import Home
     from serving.ops.state import load_state
 
-    experiment = load_state(Home(home_root), load_experiments().experiment)
+    experiment = load_state(store, load_experiments().experiment)
     suffix = load_experiments().rollout.canary_suffix
     return sorted({spec.model for arm, spec in experiment.arms.items() if not arm.endswith(suffix)})
 
@@ -75,11 +74,11 @@ def retrain(
         raise FileNotFoundError(
             f"no event log at {home.event_log}: nothing was routed yet, so no feedback to learn from"
         )
-    policy, _ = load_policy(home, serving.policy)
     store = open_job_event_log(home, serving)
     outcomes = []
     try:
-        for name in _models(model, home.root):
+        policy, _ = load_policy(store, serving.policy)
+        for name in _models(model, store):
             try:
                 outcomes.append(retrain_model(home, store, name, cfg, queues, policy,
                                               progress=lambda line: print(line, file=sys.stderr, flush=True),
