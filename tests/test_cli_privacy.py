@@ -237,3 +237,17 @@ def test_a_missing_salt_is_one_line_and_makes_none(capsys: pytest.CaptureFixture
     code, _, err = run(capsys, home, "export", "--user-id", "alice")
     assert code == 1 and "no user salt" in one_line_error(err)
     assert not (home / "user_salt").exists()
+
+
+def test_on_a_shared_store_the_home_salt_file_is_refused(
+    capsys: pytest.CaptureFixture[str], home: Path, postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL every node's routers pseudonymise with the salt from the environment or the secrets file; one
+    # machine's <home>/user_salt would find nobody (or the wrong people), so it is refused, not used.
+    monkeypatch.setenv("MAILROUTE_EVENT_LOG_URL", postgres.fresh_url())
+    code, out, err = run(capsys, home, "export", "--user-id", "alice")
+    assert code == 1 and out == ""
+    assert "MAILROUTE_USER_SALT" in one_line_error(err)
+    monkeypatch.setenv("MAILROUTE_USER_SALT", SALT)  # the same salt, from where a cluster keeps it: accepted
+    code, _, err = run(capsys, home, "export", "--user-id", "alice")
+    assert code == 0, err

@@ -24,5 +24,7 @@ def dashboard(
     from serving.cli import options
 
     sources = DashboardSources.from_files(options(ctx).resolve_home())
+    if sources.tokens is not None and sources.tokens.enabled:
+        sources.secret()  # a salt that cannot be had (a shared store, none set) is a one-line error now, not at sign-in
     print(f"mailroute dashboard at http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/dashboard")
     serve(sources, host=host, port=port)

@@ -47,7 +47,7 @@ from serving.store.eventlog import (
     url_label,
     utc_now,
 )
-from serving.store.location import event_log_url, sqlite_path
+from serving.store.location import event_log_url, is_shared, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ class DashboardSources:
     # a router replica (a build reads the whole log: seconds of CPU beside the routing path).
     build_report: bool = True
     # The server-side secret of session cookies and labelling forms: the user salt, resolved as the router resolves
-    # it (environment, secrets file, the home's file); None: resolved on first use, with `serving`'s settings.
+    # it (environment, secrets file, the home's file unless the store is shared); None: resolved on first use, with
+    # `serving`'s settings.
     server_secret: str | None = field(default=None, repr=False)
     serving: ServingConfig | None = None
     _report_cache: dict[str, tuple[float, ReportView]] = field(default_factory=dict, repr=False)
@@ -190,7 +191,9 @@ class DashboardSources:
 
     def secret(self) -> bytes:
         if self.server_secret is None:
-            self.server_secret = resolve_user_salt(self.serving or ServingConfig(), self.home, self.tokens)
+            shared = self.event_log is not None and is_shared(self.event_log, 1)
+            serving = self.serving or ServingConfig()
+            self.server_secret = resolve_user_salt(serving, self.home, self.tokens, shared=shared)
         return self.server_secret.encode()
 
 

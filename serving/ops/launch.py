@@ -25,7 +25,7 @@ from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, confi
 from serving.ops import state
 from serving.ops.apps import APP_NAME, app_configs, pin_versions
 from serving.store.eventlog import open_event_log
-from serving.store.location import event_log_url, is_shared
+from serving.store.location import event_log_url, is_shared, ray_nodes
 
 log = logging.getLogger(__name__)
 DIRECT_PORTS = 200  # replica ports per instance (replicas of every application, with restarts)
@@ -223,7 +223,6 @@ def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment:
     still named `champion` or `latest` are resolved here, once per deploy, and the replicas load what this resolved
     (a replica restarted after a promotion loads the same version as its siblings). The
     saved runtime policy wins over serving.yaml's unless serving.yaml was edited since (`serving.ops.state`)."""
-    import ray
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
@@ -233,7 +232,7 @@ def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment:
             log.warning("%s", moved)
         # The salt before anything deploys: on several nodes, or with a store every node shares, a salt made in
         # one node's home would give another node's replicas other pseudonyms.
-        resolve_user_salt(serving, home, shared=is_shared(store, len(ray.nodes())))
+        resolve_user_salt(serving, home, shared=is_shared(store, ray_nodes()))
         start = state.reconcile(store, experiment)
         if start.note:
             log.warning("%s", start.note)

@@ -55,13 +55,15 @@ def _user_store(
     """The home, its open event log and the user's pseudonyms under the current salt and each older one given."""
     from serving.config import load_serving
     from serving.privacy.records import current_salt, open_existing_log, read_salt_file, user_keys
+    from serving.store.location import is_shared
 
     if not user_id:
         raise typer.BadParameter("must not be empty", param_hint="--user-id")
     home, serving = options(ctx).resolve_home(), load_serving()
     store = open_existing_log(home, serving)  # first: a wrong --home is named as such, not as a missing salt
     try:
-        salts = [current_salt(serving, home), *(read_salt_file(p) for p in salt_files or ())]
+        current = current_salt(serving, home, shared=is_shared(store, 1))
+        salts = [current, *(read_salt_file(p) for p in salt_files or ())]
         yield home, store, user_keys(user_id, salts)
     finally:
         store.close()

@@ -37,10 +37,11 @@ class PrivacyError(ValueError):
     """A privacy request that cannot be carried out as asked; nothing was changed. One line meant for a person."""
 
 
-def current_salt(serving: ServingConfig, home: Home) -> str:
+def current_salt(serving: ServingConfig, home: Home, *, shared: bool = False) -> str:
     """The salt the serving app pseudonymises with now: `$<user_salt_env>`, else the secrets file's, else
     `<home>/user_salt`. Unlike the app, never makes one: a missing salt means a wrong --home or a missing variable,
-    and a fresh salt would find nobody."""
+    and a fresh salt would find nobody. On a `shared` store (PostgreSQL) the routers refuse the home's file, so it
+    is refused here too: it would be one machine's salt, not the one the routers use."""
     from serving.auth import read_secrets, secrets_path
 
     from_env = os.environ.get(serving.user_salt_env)
@@ -50,6 +51,11 @@ def current_salt(serving: ServingConfig, home: Home) -> str:
     if from_file:
         return from_file
     path = home.root / SALT_FILE
+    if shared:
+        raise PrivacyError(
+            f"no user salt: with a shared event store the routers take it from ${serving.user_salt_env} or the "
+            f"secrets file's user_salt, and neither is set here (set it as the serving app has it; {path} is not used)"
+        )
     if not path.exists():
         raise PrivacyError(
             f"no user salt: ${serving.user_salt_env} is not set, the secrets file has none and {path} does not exist "

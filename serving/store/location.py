@@ -81,3 +81,10 @@ def is_shared(store: EventLog, nodes: int) -> bool:
     node can reach (a database server, not a SQLite file or memory)."""
     url = store.sql_url
     return nodes > 1 or (url is not None and not url.startswith("sqlite"))
+
+
+def ray_nodes() -> int:
+    """How many live nodes the Ray this process is connected to has (1 when it is not connected)."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive")) if ray.is_initialized() else 1

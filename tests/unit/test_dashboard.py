@@ -364,3 +364,18 @@ def test_a_session_is_signed_with_the_salt_in_force_not_a_home_file(
     assert signed.status_code == 303 and (signed.cookies.get(COOKIE) or "").startswith("ana:")
     assert web.get("/dashboard").status_code == 200
     assert not (filled.root / "user_salt").exists()
+
+
+def test_on_a_shared_store_the_session_secret_is_never_a_new_home_file(
+    home: Home, postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: on PostgreSQL `mailroute dashboard` signed sessions with a salt it made in its own home, one
+    no router uses (they refuse that file there). It must say where the salt goes instead, and make no file."""
+    from serving.config import ConfigError
+
+    monkeypatch.delenv("MAILROUTE_USER_SALT", raising=False)
+    monkeypatch.setenv("MAILROUTE_EVENT_LOG_URL", postgres.fresh_url())
+    sources = DashboardSources.from_files(home, CONFIGS)
+    with pytest.raises(ConfigError, match="MAILROUTE_USER_SALT"):
+        sources.secret()
+    assert not (home.root / "user_salt").exists()
