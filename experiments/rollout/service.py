@@ -123,13 +123,10 @@ def plan_start(ctx: Context, live: Live, ref: str, percent: float | None, arm: s
     reason = f"{model}:{version} on {percent:g}% of {arm}'s users (replacing {model}:{served})"
     started = rs.model_copy(update={"history": (_step("start", percent, ctx.actor, reason),)})
 
-    def commit() -> None:
-        rollout_state.save(ctx.store, started)  # first: the rollout file is what the job and rollback go by
-        _quietly(registry.promote, f"{model}:{version}", "canary")
-
     return Change(
         "rollout", experiment=_experiment(live, _weights(live, rs, percent)), start_arms={canary: (model, version)},
-        detail=f"rollout start: {reason}", commit=commit,
+        detail=f"rollout start: {reason}", states=_saved(started),
+        commit=lambda: _quietly(registry.promote, f"{model}:{version}", "canary"),
     )  # fmt: skip
 
 
@@ -162,7 +159,7 @@ def plan_step(ctx: Context, live: Live, expected: RolloutState, action: str, rea
                                       "history": (*rs.history, _step(WIDEN, nxt, ctx.actor, reason))})  # fmt: skip
         return Change("rollout", experiment=_experiment(live, _weights(live, rs, nxt)),
                       detail=f"rollout widen {rs.ref} to {nxt:g}%: {reason}",
-                      commit=lambda: rollout_state.save(ctx.store, after))  # fmt: skip
+                      states=_saved(after))  # fmt: skip
     if action == PROMOTE:
         arms = _weights(live, rs, 100.0)
         arms[rs.arm]["version"] = rs.candidate
@@ -170,13 +167,12 @@ def plan_step(ctx: Context, live: Live, expected: RolloutState, action: str, rea
                                      "history": (*rs.history, _step(PROMOTE, 100.0, ctx.actor, reason))})  # fmt: skip
 
         def promoted() -> None:
-            rollout_state.save(ctx.store, done)
             if registry.get(f"{rs.model}:champion", verify=False).meta.version != rs.candidate:
                 _quietly(registry.promote, rs.ref, "champion")
 
         return Change("rollout", experiment=_experiment(live, arms), set_versions={rs.arm: (rs.model, rs.candidate)},
                       remove_arms=(rs.canary_arm,), detail=f"rollout promote {rs.ref}: {reason}",
-                      commit=promoted)  # fmt: skip
+                      states=_saved(done), commit=promoted)  # fmt: skip
     if action == ROLLBACK:
         return _plan_rollback_canary(ctx, live, rs, reason)
     raise ApiError(422, f"unknown rollout action {action!r}")
@@ -187,12 +183,9 @@ def _plan_rollback_canary(ctx: Context, live: Live, rs: RolloutState, reason: st
     done = rs.model_copy(update={"status": "rolled back",
                                  "history": (*rs.history, _step(ROLLBACK, 0.0, ctx.actor, reason))})  # fmt: skip
 
-    def rolled_back() -> None:
-        rollout_state.save(ctx.store, done)
-        _quietly(registry.retire, rs.ref)
-
     return Change("rollback", experiment=_experiment(live, _weights(live, rs, 0.0)), remove_arms=(rs.canary_arm,),
-                  detail=f"rollout of {rs.ref} rolled back: {reason}", commit=rolled_back)  # fmt: skip
+                  detail=f"rollout of {rs.ref} rolled back: {reason}", states=_saved(done),
+                  commit=lambda: _quietly(registry.retire, rs.ref))  # fmt: skip
 
 
 async def step(ctx: Context, expected: RolloutState, action: str, reason: str) -> dict[str, Any]:
@@ -250,7 +243,12 @@ def _ended_elsewhere(ctx: Context, rs: RolloutState) -> Change:
     reason = f"the running experiment no longer has arm {rs.canary_arm}: the rollout ended outside the rollout job"
     done = rs.model_copy(update={"status": "rolled back",
                                  "history": (*rs.history, _step(ROLLBACK, 0.0, ctx.actor, reason))})  # fmt: skip
-    return Change("rollback", detail=reason, commit=lambda: rollout_state.save(ctx.store, done))
+    return Change("rollback", detail=reason, states=_saved(done))
+
+
+def _saved(rollout: RolloutState) -> dict[str, dict[str, Any]]:
+    """The rollout's state document, for `Change.states`: saved with the layout and the audit line, atomically."""
+    return {rollout_state.ROLLOUT_KEY: rollout.model_dump(mode="json")}
 
 
 async def rollback(ctx: Context, arm: str | None) -> dict[str, Any]:

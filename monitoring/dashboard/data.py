@@ -210,6 +210,7 @@ def gather(
     store = sources.event_log
     logs: list[LogRecord] = []
     flagged: list[PredictionEvent] = []
+    audit: list[AuditEntry] = []
     drift = DriftView([], [], None, None)
     if store is None:
         notes.append(f"No event log yet at {sources.store_label}: nothing has been routed.")
@@ -220,6 +221,7 @@ def gather(
             logs = store.logs(since=since, min_level=log_filter.level, component=log_filter.component, limit=LOG_LIMIT)
             flagged = store.flagged_predictions(since=since, reasons=(LOW_CONFIDENCE,), limit=FLAGGED_LIMIT)
             drift = _drift(sources.home, store.verdicts(limit=VERDICT_LIMIT))
+            audit = read_audit(store)
         except (EventLogError, OSError) as err:  # a store that went away: say so on the page
             notes.append(f"Could not read the event log: {err}")
     return Page(
@@ -228,7 +230,7 @@ def gather(
         store=sources.store_label,
         experiment=experiment,
         experiment_note=experiment_note,
-        audit=read_audit(sources.event_log),
+        audit=audit,
         rollout=rollout,
         rollout_note=rollout_note,
         report=report,
@@ -284,11 +286,19 @@ def _experiment_config(sources: DashboardSources) -> tuple[ExperimentConfig | No
             configured = load_experiments(configs / "experiments.yaml").experiment
         except (ConfigError, OSError) as err:
             configured, problem = None, f"experiments.yaml: {err}"
+        saved = None
         if configured is not None and sources.event_log is not None:
-            config = load_state(sources.event_log, configured)
+            try:
+                saved = load_state(sources.event_log, configured)
+            except EventLogError as err:  # the store went away: the file's layout, said to be only that
+                problem = f"the saved layout could not be read ({' '.join(str(err).split())[:200]})"
+        if saved is not None:
+            config = saved
             source = "the saved layout (event store)" if config is not configured else str(configs / "experiments.yaml")
         elif configured is not None:
             config, source = configured, str(configs / "experiments.yaml")
+            if problem:  # the page must not pass the file's layout off as what runs
+                source = f"{source}; {problem}"
     if config is None:
         return None, "", f"No experiment could be read ({problem or 'no config'})."
     return config, source, None

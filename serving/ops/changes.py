@@ -18,7 +18,6 @@ It runs wherever Ray runs: in a router replica for an admin call, in the schedul
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -33,7 +32,7 @@ from serving.api import ApiError
 from serving.config import Home, PolicyConfig, ServingConfig, config_dir, parse_config
 from serving.ops import state
 from serving.ops.apps import APP_NAME, arm_app, arm_app_config, arm_deployment, arm_user_config, model_kind
-from serving.store.eventlog import EventLog
+from serving.store.eventlog import EventLog, EventLogError
 
 log = logging.getLogger(__name__)
 LOCK_WAIT_S = 120.0
@@ -70,8 +69,11 @@ class Change:
     set_versions: Mapping[str, tuple[str, str]] = field(default_factory=dict)  # running arm -> (model, version)
     remove_arms: tuple[str, ...] = ()
     detail: str | None = None
-    # Run under the lock once the change is live and recorded: the caller's own bookkeeping (registry stages,
-    # the rollout file), so that no other change can come between the two.
+    # Other shared-state documents the change writes (the rollout's), recorded with the layout and the audit line
+    # in one transaction.
+    states: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # Run under the lock once the change is live and recorded: the caller's own bookkeeping (registry stages), so
+    # that no other change can come between the two.
     commit: Callable[[], None] | None = None
 
 
@@ -145,6 +147,8 @@ async def _locked(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any
         await asyncio.to_thread(lock.acquire, timeout=LOCK_WAIT_S)
     except TimeoutError:
         raise ApiError(409, "another change to the running app is still being applied; try again") from None
+    except EventLogError as err:  # the store (and its lock) cannot be reached: nothing was changed
+        raise ApiError(503, f"the event store is unavailable, nothing was changed: {err}", 5) from None
     try:
         live = await read_live(ctx.app_name)
         change = await asyncio.to_thread(plan, live)  # it reads the registry and configs: off the event loop
@@ -190,16 +194,9 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
         ]  # fmt: skip
         await _deploy(list(apps.values()))
         try:
-            _record(ctx, live, change)
-        except Exception as err:  # a full disk, say: a change that cannot be recorded is undone, not left live
+            await asyncio.to_thread(_record, ctx, live, change)
+        except Exception as err:  # a full disk, say: one transaction, so nothing was saved; the live config goes back
             await _deploy(list(live.apps.values()))
-            # The saved state back to the live one, where it can be.
-            if change.experiment is not None:
-                with contextlib.suppress(Exception):
-                    state.save_state(ctx.store, live.experiment)
-            if change.policy is not None:
-                with contextlib.suppress(Exception):
-                    state.save_policy(ctx.store, live.policy, ctx.serving.policy)
             raise ApiError(
                 503, f"the change could not be recorded ({type(err).__name__}: {err}): it was undone", 5
             ) from None
@@ -211,8 +208,8 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
         except ApiError as err:
             unconfirmed = err
     else:
-        if arms_changed:
-            _record(ctx, live, change)
+        if arms_changed or change.states:
+            await asyncio.to_thread(_record, ctx, live, change)
         _commit(change)
     if change.remove_arms and unconfirmed is None:  # a router that has not switched yet may still call them
         for arm in change.remove_arms:
@@ -233,20 +230,24 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
 
 
 def _record(ctx: Context, live: Live, change: Change) -> None:
-    """Save the new state and write the audit line: done once Serve holds the change, before waiting on replicas."""
+    """Save the new state and write the audit line, in one transaction: done once Serve holds the change, before
+    waiting on replicas."""
+    states, audit = dict(change.states), []
     if change.experiment is not None:
-        state.save_state(ctx.store, change.experiment)
+        states[state.EXPERIMENT_KEY] = state.experiment_doc(ctx.store, change.experiment)
         moved = moved_share(live.experiment.ranges(), change.experiment.ranges())
         old, new = live.experiment.model_dump(mode="json"), change.experiment.model_dump(mode="json")
-        state.audit(ctx.store, ctx.actor, old, new, moved, kind=change.kind, detail=change.detail)
+        audit.append(state.audit_record(ctx.actor, old, new, moved, kind=change.kind, detail=change.detail))
     if change.policy is not None:
-        state.save_policy(ctx.store, change.policy, ctx.serving.policy)  # serving.yaml's, which it replaces
+        states[state.POLICY_KEY] = state.policy_doc(change.policy, ctx.serving.policy)  # serving.yaml's, replaced
         old, new = live.policy.model_dump(mode="json"), change.policy.model_dump(mode="json")
-        state.audit(ctx.store, ctx.actor, old, new, kind="policy", detail=change.detail)
-    if change.experiment is None and change.policy is None:
+        audit.append(state.audit_record(ctx.actor, old, new, kind="policy", detail=change.detail))
+    if change.experiment is None and change.policy is None and change.set_versions:
         old = {arm: live.arm_ref(arm) for arm in change.set_versions}
         new = {arm: f"{m}:{v}" for arm, (m, v) in change.set_versions.items()}
-        state.audit(ctx.store, ctx.actor, {"versions": old}, {"versions": new}, kind=change.kind, detail=change.detail)
+        audit.append(state.audit_record(ctx.actor, {"versions": old}, {"versions": new}, kind=change.kind,
+                                        detail=change.detail))  # fmt: skip
+    ctx.store.record_change(states, audit)
 
 
 def _commit(change: Change) -> None:

@@ -102,15 +102,22 @@ def load_state_at(url: str, configured: ExperimentConfig) -> ExperimentConfig:
         store.close()
 
 
-def save_state(store: EventLog, experiment: ExperimentConfig, based_on: ExperimentConfig | None = None) -> None:
-    """Save the running experiment; `based_on` (the file's experiment a start ran from) is kept from the saved
-    document unless given."""
+def experiment_doc(
+    store: EventLog, experiment: ExperimentConfig, based_on: ExperimentConfig | None = None
+) -> dict[str, Any]:
+    """The `experiment` state document for the running `experiment`; `based_on` (the file's experiment a start ran
+    from) is kept from the saved document unless given."""
     if based_on is None:
         based_on = _read_saved(store)[1]
-    store.write_state(EXPERIMENT_KEY, {
+    return {
         "experiment": experiment.model_dump(mode="json"),
         "based_on": None if based_on is None else based_on.model_dump(mode="json"),
-    })  # fmt: skip
+    }
+
+
+def save_state(store: EventLog, experiment: ExperimentConfig, based_on: ExperimentConfig | None = None) -> None:
+    """Save the running experiment (`experiment_doc`)."""
+    store.write_state(EXPERIMENT_KEY, experiment_doc(store, experiment, based_on))
 
 
 @dataclass(frozen=True)
@@ -175,15 +182,17 @@ def load_policy(store: EventLog, configured: PolicyConfig) -> tuple[PolicyConfig
     return saved, f"decision policy set at runtime on {data.get('ts', '?')}, not serving.yaml's"
 
 
+def policy_doc(policy: PolicyConfig, based_on: PolicyConfig) -> dict[str, Any]:
+    """The `policy` state document: the runtime policy and serving.yaml's, which it replaces."""
+    return {"ts": clock.now().isoformat(), "policy": policy.model_dump(mode="json"),
+            "based_on": based_on.model_dump(mode="json")}  # fmt: skip
+
+
 def save_policy(store: EventLog, policy: PolicyConfig, based_on: PolicyConfig) -> None:
-    store.write_state(POLICY_KEY, {
-        "ts": clock.now().isoformat(), "policy": policy.model_dump(mode="json"),
-        "based_on": based_on.model_dump(mode="json"),
-    })  # fmt: skip
+    store.write_state(POLICY_KEY, policy_doc(policy, based_on))
 
 
-def audit(
-    store: EventLog,
+def audit_record(
     actor: str,
     old: dict[str, Any],
     new: dict[str, Any],
@@ -191,15 +200,21 @@ def audit(
     *,
     kind: str = "experiment",
     detail: str | None = None,
-) -> None:
-    """Append one change to the audit log. `kind`: experiment (old/new are experiments: the SRM check reads their
+) -> dict[str, Any]:
+    """One change for the audit log. `kind`: experiment (old/new are experiments: the SRM check reads their
     weights), policy, rollout, rollback, or a privacy run's."""
     record: dict[str, Any] = {"ts": clock.now().isoformat(), "actor": actor, "kind": kind, "old": old, "new": new}
     if moved is not None:
         record["moved_share"] = moved
     if detail:
         record["detail"] = detail
-    store.record_audit(record)
+    return record
+
+
+def audit(store: EventLog, actor: str, old: dict[str, Any], new: dict[str, Any], moved: float | None = None,
+          *, kind: str = "experiment", detail: str | None = None) -> None:  # fmt: skip
+    """Append one change (`audit_record`) to the audit log."""
+    store.record_audit(audit_record(actor, old, new, moved, kind=kind, detail=detail))
 
 
 def import_home_files(store: EventLog, home: Home) -> list[str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -372,6 +372,10 @@ class EventLog(Protocol):
 
     def record_audit(self, record: dict[str, Any]) -> None:
         """Append one change (a dict with `ts`, `actor` and `kind`, and what changed) to the audit log."""
+
+    def record_change(self, states: Mapping[str, dict[str, Any]], audit: Sequence[dict[str, Any]]) -> None:
+        """Replace the documents in `states` and append the `audit` records in one transaction: a runtime change
+        (the layout, the rollout, the line that explains them) lands whole or not at all."""
 
     def audit_records(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         """The audit log, oldest first; with `limit`, only the newest `limit` records."""

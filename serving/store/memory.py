@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -280,15 +280,19 @@ class MemoryEventLog:
         return None if doc is None else dict(json.loads(doc))
 
     def write_state(self, key: str, doc: dict[str, Any]) -> None:
-        text = json.dumps(doc)
-        with self._lock:
-            self._state[key] = text
+        self.record_change({key: doc}, ())
 
     def record_audit(self, record: dict[str, Any]) -> None:
-        audit_fields(record)
-        text = json.dumps(record)
+        self.record_change({}, (record,))
+
+    def record_change(self, states: Mapping[str, dict[str, Any]], audit: Sequence[dict[str, Any]]) -> None:
+        for record in audit:
+            audit_fields(record)
+        docs = {key: json.dumps(doc) for key, doc in states.items()}
+        lines = [json.dumps(record) for record in audit]
         with self._lock:
-            self._audit.append(text)
+            self._state.update(docs)
+            self._audit.extend(lines)
 
     def audit_records(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         with self._lock:

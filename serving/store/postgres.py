@@ -25,7 +25,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -603,17 +603,24 @@ class PostgresEventLog:
         return None if doc is None else dict(json.loads(doc))
 
     def write_state(self, key: str, doc: dict[str, Any]) -> None:
-        row = {"key": key, "ts": utc_now(), "doc": json.dumps(doc)}
-        upsert = pg_insert(STATE).values(row)
-        with self._write() as conn:
-            conn.execute(
-                upsert.on_conflict_do_update(index_elements=[STATE.c.key], set_={"ts": row["ts"], "doc": row["doc"]})
-            )
+        self.record_change({key: doc}, ())
 
     def record_audit(self, record: dict[str, Any]) -> None:
-        ts, actor, kind = audit_fields(record)
+        self.record_change({}, (record,))
+
+    def record_change(self, states: Mapping[str, dict[str, Any]], audit: Sequence[dict[str, Any]]) -> None:
+        rows = [dict(zip(("ts", "actor", "kind"), audit_fields(r), strict=True), record=json.dumps(r)) for r in audit]
+        now = utc_now()
         with self._write() as conn:
-            conn.execute(AUDIT.insert().values(ts=ts, actor=actor, kind=kind, record=json.dumps(record)))
+            for key, doc in states.items():
+                upsert = pg_insert(STATE).values(key=key, ts=now, doc=json.dumps(doc))
+                conn.execute(
+                    upsert.on_conflict_do_update(
+                        index_elements=[STATE.c.key], set_={"ts": upsert.excluded.ts, "doc": upsert.excluded.doc}
+                    )
+                )
+            if rows:
+                conn.execute(AUDIT.insert(), rows)
 
     def audit_records(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         query = sa.select(AUDIT.c.record).order_by(AUDIT.c.id.desc())

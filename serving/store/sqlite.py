@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -562,19 +562,21 @@ class SQLiteEventLog:
         return None if row is None else dict(json.loads(row["doc"]))
 
     def write_state(self, key: str, doc: dict[str, Any]) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO shared_state (key, ts, doc) VALUES (?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
-                (key, utc_now(), json.dumps(doc)),
-            )
+        self.record_change({key: doc}, ())
 
     def record_audit(self, record: dict[str, Any]) -> None:
-        ts, actor, kind = audit_fields(record)
+        self.record_change({}, (record,))
+
+    def record_change(self, states: Mapping[str, dict[str, Any]], audit: Sequence[dict[str, Any]]) -> None:
+        rows = [(*audit_fields(record), json.dumps(record)) for record in audit]
+        now = utc_now()
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO audit (ts, actor, kind, record) VALUES (?, ?, ?, ?)", (ts, actor, kind, json.dumps(record))
+            conn.executemany(
+                "INSERT INTO shared_state (key, ts, doc) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET ts = excluded.ts, doc = excluded.doc",
+                [(key, now, json.dumps(doc)) for key, doc in states.items()],
             )
+            conn.executemany("INSERT INTO audit (ts, actor, kind, record) VALUES (?, ?, ?, ?)", rows)
 
     def audit_records(self, *, limit: int | None = None) -> list[dict[str, Any]]:
         sql = "SELECT record FROM audit ORDER BY id DESC" + ("" if limit is None else " LIMIT ?")

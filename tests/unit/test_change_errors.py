@@ -62,12 +62,12 @@ def audit_fails(monkeypatch: pytest.MonkeyPatch) -> tuple[Live, list[list[dict[s
     async def deploy(apps: list[dict[str, Any]]) -> None:
         deployed.append(apps)
 
-    def audit(*args: Any, **kwargs: Any) -> None:
+    def record_change(*args: Any, **kwargs: Any) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(changes, "read_live", read_live)
     monkeypatch.setattr(changes, "_deploy", deploy)
-    monkeypatch.setattr(changes.state, "audit", audit)
+    monkeypatch.setattr(MemoryEventLog, "record_change", record_change)
     return live, deployed
 
 
@@ -127,3 +127,68 @@ def test_an_arm_switched_to_another_model_must_predict_the_same_queues(tmp_path:
     assert err.value.status == 422 and "sales" in err.value.detail
     change = plan_experiment(ctx, live, "e", {"arms": {"linear": {"model": "broad", "version": "v1"}}})
     assert change.set_versions == {"linear": ("broad", "v1")}
+
+
+def test_the_layout_the_rollout_and_the_audit_line_are_one_transaction(tmp_path: Path) -> None:
+    """Found in review: the saved layout, the audit line and the rollout document were written one after another, so
+    an audit that failed after the layout was saved left a layout no audit line explains (the undo then wrote yet
+    another). Now the three land together or not at all."""
+    import sqlite3
+
+    from serving.store.sqlite import SQLiteEventLog
+
+    live = Live({"mailroute": {"name": "mailroute", "deployments": [{"name": "Router"}]}}, experiment(0.5),
+                PolicyConfig(), 1)  # fmt: skip
+
+    async def read_live(app_name: str = "mailroute") -> Live:
+        return live
+
+    async def deploy(apps: list[dict[str, Any]]) -> None:
+        return None
+
+    async def confirmed(ctx: Context, version: int) -> None:
+        return None
+
+    store = SQLiteEventLog(tmp_path / "events.db")
+    with sqlite3.connect(tmp_path / "events.db") as db:  # the audit table refuses every row, as a full disk would
+        db.execute("CREATE TRIGGER full BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'disk is full'); END")
+    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops", store=store)
+    change = Change("rollout", experiment=experiment(0.8), states={"rollout": {"model": "linear", "step": 1}})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(changes, "read_live", read_live)
+        patch.setattr(changes, "_deploy", deploy)
+        with pytest.raises(ApiError) as err:
+            asyncio.run(changes.apply(ctx, lambda live: change))
+    assert err.value.status == 503 and "undone" in err.value.detail
+    assert store.read_state("experiment") is None and store.read_state("rollout") is None
+    with sqlite3.connect(tmp_path / "events.db") as db:
+        db.execute("DROP TRIGGER full")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(changes, "read_live", read_live)
+        patch.setattr(changes, "_deploy", deploy)
+        patch.setattr(changes, "_wait_for_routers", confirmed)
+        asyncio.run(changes.apply(ctx, lambda live: change))
+    assert store.read_state("rollout") == {"model": "linear", "step": 1}
+    assert state.load_state(store, experiment(0.5)).weights["linear"] == pytest.approx(0.8)
+    assert [r["kind"] for r in store.audit_records()] == ["rollout"]
+
+
+def test_a_store_that_is_down_when_a_change_takes_its_lock_is_a_503(tmp_path: Path) -> None:
+    """Found in review: the change lock of an unreachable PostgreSQL raised straight through: a 500."""
+    from serving.store.eventlog import StoreUnavailableError
+
+    class Down(MemoryEventLog):
+        def change_lock(self) -> Any:
+            class Lock:
+                def acquire(self, timeout: float) -> object:
+                    raise StoreUnavailableError("event log db:5432 is unavailable: connection refused")
+
+                def release(self) -> None:
+                    raise AssertionError("a lock never taken is not released")
+
+            return Lock()
+
+    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops", store=Down())
+    with pytest.raises(ApiError) as err:
+        asyncio.run(changes.apply(ctx, lambda live: Change("experiment", experiment=experiment(0.8))))
+    assert err.value.status == 503 and err.value.retry_after_s and "event store" in err.value.detail

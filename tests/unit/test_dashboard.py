@@ -379,3 +379,22 @@ def test_on_a_shared_store_the_session_secret_is_never_a_new_home_file(
     with pytest.raises(ConfigError, match="MAILROUTE_USER_SALT"):
         sources.secret()
     assert not (home.root / "user_salt").exists()
+
+
+def test_a_store_that_fails_every_read_still_renders_the_page(home: Home) -> None:
+    """Found in review: the saved layout and the audit log were read outside the page's error handling, so a
+    database that went away turned the whole dashboard into a 500 instead of a note."""
+    from serving.store.eventlog import EventLogError
+    from serving.store.memory import MemoryEventLog
+
+    class GoneStore(MemoryEventLog):
+        def __getattribute__(self, name: str) -> Any:
+            if name in ("read_state", "audit_records", "logs", "flagged_predictions", "verdicts", "get_prediction"):
+                raise EventLogError("server closed the connection unexpectedly")
+            return super().__getattribute__(name)
+
+    sources = DashboardSources(home, GoneStore(), "postgresql://db.internal/mailroute", CONFIGS)
+    page = TestClient(standalone_app(sources)).get("/dashboard")
+    assert page.status_code == 200
+    assert "Could not read the event log: server closed the connection" in page.text
+    assert "the saved layout could not be read (server closed the connection" in page.text

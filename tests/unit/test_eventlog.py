@@ -642,6 +642,17 @@ def test_the_audit_log_keeps_order_gives_the_newest_and_refuses_a_record_without
     assert len(log.audit_records()) == 5
 
 
+def test_a_change_lands_whole_or_not_at_all(log: EventLog) -> None:
+    line = {"ts": "2026-01-01T09:00:00+00:00", "actor": "ana", "kind": "rollout"}
+    log.record_change({"experiment": {"name": "e1"}, "rollout": {"step": 1}}, [line, {**line, "kind": "policy"}])
+    assert log.read_state("rollout") == {"step": 1}
+    assert [r["kind"] for r in log.audit_records()] == ["rollout", "policy"]
+    with pytest.raises(EventLogError, match="audit record"):  # one bad line: neither document changes
+        log.record_change({"experiment": {"name": "e2"}, "rollout": {"step": 2}}, [line, {"actor": "x", "kind": "k"}])
+    assert log.read_state("experiment") == {"name": "e1"} and log.read_state("rollout") == {"step": 1}
+    assert len(log.audit_records()) == 2
+
+
 def test_the_change_lock_excludes_a_second_holder_and_may_be_released_by_another_thread(log: EventLog) -> None:
     first, second = log.change_lock(), log.change_lock()
     first.acquire(timeout=5)
