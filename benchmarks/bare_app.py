@@ -15,12 +15,12 @@ from fastapi import FastAPI
 from serving.api import RouteRequest, email_from_request, text_for_model
 from serving.config import Home, ServingConfig, load_queues
 from serving.models.predictor import load_version
-from serving.models.registry import ModelRegistry
+from serving.models.registry import open_registry
 from serving.policy import decide
 
 queues = load_queues()
 policy = ServingConfig().policy
-predictor, meta = load_version(ModelRegistry(Home.resolve().registry), "linear")
+predictor, meta = load_version(open_registry(Home.resolve()), "linear")
 app = FastAPI()
 
 

@@ -35,7 +35,7 @@ def _setup(scratch: Path, n: int, baseline_n: int) -> dict[str, Any]:
     from monitoring.simulate import Arm, fill, route_frame
     from serving.config import Home, load_serving
     from serving.models.predictor import load_version
-    from serving.models.registry import ModelRegistry
+    from serving.models.registry import open_registry
     from serving.store.sqlite import SQLiteEventLog
     from training.config import load_training
     from training.pipeline import DataSpec, train_linear
@@ -51,7 +51,7 @@ def _setup(scratch: Path, n: int, baseline_n: int) -> dict[str, Any]:
     started = time.perf_counter()
     meta = train_linear(DataSpec(data, label_col="queue"), cfg, home).meta
     train_s = time.perf_counter() - started
-    predictor, meta = load_version(ModelRegistry(home.registry), f"linear:{meta.version}")
+    predictor, meta = load_version(open_registry(home), f"linear:{meta.version}")
     arms = [Arm(name, predictor, "linear", meta.version) for name in ("linear", "challenger")]
     policy = load_serving(REPO / "configs" / "serving.yaml").policy
     end = datetime(2026, 1, 10, tzinfo=UTC)

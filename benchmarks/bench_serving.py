@@ -95,14 +95,14 @@ def make_bodies(n: int) -> list[dict[str, Any]]:
 def build_registry(home: Any) -> None:
     from serving.config import load_queues
     from serving.mail.text import PREPROCESSING_VERSION, model_text
-    from serving.models.registry import ModelRegistry
+    from serving.models.registry import open_registry
     from training.config import LinearConfig
     from training.linear import fit_linear
     from training.synth import generate
     from training.torch_loop import build_model, export_model, load_tokenizer
     from training.transformer_config import TransformerConfig
 
-    registry = ModelRegistry(home.registry)
+    registry = open_registry(home)
     frame = generate(10_000, seed=5)
     texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
     linear = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
@@ -128,10 +128,10 @@ def raw_transformer_rate(home: Any, texts: list[str], seconds: float) -> float:
     import torch
 
     from serving.models.predictor import load_version
-    from serving.models.registry import ModelRegistry
+    from serving.models.registry import open_registry
 
     torch.set_num_threads(1)
-    predictor, _ = load_version(ModelRegistry(home.registry), "transformer")
+    predictor, _ = load_version(open_registry(home), "transformer")
     predictor.predict_proba(texts[:16])
     done, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:

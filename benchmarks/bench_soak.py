@@ -191,7 +191,7 @@ def main() -> int:
     from experiments.config import ExperimentConfig
     from serving.config import Home, ServingConfig, load_queues
     from serving.mail.text import PREPROCESSING_VERSION, model_text
-    from serving.models.registry import ModelRegistry
+    from serving.models.registry import open_registry
     from serving.ops import launch
     from serving.store.eventlog import open_event_log
     from training.config import LinearConfig
@@ -203,7 +203,7 @@ def main() -> int:
     frame = generate(5000, seed=9)
     texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
     candidate = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
-    ModelRegistry(home.registry).register(
+    open_registry(home).register(
         "linear",
         candidate.save,
         kind="linear",

@@ -32,7 +32,7 @@ from monitoring.scopes import ALL, TRIAGE_QUEUE, Planned, ScopeRows, bonferroni_
 from monitoring.stats import accuracy_p_value, expected_accuracy
 from serving import clock
 from serving.config import Home, ServingConfig
-from serving.models.registry import ModelRegistry, RegistryError
+from serving.models.registry import ModelRegistry, RegistryError, open_registry
 from serving.store.eventlog import EventLog, LogRecord, MonitorVerdict, open_event_log, utc_now
 from serving.store.location import event_log_url
 
@@ -357,7 +357,7 @@ def run_monitoring(
     end = end or clock.now()
     start = end - (window if window is not None else cfg.window_delta)
     run = _Run(cfg, home, uuid.uuid4().hex, reports.stamp(end), (start.isoformat(), end.isoformat()))
-    registry = ModelRegistry(home.registry)
+    registry = open_registry(home)
     override = None
     if reference is not None:
         info = registry.get(reference, verify=False)  # RegistryError: the caller's bad argument

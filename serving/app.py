@@ -54,7 +54,7 @@ from serving.batcher import CallBatcher
 from serving.config import Home, PolicyConfig, QueuesConfig, ServingConfig, config_dir, parse_config
 from serving.metrics import merge, render
 from serving.models.predictor import check_servable, load_version
-from serving.models.registry import ModelRegistry
+from serving.models.registry import open_registry
 from serving.ops import admin
 from serving.ops.apps import APP_NAME, SHADOW, arm_app, arm_deployment
 from serving.ops.changes import Context
@@ -103,7 +103,7 @@ class ModelServer:
     """One arm's model. `user_config` names the registry version, so a new version loads without a restart."""
 
     def __init__(self, home: str, queues: dict[str, Any], batched: bool, serving: dict[str, Any] | None = None) -> None:
-        self.registry = ModelRegistry(Home(Path(home)).registry)
+        self.registry = open_registry(Home(Path(home)))
         self.queues = parse_config(queues, QueuesConfig, "queues")
         self.batched = batched
         self.ref: str | None = None

@@ -40,9 +40,9 @@ class FeedbackSource(str, Enum):
 
 # ---- registry ------------------------------------------------------------------------------------------------
 def _registry(ctx: typer.Context) -> ModelRegistry:
-    from serving.models.registry import ModelRegistry
+    from serving.models.registry import open_registry
 
-    return ModelRegistry(options(ctx).resolve_home().registry)
+    return open_registry(options(ctx).resolve_home())
 
 
 @models_app.command("list", help="list registered versions")

@@ -22,7 +22,7 @@ from serving.config import Home, load_serving
 from serving.mail.text import PREPROCESSING_VERSION
 from serving.models.linear import LinearTextClassifier
 from serving.models.predictor import load_version
-from serving.models.registry import ModelMeta, ModelRegistry
+from serving.models.registry import ModelMeta, open_registry
 from training.calibrate import fit_blend_weight, fit_temperature
 from training.config import TrainingConfig
 from training.data import DataError, LoadedData, read_dataset
@@ -134,7 +134,7 @@ def train_linear(
     test_proba = model.predict_proba(_pick(split.test, texts))
     test = evaluate_probabilities(model.labels, _pick(split.test, labels), test_proba, threshold)
     seconds = time.perf_counter() - started
-    registry = ModelRegistry(home.registry)
+    registry = open_registry(home)
     reference = training_reference(data.frame, split.test, test_proba, model.labels)  # for drift monitoring
     meta = registry.register(
         name,
@@ -209,7 +209,7 @@ def train_transformer_job(
         shutil.copytree(fitted.export_dir, folder, dirs_exist_ok=True)
 
     reference = training_reference(data.frame, split.test, proba, predictor.labels)  # for drift monitoring
-    meta = ModelRegistry(home.registry).register(
+    meta = open_registry(home).register(
         name,
         with_reference(copy_export, reference),
         kind="transformer",
@@ -361,7 +361,7 @@ def _check_and_blend(
 
 def evaluate_version(ref: str, spec: DataSpec, home: Home, *, threshold: float | None = None) -> EvalOutcome:
     """Score a registered version on a labelled file; writes metrics.json and confusion.png."""
-    registry = ModelRegistry(home.registry)
+    registry = open_registry(home)
     predictor, meta = load_version(registry, ref)
     data = load_labelled(spec)
     labels = [str(v) for v in data.frame["label"].tolist()]

@@ -82,6 +82,7 @@ class ProgressWriter:
     def _write(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # rank 0 may run on a node the folder is not on
             tmp.write_text(self.snapshot.to_json(), encoding="utf-8")
             os.replace(tmp, self.path)  # readers see the old snapshot or the new one, never half of one
         except OSError as err:  # progress is a courtesy: a full disk must not stop the training

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving.models.registry import runs_location
 from training import torch_loop
 from training.progress import PROGRESS_FILE, EpochScore, ProgressWatcher, ProgressWriter, TrainProgress
 from training.transformer_config import TransformerConfig
@@ -260,7 +261,7 @@ def _build_trainer(
         ),
         run_config=RunConfig(
             name=run_dir.name,
-            storage_path=str(run_dir.parent),
+            storage_path=runs_location(run_dir.parent),  # shared storage on a cluster (the registry's)
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.num_to_keep,
                 checkpoint_score_attribute="val_macro_f1",

@@ -24,7 +24,7 @@ from experiments.rollout.state import RolloutState, Step
 from serving import clock
 from serving.api import ApiError
 from serving.config import ConfigError, parse_config
-from serving.models.registry import ModelRegistry, RegistryError
+from serving.models.registry import ModelRegistry, RegistryError, open_registry
 from serving.ops import changes
 from serving.ops.admin import same_labels, servable
 from serving.ops.changes import Change, Context, Live
@@ -85,7 +85,7 @@ def plan_start(ctx: Context, live: Live, ref: str, percent: float | None, arm: s
             f"a rollout of {current.ref} is running ({current.percent:g}% of {current.arm}'s users): it must be "
             "promoted or rolled back (mailroute rollback) first",
         )
-    registry = ModelRegistry(ctx.home.registry)
+    registry = open_registry(ctx.home)
     model, version = servable(ctx, *_split(ref))
     serving_it = {
         a: s for a, s in live.experiment.arms.items() if s.model == model and not a.endswith(cfg.canary_suffix)
@@ -152,7 +152,7 @@ def plan_step(ctx: Context, live: Live, expected: RolloutState, action: str, rea
         raise ApiError(409, "the rollout moved on since it was checked; check again")
     if rs.canary_arm not in live.experiment.arms:
         return _ended_elsewhere(ctx, rs)
-    registry = ModelRegistry(ctx.home.registry)
+    registry = open_registry(ctx.home)
     if action == WIDEN:
         nxt = rs.steps[rs.step + 1]
         after = rs.model_copy(update={"step": rs.step + 1, "step_started": clock.now().isoformat(),
@@ -179,7 +179,7 @@ def plan_step(ctx: Context, live: Live, expected: RolloutState, action: str, rea
 
 
 def _plan_rollback_canary(ctx: Context, live: Live, rs: RolloutState, reason: str) -> Change:
-    registry = ModelRegistry(ctx.home.registry)
+    registry = open_registry(ctx.home)
     done = rs.model_copy(update={"status": "rolled back",
                                  "history": (*rs.history, _step(ROLLBACK, 0.0, ctx.actor, reason))})  # fmt: skip
 
@@ -207,7 +207,7 @@ def plan_rollback(ctx: Context, live: Live, arm: str | None) -> Change:
     if arm not in live.experiment.arms:
         raise ApiError(404, f"no arm '{arm}' in the running experiment ({', '.join(sorted(live.experiment.arms))})")
     spec = live.experiment.arms[arm]
-    registry = ModelRegistry(ctx.home.registry)
+    registry = open_registry(ctx.home)
     try:
         history = registry.champion_history(spec.model)
     except RegistryError as err:

@@ -305,9 +305,9 @@ def _experiment_config(sources: DashboardSources) -> tuple[ExperimentConfig | No
 
 
 def _experiment_view(home: Home, config: ExperimentConfig, source: str) -> ExperimentView:
-    from serving.models.registry import ModelRegistry, RegistryError
+    from serving.models.registry import RegistryError, open_registry
 
-    registry = ModelRegistry(home.registry)
+    registry = open_registry(home)
     shares: dict[str, float] = {}
     for r in config.ranges():
         shares[r.arm] = shares.get(r.arm, 0.0) + (r.end - r.start)

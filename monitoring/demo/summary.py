@@ -10,7 +10,7 @@ from datetime import datetime
 from experiments.analysis.report import build_report
 from experiments.config import ExperimentsFile
 from serving.config import Home, QueuesConfig
-from serving.models.registry import ModelRegistry, VersionInfo
+from serving.models.registry import VersionInfo, open_registry
 from serving.ops.state import load_state_at
 from serving.store.eventlog import open_event_log
 
@@ -74,7 +74,7 @@ def summary(home: Home, files: ExperimentsFile, queues: QueuesConfig, phases: li
     else:
         lines.append("-- drift: no monitoring run alarmed")
     lines.append("-- versions and lineage (mailroute models list / show):")
-    for item in ModelRegistry(home.registry).versions():
+    for item in open_registry(home).versions():
         if isinstance(item, VersionInfo):
             m = item.meta
             gate = m.metrics.get("gate") or {}

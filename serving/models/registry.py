@@ -7,8 +7,17 @@ Layout under the mailroute home::
     registry/<name>/.tmp-*           a version being written; invisible until renamed into place
 
 A version appears only through an atomic `rename` of a complete folder, so a crash mid-write never leaves a half
-version visible. Stage changes rewrite `stages.json` through a temp file and `os.replace`. On shared storage (many
-machines) the same layout works as long as the filesystem gives atomic rename, which NFS and local disks do.
+version visible. Stage changes rewrite `stages.json` through a temp file and `os.replace`.
+
+Shared storage (`open_registry`, `$MAILROUTE_REGISTRY_URI`): the same layout under a URI, so that training on one
+node and serving on another use one registry. `file://` (or a plain path, on NFS say) is the folder above. Any other
+filesystem pyarrow reaches (`s3://`, `gs://`, `hdfs://`) or fsspec does (`abfs://`, `memory://`, ...) has no
+atomic rename: a version's files are uploaded first and its meta.json last, so a version is visible only once it
+is complete (a crashed upload leaves files without meta.json, which `clean_partial` removes); `stages.json` is one
+object, replaced whole by each write. Serving and training read a version from a local copy (`<home>/cache/
+registry/<name>/<version>`), downloaded once and checked against meta.json's checksums like a local version.
+Object stores have no compare-and-swap here: run one trainer per model name at a time (the retrain job does), and
+make stage changes through the app's runtime changes, which hold the event store's change lock.
 """
 
 from __future__ import annotations
@@ -19,19 +28,26 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from serving import clock
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
+    from serving.config import Home
 
 log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
 STAGES_FILE = "stages.json"
 STAGES = ("candidate", "canary", "champion", "archived")
+REGISTRY_URI_ENV = "MAILROUTE_REGISTRY_URI"
 _VERSION_RE = re.compile(r"^v(\d+)$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -73,7 +89,7 @@ class ModelMeta:
 class VersionInfo:
     meta: ModelMeta
     stage: str
-    path: Path
+    path: Path  # the version's local folder (for a remote registry, its copy: made by a verified `get`)
 
 
 def _checked_name(name: str) -> str:
@@ -100,33 +116,146 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-class ModelRegistry:
-    """File registry rooted at `<home>/registry`."""
+def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem a registry URI names and the path inside it: pyarrow's own (s3, gs, hdfs, file), else
+    fsspec's, wrapped for pyarrow. A URI neither knows is a RegistryError."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    try:
+        fs, path = pafs.FileSystem.from_uri(location)
+    except pa.ArrowInvalid:  # not one of pyarrow's schemes: fsspec's (a missing backend package is named)
+        import fsspec
+
+        try:
+            fsspec_fs, path = fsspec.core.url_to_fs(location)
+        except (ImportError, ValueError) as err:
+            raise RegistryError(f"registry URI {location}: {err}") from None
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(fsspec_fs))
+    except OSError as err:  # pyarrow reaches the store at once (an S3 bucket's region): unreachable, bad creds
+        raise RegistryError(f"registry URI {location}: {' '.join(str(err).split())[:200]}") from None
+    return fs, path.rstrip("/")
+
+
+def open_registry(home: Home) -> ModelRegistry:
+    """The registry every mailroute process uses: `$MAILROUTE_REGISTRY_URI` when set (shared storage, the same on
+    every node), else `<home>/registry`."""
+    uri = os.environ.get(REGISTRY_URI_ENV)
+    return ModelRegistry(uri, cache=home.root / "cache" / "registry") if uri else ModelRegistry(home.registry)
+
+
+def runs_location(default: Path, *sub: str) -> str:
+    """Where Ray Train and Ray Tune keep a run's checkpoints (`storage_path`): beside the shared registry,
+    `<registry URI>/../runs/...`, when $MAILROUTE_REGISTRY_URI is set, so that workers on every node reach it and
+    the finished model registers from there; else the local `default` folder."""
+    uri = os.environ.get(REGISTRY_URI_ENV)
+    if not uri:
+        return str(default)
+    return "/".join([uri.rstrip("/").rsplit("/", 1)[0], "runs", *sub])
+
+
+class ModelRegistry:
+    """The registry rooted at a folder (`<home>/registry`) or at a URI (the module's docstring)."""
+
+    def __init__(self, root: Path | str, *, cache: Path | None = None) -> None:
+        self.location = str(root)
+        self._fs: pafs.FileSystem | None = None
+        if isinstance(root, str) and "://" in root:
+            fs, path = _filesystem(root)
+            import pyarrow.fs as pafs
+
+            if isinstance(fs, pafs.LocalFileSystem):  # file://: a folder, with atomic rename
+                root = Path(path)
+            else:
+                self._fs, self._base = fs, path
+        self.root = Path(root)  # the folder (for a remote registry: its local copies)
+        if self._fs is not None:
+            self.root = cache or Path(tempfile.gettempdir()) / "mailroute-registry-cache"
+
+    @property
+    def remote(self) -> bool:
+        """Whether versions live on a filesystem without atomic rename (an object store), read through copies."""
+        return self._fs is not None
+
+    # ---- storage: a local folder, or a remote filesystem ------------------------------------------------------
+    def _remote_path(self, *parts: str) -> str:
+        return "/".join([self._base, *parts])
+
+    def _list_dirs(self, *parts: str) -> list[str]:
+        if self._fs is None:
+            folder = self.root.joinpath(*parts)
+            return [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+        import pyarrow.fs as pafs
+
+        try:
+            infos = self._fs.get_file_info(pafs.FileSelector(self._remote_path(*parts), allow_not_found=True))
+        except OSError as err:
+            raise RegistryError(
+                f"registry {self.location} is unreachable ({' '.join(str(err).split())[:200]})"
+            ) from None
+        return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+
+    def _read_text(self, *parts: str) -> str | None:
+        """A file's text; None when it does not exist."""
+        if self._fs is None:
+            path = self.root.joinpath(*parts)
+            return path.read_text(encoding="utf-8") if path.is_file() else None
+        try:
+            with self._fs.open_input_stream(self._remote_path(*parts)) as fh:
+                return bytes(fh.read()).decode("utf-8")
+        except FileNotFoundError:
+            return None
+
+    def _write_json(self, data: Any, *parts: str) -> None:
+        """Replace a file whole: a reader sees the old one or the new one."""
+        if self._fs is None:
+            _write_json_atomic(self.root.joinpath(*parts), data)
+            return
+        with self._fs.open_output_stream(self._remote_path(*parts)) as fh:  # one PUT: an object is replaced whole
+            fh.write(json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))
+
+    def _local_folder(self, name: str, version: str) -> Path:
+        """The folder serving and training read a version from: the registry's own, or a checked local copy."""
+        folder = self.root / name / version
+        if self._fs is None or (folder / META_FILE).is_file():
+            return folder
+        import pyarrow.fs as pafs
+
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=folder.parent))
+        try:  # meta.json is copied with the rest: a copy is complete when it has one (renamed into place last)
+            pafs.copy_files(self._remote_path(name, version), str(tmp), source_filesystem=self._fs,
+                            destination_filesystem=pafs.LocalFileSystem())  # fmt: skip
+            try:
+                os.rename(tmp, folder)
+            except OSError:  # another process copied it first: use theirs
+                if not (folder / META_FILE).is_file():
+                    raise
+        except OSError as err:
+            raise RegistryError(f"cannot copy {name}:{version} from {self.location}: {err}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
 
     # ---- reading -------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.match(p.name))
+        return sorted(n for n in self._list_dirs() if _NAME_RE.match(n))
 
     def _versions(self, name: str) -> list[str]:
-        model_dir = self.root / _checked_name(name)
-        if not model_dir.is_dir():
-            return []
-        found = [(int(m.group(1)), p.name) for p in model_dir.iterdir() if (m := _VERSION_RE.match(p.name))]
+        found = [(int(m.group(1)), n) for n in self._list_dirs(_checked_name(name)) if (m := _VERSION_RE.match(n))]
+        if self._fs is not None:  # an upload in progress (or crashed) has files but no meta.json yet: not a version
+            found = [(k, v) for k, v in found if self._read_text(name, v, META_FILE) is not None]
         return [v for _, v in sorted(found)]
 
     def _stages(self, name: str) -> dict[str, Any]:
-        path = self.root / name / STAGES_FILE
-        if not path.exists():
-            return {"champion": None, "canary": None, "history": [], "rolled_back": []}
+        where = f"{self.location}/{name}/{STAGES_FILE}"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = self._read_text(name, STAGES_FILE)
+            if text is None:
+                return {"champion": None, "canary": None, "history": [], "rolled_back": []}
+            data = json.loads(text)
         except (OSError, json.JSONDecodeError) as err:
-            raise RegistryError(f"registry file {path} is unreadable ({err})") from None
+            raise RegistryError(f"registry file {where} is unreadable ({err})") from None
         return dict(data)
 
     def _stage_of(self, version: str, stages: dict[str, Any]) -> str:
@@ -141,17 +270,18 @@ class ModelRegistry:
     def read_meta(self, name: str, version: str, *, verify: bool = False) -> ModelMeta:
         if not _VERSION_RE.fullmatch(version):
             raise RegistryError(f"'{version[:40]}' is not a version (v1, v2, ...)")
-        path = self.root / _checked_name(name) / version
-        if not path.is_dir():
+        if version not in self._list_dirs(_checked_name(name)):
             known = ", ".join(self._versions(name)) or "none"
             raise RegistryError(f"model '{name}' has no version '{version}' (known: {known})")
         try:
-            meta = ModelMeta.from_json(json.loads((path / META_FILE).read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise RegistryError(f"model {name}:{version} is corrupt: {META_FILE} is missing") from None
+            text = self._read_text(name, version, META_FILE)
+            if text is None:
+                raise RegistryError(f"model {name}:{version} is corrupt: {META_FILE} is missing")
+            meta = ModelMeta.from_json(json.loads(text))
         except (json.JSONDecodeError, TypeError, KeyError) as err:
             raise RegistryError(f"model {name}:{version} is corrupt: {META_FILE} is invalid ({err})") from None
         if verify:
+            path = self._local_folder(name, version)
             for rel, expected in meta.files.items():
                 target = path / rel
                 if not target.is_file():
@@ -199,7 +329,9 @@ class ModelRegistry:
     def get(self, ref: str, *, verify: bool = True) -> VersionInfo:
         name, version = self.resolve(ref)
         meta = self.read_meta(name, version, verify=verify)
-        return VersionInfo(meta, self._stage_of(version, self._stages(name)), self.root / name / version)
+        # A remote version is copied here only when it is read for use (verified): a stage change copies nothing.
+        path = self._local_folder(name, version) if verify else self.root / name / version
+        return VersionInfo(meta, self._stage_of(version, self._stages(name)), path)
 
     def versions(self, name: str | None = None) -> Iterator[VersionInfo | tuple[str, str, str]]:
         """Every version; a corrupt one is yielded as (name, version, error) so listing never fails."""
@@ -233,14 +365,16 @@ class ModelRegistry:
             raise RegistryError(f"invalid model name '{name}': use lowercase letters, digits, '-', '_', '.'")
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
-        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp = model_dir / f".tmp-{uuid.uuid4().hex}"  # for a remote registry: the upload's local staging
         tmp.mkdir()
         try:
             write_files(tmp)
             files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             while True:  # another writer may take the same number: the rename then fails and we try the next
-                existing = self._versions(name)
-                version = f"v{int(existing[-1][1:]) + 1 if existing else 1}"
+                # Remote: a crashed upload's folder keeps its number too (it has no meta.json, so it is no version).
+                existing = self._versions(name) if self._fs is None else self._list_dirs(name)
+                numbers = [int(m.group(1)) for v in existing if (m := _VERSION_RE.match(v))]
+                version = f"v{max(numbers, default=0) + 1}"
                 meta = ModelMeta(
                     name=name,
                     version=version,
@@ -256,6 +390,14 @@ class ModelRegistry:
                     warnings=tuple(warnings),
                 )
                 _write_json_atomic(tmp / META_FILE, meta.to_json())
+                if self._fs is not None:
+                    self._upload(tmp, name, version)
+                    try:  # the staged files are this node's copy of the new version
+                        os.rename(tmp, model_dir / version)
+                    except OSError:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    log.info("registered %s:%s at %s", name, version, self.location)
+                    return meta
                 try:
                     os.rename(tmp, model_dir / version)
                 except OSError:
@@ -267,6 +409,23 @@ class ModelRegistry:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _upload(self, folder: Path, name: str, version: str) -> None:
+        """Copy a complete version to the remote registry, meta.json last: until it lands the version is invisible."""
+        import pyarrow.fs as pafs
+
+        assert self._fs is not None
+        target = self._remote_path(name, version)
+        local = pafs.LocalFileSystem()
+        try:
+            for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META_FILE):
+                rel = path.relative_to(folder).as_posix()
+                self._fs.create_dir(f"{target}/{rel}".rsplit("/", 1)[0], recursive=True)
+                pafs.copy_files(str(path), f"{target}/{rel}", source_filesystem=local, destination_filesystem=self._fs)
+            pafs.copy_files(str(folder / META_FILE), f"{target}/{META_FILE}", source_filesystem=local,
+                            destination_filesystem=self._fs)  # fmt: skip
+        except OSError as err:
+            raise RegistryError(f"cannot upload {name}:{version} to {self.location}: {err}") from None
 
     def promote(self, ref: str, stage: str = "champion") -> VersionInfo:
         """Make a version the champion (the old one is kept in history for rollback) or the canary."""
@@ -286,7 +445,7 @@ class ModelRegistry:
                 stages["canary"] = None
         else:
             stages["canary"] = version
-        _write_json_atomic(self.root / name / STAGES_FILE, stages)
+        self._write_json(stages, name, STAGES_FILE)
         return self.get(f"{name}:{version}", verify=False)
 
     def rollback(self, name: str) -> VersionInfo:
@@ -304,7 +463,7 @@ class ModelRegistry:
             stages["rolled_back"] = [*stages.get("rolled_back", []), current]
         if stages.get("canary") == stages["champion"]:
             stages["canary"] = None
-        _write_json_atomic(self.root / name / STAGES_FILE, stages)
+        self._write_json(stages, name, STAGES_FILE)
         return self.get(f"{name}:{stages['champion']}", verify=False)
 
     def retire(self, ref: str) -> VersionInfo:
@@ -318,7 +477,7 @@ class ModelRegistry:
             stages["canary"] = None
         if version not in stages.get("rolled_back", []):
             stages["rolled_back"] = [*stages.get("rolled_back", []), version]
-        _write_json_atomic(self.root / name / STAGES_FILE, stages)
+        self._write_json(stages, name, STAGES_FILE)
         return self.get(f"{name}:{version}", verify=False)
 
     def clean_partial(self) -> int:
@@ -328,4 +487,9 @@ class ModelRegistry:
             for tmp in (self.root / name).glob(".tmp-*"):
                 shutil.rmtree(tmp, ignore_errors=True)
                 removed += 1
+            if self._fs is not None:  # uploads that never wrote their meta.json
+                known = set(self._versions(name))
+                for version in [v for v in self._list_dirs(name) if _VERSION_RE.match(v) and v not in known]:
+                    self._fs.delete_dir(self._remote_path(name, version))
+                    removed += 1
         return removed

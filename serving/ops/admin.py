@@ -15,7 +15,7 @@ from experiments.config import ExperimentConfig
 from serving.api import ApiError
 from serving.config import ConfigError, PolicyConfig, parse_config
 from serving.models.predictor import check_servable
-from serving.models.registry import ModelRegistry, RegistryError
+from serving.models.registry import RegistryError, open_registry
 from serving.ops import changes
 from serving.ops.apps import SHADOW, arm_specs
 from serving.ops.changes import Change, Context, Live
@@ -56,7 +56,7 @@ def merge_change(current: ExperimentConfig, name: str, change: Any, ranges: Sequ
 
 def servable(ctx: Context, model: str, version: str) -> tuple[str, str]:
     """`model:version` resolved, verified (checksums, every label a queue of the taxonomy); a 422 otherwise."""
-    registry = ModelRegistry(ctx.home.registry)
+    registry = open_registry(ctx.home)
     try:
         name, pinned = registry.resolve(f"{model}:{version}")
         info = registry.get(f"{name}:{pinned}", verify=True)
@@ -70,7 +70,7 @@ def same_labels(ctx: Context, served: tuple[str, str], candidate: tuple[str, str
     """A 422 unless the candidate (model, version) predicts the very queues of the served one (a new version of the
     arm's model or another model on the arm): one that lacks a queue would never route there again, one with another
     would need the router's taxonomy changed first."""
-    registry = ModelRegistry(ctx.home.registry)
+    registry = open_registry(ctx.home)
     try:
         # Resolved first: a live arm may still name `champion` or `latest`.
         served, candidate = registry.resolve(":".join(served)), registry.resolve(":".join(candidate))

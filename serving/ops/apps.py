@@ -15,12 +15,13 @@ leaves one arm serving two versions (a replica that restarts loads the same pinn
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from experiments.config import ExperimentConfig
 from serving import clock
 from serving.config import Home, ModelServerSpec, PolicyConfig, ServingConfig, config_dir
-from serving.models.registry import ModelRegistry
+from serving.models.registry import REGISTRY_URI_ENV, open_registry
 from serving.router import SHADOW
 
 APP_NAME = "mailroute"
@@ -47,7 +48,7 @@ def arm_of_app(app: str) -> str | None:
 def pin_versions(home: Home, experiment: ExperimentConfig) -> ExperimentConfig:
     """The experiment with every arm's (and the shadow's) version resolved in the registry: `champion`, `latest`
     or `canary` become `vN`. An unknown model or version raises RegistryError naming it."""
-    registry = ModelRegistry(home.registry)
+    registry = open_registry(home)
     data = experiment.model_dump(mode="json")
     for spec in data["arms"].values():
         spec["version"] = registry.resolve(f"{spec['model']}:{spec['version']}")[1]
@@ -66,7 +67,7 @@ def arm_specs(experiment: ExperimentConfig) -> dict[str, tuple[str, str]]:
 
 
 def model_kind(home: Home, model: str, version: str) -> str:
-    return ModelRegistry(home.registry).read_meta(model, version).kind
+    return open_registry(home).read_meta(model, version).kind
 
 
 def arm_user_config(spec: ModelServerSpec, ref: str) -> dict[str, Any]:
@@ -80,8 +81,11 @@ def arm_user_config(spec: ModelServerSpec, ref: str) -> dict[str, Any]:
 
 
 def _runtime_env() -> dict[str, Any]:
-    # Every replica must stamp events on the driver's clock (a simulation runs on a scaled one).
+    # Every replica must stamp events on the driver's clock (a simulation runs on a scaled one), and read the same
+    # registry (not a secret: credentials for it come from each node's environment, as the store's URL does).
     env = clock.env()
+    if os.environ.get(REGISTRY_URI_ENV):
+        env[REGISTRY_URI_ENV] = os.environ[REGISTRY_URI_ENV]
     return {"env_vars": env} if env else {}
 
 

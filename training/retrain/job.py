@@ -31,7 +31,7 @@ from serving import clock
 from serving.config import Home, PolicyConfig, QueuesConfig
 from serving.mail.text import PREPROCESSING_VERSION
 from serving.models.predictor import Predictor, load_version
-from serving.models.registry import ModelMeta, ModelRegistry, RegistryError
+from serving.models.registry import ModelMeta, ModelRegistry, RegistryError, open_registry
 from serving.store.eventlog import EventLog
 from training.config import TrainingConfig
 from training.retrain.dataset import RetrainData, assemble, read_sources
@@ -144,7 +144,7 @@ def retrain_model(
 ) -> RetrainOutcome:
     """Retrain model `name` (module docstring). Raises RetrainStopped when a data check fails."""
     started = time.perf_counter()
-    registry = ModelRegistry(home.registry)
+    registry = open_registry(home)
     champion_info = registry.get(f"{name}:champion", verify=True)
     champion_meta = champion_info.meta
     champion_ref = f"{name}:{champion_meta.version}"

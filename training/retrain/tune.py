@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from serving.models.linear import LinearTextClassifier
+from serving.models.registry import runs_location
 from training.config import LinearConfig
 from training.split import stratified_split
 
@@ -82,7 +83,7 @@ def tune_linear(
         trainable,
         param_space={"alpha": tune.grid_search(list(alphas))},
         tune_config=tune.TuneConfig(metric=METRIC, mode="max"),
-        run_config=tune.RunConfig(storage_path=str(storage.absolute()), name=name, verbose=0),
+        run_config=tune.RunConfig(storage_path=runs_location(storage.absolute(), "tune"), name=name, verbose=0),
     )
     with contextlib.redirect_stdout(io.StringIO()):  # Tune prints its settings table whatever `verbose` says
         grid = tuner.fit()
