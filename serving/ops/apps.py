@@ -118,10 +118,11 @@ def router_app(
 
 
 def arm_app_config(
-    home: Home, queues: dict[str, Any], serving: ServingConfig, arm: str, model: str, version: str
-) -> dict[str, Any]:
-    """One arm's application deploy config, serving the pinned `model:version`."""
-    kind = model_kind(home, model, version)
+    home: Home, queues: dict[str, Any], serving: ServingConfig, arm: str, model: str, version: str,
+    kind: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """One arm's application deploy config, serving the pinned `model:version` (of `kind`, else the registry's)."""
+    kind = kind or model_kind(home, model, version)
     spec = serving.transformer if kind == "transformer" else serving.linear
     return {
         "name": arm_app(arm),

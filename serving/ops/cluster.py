@@ -30,7 +30,7 @@ import yaml
 
 from experiments.config import ExperimentConfig, load_experiments
 from serving.config import Home, load_queues, load_serving
-from serving.ops.apps import arm_app, arm_deployment, arm_of_app, arm_specs, arm_user_config, router_app
+from serving.ops.apps import arm_app_config, arm_of_app, arm_specs, router_app
 from serving.router import SHADOW
 
 CLUSTER_HOME = "/var/lib/mailroute"  # MAILROUTE_HOME in the image (docs/cluster/Dockerfile)
@@ -86,20 +86,6 @@ def pin_experiment(experiment: ExperimentConfig, pins: Mapping[str, ArmPin]) -> 
     return ExperimentConfig.model_validate(data)
 
 
-def _arm_app(home: Home, queues: dict[str, Any], serving_args: dict[str, Any], spec: Any, arm: str, ref: str,
-             kind: str) -> dict[str, Any]:  # fmt: skip
-    # serving.ops.apps.arm_app_config with the kind given instead of read from the registry; a test keeps the two
-    # equal (tests/test_cluster_manifest.py).
-    return {
-        "name": arm_app(arm),
-        "route_prefix": None,
-        "import_path": "serving.app:build_arm",
-        "runtime_env": {},
-        "args": {"home": str(home.root), "queues": queues, "serving": serving_args, "arm": arm, "kind": kind},
-        "deployments": [{"name": arm_deployment(arm), "user_config": arm_user_config(spec, ref)}],
-    }
-
-
 def serve_config(
     configs: Path,
     pins: Mapping[str, ArmPin],
@@ -118,15 +104,14 @@ def serve_config(
     monitoring_config(configs)  # read in the pods by the scheduled jobs: a broken file fails here, not there
     serving.policy.check_queues(queues.names)
     root = Home(Path(home))
-    queues_args, serving_args = queues.model_dump(mode="json"), serving.model_dump(mode="json")
+    queues_args = queues.model_dump(mode="json")
     router = router_app(root, queues_args, serving, experiment, serving.policy)
     router["runtime_env"] = {}
     router["args"]["config_dir"] = config_dir
     arms = []
     for arm, (model, version) in arm_specs(experiment).items():
-        kind = pins[arm].kind
-        spec = serving.transformer if kind == "transformer" else serving.linear
-        arms.append(_arm_app(root, queues_args, serving_args, spec, arm, f"{model}:{version}", kind))
+        app = arm_app_config(root, queues_args, serving, arm, model, version, kind=pins[arm].kind)
+        arms.append({**app, "runtime_env": {}})
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "0.0.0.0", "port": serving.port},
