@@ -228,6 +228,16 @@ class PostgresEventLog:
             connect_args={
                 "connect_timeout": int(self._options["connect_timeout_s"]),
                 "application_name": "mailroute",
+                # A server that goes silent (a network partition, a dead host) fails a call within about 30 s
+                # instead of leaving it hanging on a socket that never answers: TCP keepalives on idle
+                # connections, and a cap on unacknowledged data in flight. (A server process that is stopped but
+                # whose host still answers TCP is only seen as a write in flight too long: BufferedWriter's
+                # stall_after_s.)
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 5,
+                "keepalives_count": 3,
+                "tcp_user_timeout": 30_000,
             },
         )
 

@@ -11,7 +11,8 @@ normal stop, drains everything first; an `atexit` hook calls it when the interpr
 replica should call it from its shutdown hook.
 
 A write that fails for a reason that can pass (a locked or full disk, an unopenable file, a lost connection) is
-retried with backoff (tenacity), for as long as it takes: the batch stays in memory, `stats().failing` says so, and
+retried with backoff (tenacity), for as long as it takes: the batch stays in memory, `stats().failing` says so (as
+it does while one write has been in flight longer than `stall_after_s`: a store that hangs), and
 new events wait behind it up to `max_pending`. Beyond that `submit` refuses (returns False) and the router answers
 503 instead of routing an email it cannot record. The store ignores request_ids it already holds, so retrying a
 batch that did commit double counts nothing. Only a write that can never succeed (a shadow result whose prediction
@@ -76,6 +77,7 @@ class BufferedWriter:
         retry_backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
         close_retry_s: float = 10.0,
+        stall_after_s: float = 10.0,
     ) -> None:
         if flush_interval_ms <= 0 or max_batch <= 0 or max_pending <= 0:
             raise EventLogError("BufferedWriter: interval, batch size and buffer size must be positive")
@@ -88,6 +90,8 @@ class BufferedWriter:
         self._close_retry_s = close_retry_s
         self._give_up_at = float("inf")  # set by close(): how long a failing store still gets
         self._failing = False
+        self._stall_after_s = stall_after_s
+        self._writing_since: float | None = None  # monotonic start of the write in flight
         # Unbounded so that flush/close markers never block; `max_pending` bounds the events instead.
         self._queue: queue.Queue[PredictionEvent | _Shadow | _Marker] = queue.Queue()
         self._lock = threading.Lock()
@@ -164,9 +168,11 @@ class BufferedWriter:
         return True
 
     def stats(self) -> WriterStats:
+        since = self._writing_since
+        stalled = since is not None and time.monotonic() - since > self._stall_after_s  # a store that hangs
         with self._lock:
             return WriterStats(
-                self._submitted, self._written, self._dropped, self._pending, self._failing, self._refused
+                self._submitted, self._written, self._dropped, self._pending, self._failing or stalled, self._refused
             )
 
     def __enter__(self) -> BufferedWriter:
@@ -219,6 +225,7 @@ class BufferedWriter:
             before_sleep=self._failed,
             reraise=True,
         )
+        self._writing_since = time.monotonic()
         try:
             retrying(write)
         except Exception as err:
@@ -230,6 +237,8 @@ class BufferedWriter:
             with self._lock:
                 self._dropped += count
             return "dropped"
+        finally:
+            self._writing_since = None
         with self._lock:
             self._written += count
         self._failing = False

@@ -263,3 +263,17 @@ def test_dropped_and_refused_records_reach_the_metrics_page() -> None:
     assert f"mailroute_events_refused_total {2 * stats['refused']}" in text
     assert f"mailroute_events_dropped_total {2 * stats['dropped']}" in text
     assert f"mailroute_events_written_total {2 * stats['written']}" in text
+
+
+def test_a_write_that_hangs_is_said_to_be_failing_until_it_returns() -> None:
+    """Found in review: a store that hangs (a database server that stopped answering without closing the
+    connection) kept `failing` false for as long as the write hung, so /readyz and /metrics said all was well."""
+    log = GatedLog(gate_open=False)
+    writer = BufferedWriter(log, flush_interval_ms=10, stall_after_s=0.2)
+    writer.submit(event("r1"))
+    time.sleep(0.6)
+    assert writer.stats().failing and writer.stats().pending == 1
+    log.gate.set()
+    assert writer.flush(timeout=5)
+    assert not writer.stats().failing and writer.stats().written == 1
+    writer.close()
