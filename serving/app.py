@@ -532,7 +532,7 @@ def _deployment_options(spec: Any, name: str, serving: ServingConfig) -> dict[st
     options: dict[str, Any] = {
         "name": name,
         "logging_config": {"enable_access_log": serving.access_log, "encoding": serving.log_encoding},
-        "ray_actor_options": {"num_cpus": spec.num_cpus},
+        "ray_actor_options": {"num_cpus": spec.num_cpus, **({"resources": spec.resources} if spec.resources else {})},
         "max_ongoing_requests": spec.max_ongoing_requests,
         "max_queued_requests": spec.max_queued_requests,
     }

@@ -170,6 +170,19 @@ class DeploymentSpec(StrictModel):
         1000, ge=-1, description="Requests waiting for a replica before Serve sheds load with 503 (-1: no cap)."
     )
     autoscaling: AutoscalingSpec | None = Field(None, description="Autoscaling instead of a fixed count.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources each replica reserves, to place it on the nodes that offer them (a "
+        "cluster: e.g. {arm_node: 1} with `ray start --resources '{\"arm_node\": 4}'` on the model nodes).",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in value.items() if not v > 0 or k in ("CPU", "GPU", "memory")]
+        if bad:
+            raise ValueError(f"resources: {', '.join(bad)}: a custom resource needs a positive amount (CPUs: num_cpus)")
+        return value
 
 
 class ModelServerSpec(DeploymentSpec):
@@ -275,6 +288,11 @@ class ServingConfig(StrictModel):
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Decision policy.")
     host: str = Field("127.0.0.1", description="HTTP host the proxy binds.")
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    proxy_location: Literal["HeadOnly", "EveryNode"] = Field(
+        "HeadOnly",
+        description="Where Serve runs its HTTP proxy: the head node only (one address; two nodes on one machine never "
+        "bind one port) or every node (behind a load balancer of your own).",
+    )
     fast_proxy: bool = Field(
         True, description="Use Ray Serve's HAProxy ingress when a haproxy binary is usable (falls back, saying so)."
     )

@@ -257,7 +257,10 @@ def _build_trainer(
         _train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": cfg.threads_per_worker}
+            num_workers=cfg.num_workers,
+            use_gpu=False,
+            resources_per_worker={"CPU": cfg.threads_per_worker},
+            placement_strategy=cfg.placement_strategy,
         ),
         run_config=RunConfig(
             name=run_dir.name,

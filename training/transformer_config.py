@@ -7,6 +7,7 @@ written next to an exported model as `transformer_config.json` so a run can be r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -63,6 +64,9 @@ class TransformerConfig(StrictModel):
         0.1, ge=0, lt=1.0, description="Fraction of all steps spent warming the learning rate up linearly."
     )
     num_workers: int = Field(2, ge=1, le=256, description="Ray Train workers (data-parallel replicas).")
+    placement_strategy: Literal["PACK", "SPREAD"] = Field(
+        "PACK", description="How Ray places the workers: PACK on as few nodes as fit, SPREAD across the nodes."
+    )
     threads_per_worker: int = Field(
         1, ge=1, le=64, description="Torch threads (and logical CPUs reserved) per Ray Train worker."
     )

@@ -169,7 +169,7 @@ def start(
     if not started and not os.environ.get("RAY_ADDRESS"):  # a Ray someone else started: its env decides
         proxy = "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "default"
     try:
-        serve.start(http_options={"host": serving.host, "port": port})
+        serve.start(proxy_location=serving.proxy_location, http_options={"host": serving.host, "port": port})
     except Exception as err:
         if proxy != "haproxy" or not started:
             raise
@@ -180,7 +180,7 @@ def start(
         env = dict(BASE_ENV)
         proxy = "default"
         started = _start_ray(num_cpus, env)
-        serve.start(http_options={"host": serving.host, "port": port})
+        serve.start(proxy_location=serving.proxy_location, http_options={"host": serving.host, "port": port})
     deploy(home, queues, serving, experiment)
     _start_jobs(home, serving)
     url = f"http://{'127.0.0.1' if serving.host in ('0.0.0.0', '::') else serving.host}:{port}"
