@@ -233,22 +233,32 @@ def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment:
         # The salt before anything deploys: on several nodes, or with a store every node shares, a salt made in
         # one node's home would give another node's replicas other pseudonyms.
         resolve_user_salt(serving, home, shared=is_shared(store, ray_nodes()))
-        start = state.reconcile(store, experiment)
-        if start.note:
-            log.warning("%s", start.note)
-        running = pin_versions(home, start.experiment)
-        policy, note = state.load_policy(store, serving.policy)
-        policy.check_queues(queues.names)
-        if note:
-            log.warning("%s", note)
-        apps = app_configs(home, queues.model_dump(mode="json"), serving, running, policy)
-        client = _get_global_client()
-        assert client is not None
-        client.deploy_apps(ServeDeploySchema.model_validate({"applications": apps}), _blocking=True)
-        state.save_state(store, running, based_on=experiment)  # what runs, and the file it was started from
-        if start.previous is not None:  # a hand edit applied: a weight change like any other (the SRM check reads it)
-            old, new = start.previous.model_dump(mode="json"), running.model_dump(mode="json")
-            state.audit(store, "experiments.yaml", old, new, start.moved, detail=start.note)
+        # Under the change lock: a runtime change arriving while this start deploys waits for it, then plans
+        # from what this start runs (and this start never reads a layout a change is half way through writing).
+        lock = store.change_lock()
+        lock.acquire(timeout=state.IMPORT_LOCK_WAIT_S)
+        try:
+            start = state.reconcile(store, experiment)
+            if start.note:
+                log.warning("%s", start.note)
+            running = pin_versions(home, start.experiment)
+            policy, note = state.load_policy(store, serving.policy)
+            policy.check_queues(queues.names)
+            if note:
+                log.warning("%s", note)
+            apps = app_configs(home, queues.model_dump(mode="json"), serving, running, policy)
+            client = _get_global_client()
+            assert client is not None
+            client.deploy_apps(ServeDeploySchema.model_validate({"applications": apps}), _blocking=True)
+            # What runs, and the file it was started from; a hand edit applied is a weight change like any other
+            # (the SRM check reads it), audited in the same transaction.
+            audit = []
+            if start.previous is not None:
+                old, new = start.previous.model_dump(mode="json"), running.model_dump(mode="json")
+                audit.append(state.audit_record("experiments.yaml", old, new, start.moved, detail=start.note))
+            store.record_change({state.EXPERIMENT_KEY: state.experiment_doc(store, running, experiment)}, audit)
+        finally:
+            lock.release()
     finally:
         store.close()
 

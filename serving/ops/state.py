@@ -28,13 +28,16 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from pydantic import ValidationError
 
 from experiments.assign import moved_share
 from experiments.config import ExperimentConfig
 from serving import clock
 from serving.config import ConfigError, Home, PolicyConfig, parse_config
-from serving.store.eventlog import EventLog
+from serving.store.eventlog import EventLog, EventLogError, audit_fields
 
 log = logging.getLogger(__name__)
 EXPERIMENT_KEY = "experiment"
@@ -43,6 +46,7 @@ SALT_FILE = "user_salt"
 # The home-folder files of earlier versions, imported into the store once (`import_home_files`).
 LEGACY_FILES = {"experiment.json": EXPERIMENT_KEY, "policy.json": POLICY_KEY, "rollout.json": "rollout"}
 LEGACY_AUDIT = "audit.jsonl"
+IMPORT_LOCK_WAIT_S = 120.0
 
 
 def user_salt(home: Home) -> str:
@@ -217,41 +221,81 @@ def audit(store: EventLog, actor: str, old: dict[str, Any], new: dict[str, Any],
     store.record_audit(audit_record(actor, old, new, moved, kind=kind, detail=detail))
 
 
+def _legacy_doc(path: Path, key: str) -> dict[str, Any]:
+    """A state file of an earlier version, read and checked as what it must hold (ConfigError naming it if not)."""
+    from experiments.rollout.state import RolloutState
+
+    def refused(why: str) -> ConfigError:
+        return ConfigError(f"{path}: cannot import it into the event store ({' '.join(why.split())[:160]})")
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise refused(str(err)) from None
+    if not isinstance(doc, dict):
+        raise refused("not a JSON object")
+    try:
+        if key == EXPERIMENT_KEY:  # {"experiment": ..., "based_on": ...}, or an experiment from before based_on
+            for part in [doc["experiment"], doc.get("based_on")] if "experiment" in doc else [doc]:
+                if part is not None:
+                    ExperimentConfig.model_validate(part)
+        elif key == POLICY_KEY:
+            PolicyConfig.model_validate(doc["policy"])
+            PolicyConfig.model_validate(doc["based_on"])
+        else:
+            RolloutState.model_validate(doc)
+    except (ValidationError, KeyError, TypeError) as err:
+        raise refused(f"not a saved {key}: {err}") from None
+    return doc
+
+
+def _legacy_audit(path: Path) -> list[dict[str, Any]]:
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            record = json.loads(line) if line.strip() else None
+            if record is not None:
+                audit_fields(record)
+        except (json.JSONDecodeError, EventLogError) as err:
+            why = "not JSON" if isinstance(err, json.JSONDecodeError) else str(err)
+            raise ConfigError(f"{path}, line {number}: {why}; fix or remove the line, then restart") from None
+        if record is not None:
+            records.append(record)
+    return records
+
+
 def import_home_files(store: EventLog, home: Home) -> list[str]:
     """Move the state files of a home from before the store held them into the store, once: a document the store
     already has is kept (the file is then stale); each file is renamed `<name>.imported` after. Returns a sentence
-    per file moved. An unreadable file is a ConfigError naming it (nothing is half imported)."""
-    done = []
-    for name, key in LEGACY_FILES.items():
-        path = home.root / name
-        if not path.is_file():
-            continue
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            why = " ".join(str(err).split())[:120]
-            raise ConfigError(f"{path}: cannot import it into the event store ({why})") from None
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: cannot import it into the event store (not a JSON object)")
-        kept = store.read_state(key) is not None
-        if not kept:
-            store.write_state(key, doc)
-        path.rename(path.with_name(f"{name}.imported"))
-        done.append(f"{path}: {'the store already had its state; kept that' if kept else 'moved into the store'}")
-    path = home.root / LEGACY_AUDIT
-    if path.is_file():
-        records = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                record = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError:
-                raise ConfigError(f"{path}, line {number}: not JSON; fix or remove the line, then restart") from None
-            if record is not None:
-                records.append(record)
-        known = {json.dumps(r, sort_keys=True) for r in store.audit_records()}
-        for record in records:  # a start that died half way through an import repeats none
-            if json.dumps(record, sort_keys=True) not in known:
-                store.record_audit(record)
-        path.rename(path.with_name(f"{LEGACY_AUDIT}.imported"))
-        done.append(f"{path}: {len(records)} audit records moved into the store")
-    return done
+    per file moved. Every file is read and checked first, and everything is written in one transaction under the
+    store's change lock (two starts at once import each record once): a file that is not what it should be is a
+    ConfigError naming it, and nothing is imported."""
+
+    def present() -> dict[str, Path]:
+        return {name: home.root / name for name in [*LEGACY_FILES, LEGACY_AUDIT] if (home.root / name).is_file()}
+
+    if not present():
+        return []
+    lock = store.change_lock()
+    lock.acquire(timeout=IMPORT_LOCK_WAIT_S)
+    try:
+        found = present()  # again, under the lock: another start may have imported them while we waited
+        docs = {LEGACY_FILES[n]: _legacy_doc(p, LEGACY_FILES[n]) for n, p in found.items() if n in LEGACY_FILES}
+        records = _legacy_audit(found[LEGACY_AUDIT]) if LEGACY_AUDIT in found else []
+        kept = {key for key in docs if store.read_state(key) is not None}
+        known = {json.dumps(r, sort_keys=True) for r in store.audit_records()} if records else set()
+        new = [r for r in records if json.dumps(r, sort_keys=True) not in known]  # an import that died half way
+        store.record_change({k: d for k, d in docs.items() if k not in kept}, new)
+        done = []
+        for name, path in found.items():
+            path.rename(path.with_name(f"{name}.imported"))
+            if name == LEGACY_AUDIT:
+                done.append(f"{path}: {len(records)} audit records moved into the store")
+            else:
+                key = LEGACY_FILES[name]
+                done.append(
+                    f"{path}: {'the store already had its state; kept that' if key in kept else 'moved into the store'}"
+                )
+        return done
+    finally:
+        lock.release()

@@ -93,7 +93,10 @@ def test_a_homes_state_files_move_into_the_store_once(tmp_path: Path, store: Eve
     changed = file.pinned(file.ranges())
     saved = {"experiment": changed.model_dump(mode="json"), "based_on": file.model_dump(mode="json")}
     (tmp_path / "experiment.json").write_text(json.dumps(saved))
-    (tmp_path / "rollout.json").write_text(json.dumps({"model": "linear", "status": "promoted"}))
+    rollout = {"model": "linear", "candidate": "v2", "previous": "v1", "arm": "linear", "canary_arm": "linear-canary",
+               "arm_weight": 0.5, "steps": [10.0, 50.0], "step": 1, "status": "promoted",
+               "started": "2026-01-01T09:00:00+00:00", "step_started": "2026-01-01T10:00:00+00:00"}  # fmt: skip
+    (tmp_path / "rollout.json").write_text(json.dumps(rollout))
     lines = [{"ts": f"2026-01-0{i}T09:00:00+00:00", "actor": "ops", "kind": "experiment", "old": {}, "new": {}}
              for i in (1, 2)]  # fmt: skip
     (tmp_path / "audit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + "\n")
@@ -101,7 +104,7 @@ def test_a_homes_state_files_move_into_the_store_once(tmp_path: Path, store: Eve
     said = state.import_home_files(store, home)
     assert len(said) == 3 and "2 audit records" in said[-1]
     assert state.load_state(store, file) == changed
-    assert store.read_state("rollout") == {"model": "linear", "status": "promoted"}
+    assert store.read_state("rollout") == rollout
     assert [r["ts"] for r in store.audit_records()] == [lines[0]["ts"], lines[1]["ts"]]  # none twice
     assert not (tmp_path / "audit.jsonl").exists() and (tmp_path / "audit.jsonl.imported").exists()
     assert state.import_home_files(store, home) == []  # once
@@ -123,3 +126,51 @@ def test_another_experiment_in_the_file_starts_afresh(store: EventLog) -> None:
     runtime_change(store, experiment(a=0.5, b=0.5), experiment(a=0.8, b=0.2))
     other = ExperimentConfig.model_validate({**experiment(a=0.5, b=0.5).model_dump(), "salt": "s2"})
     assert state.reconcile(store, other).experiment == other
+
+
+def test_a_state_file_that_parses_but_is_not_its_state_stops_the_import_before_anything_moves(
+    tmp_path: Path, store: EventLog
+) -> None:
+    """Found in review: only JSON syntax was checked, so a rollout.json that is no rollout was imported (to fail
+    later, far from its file), after experiment.json had already moved."""
+    file = experiment(a=0.5, b=0.5)
+    (tmp_path / "experiment.json").write_text(json.dumps({"experiment": file.model_dump(mode="json")}))
+    (tmp_path / "rollout.json").write_text(json.dumps({"model": "linear"}))
+    with pytest.raises(ConfigError, match=r"rollout\.json: cannot import it") as err:
+        state.import_home_files(store, Home(tmp_path))
+    assert "\n" not in str(err.value)
+    assert store.read_state("experiment") is None and (tmp_path / "experiment.json").exists()
+
+
+def test_two_starts_importing_at_once_import_each_record_once(tmp_path: Path) -> None:
+    """Found in review: two replicas or two starts importing together could both write the audit lines, and the
+    loser's rename failed with FileNotFoundError. The import holds the store's change lock and is one transaction."""
+    import threading
+
+    lines = [{"ts": f"2026-01-0{i}T09:00:00+00:00", "actor": "ops", "kind": "experiment", "old": {}, "new": {}}
+             for i in range(1, 10)]  # fmt: skip
+    for attempt in range(5):
+        home = tmp_path / f"home{attempt}"
+        home.mkdir()
+        (home / "audit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        stores = [SQLiteEventLog(home / "events.db") for _ in range(2)]
+        barrier, errors = threading.Barrier(2), []
+
+        def start(
+            store: EventLog, home: Path = home, barrier: threading.Barrier = barrier, errors: list[Any] = errors
+        ) -> None:
+            barrier.wait()
+            try:
+                state.import_home_files(store, Home(home))
+            except Exception as err:
+                errors.append(err)
+
+        threads = [threading.Thread(target=start, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        assert len(stores[0].audit_records()) == len(lines)
+        for s in stores:
+            s.close()
