@@ -251,3 +251,22 @@ def test_on_a_shared_store_the_home_salt_file_is_refused(
     monkeypatch.setenv("MAILROUTE_USER_SALT", SALT)  # the same salt, from where a cluster keeps it: accepted
     code, _, err = run(capsys, home, "export", "--user-id", "alice")
     assert code == 0, err
+
+
+def test_a_deletion_whose_audit_fails_in_sqlite_says_what_was_deleted(
+    capsys: pytest.CaptureFixture[str], home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: only the store's own errors were caught, so SQLite's (a locked or full database) made the
+    deletion, then a traceback instead of the sentence saying it was done but not audited."""
+    import sqlite3
+
+    from serving.store.sqlite import SQLiteEventLog
+
+    def locked(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(SQLiteEventLog, "record_change", locked)
+    code, _, err = run(capsys, home, "delete", "--user-id", "alice", "--yes")
+    assert code == 1
+    line = one_line_error(err)
+    assert "deleted" in line and "audit record could not be written" in line and "database is locked" in line

@@ -29,7 +29,7 @@ from typing import Any
 from serving import clock
 from serving.config import Home, ServingConfig
 from serving.ops.state import SALT_FILE, audit
-from serving.store.eventlog import EventLog, EventLogError, TextBlanked, UserDeletion, UserRecords, user_key
+from serving.store.eventlog import EventLog, TextBlanked, UserDeletion, UserRecords, user_key
 from serving.store.location import open_existing_event_log
 
 
@@ -204,7 +204,7 @@ def _audited(done: str, write: Callable[[], None]) -> None:
     """Write a change's audit record; a store that fails now is said with what was done, in one line."""
     try:
         write()
-    except EventLogError as err:
+    except Exception as err:  # whatever the store raised (SQLite's own errors too): what was done is said
         raise PrivacyError(f"{done}, but its audit record could not be written ({err})") from None
 
 
