@@ -12,6 +12,7 @@ the store's `rollout` document with its reason, and mirrored in the registry's s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +29,7 @@ from serving.models.registry import ModelRegistry, RegistryError, open_registry
 from serving.ops import changes
 from serving.ops.admin import same_labels, servable
 from serving.ops.changes import Change, Context, Live
+from serving.store.eventlog import EventLogError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ def _load(ctx: Context) -> RolloutState | None:
         return rollout_state.load(ctx.store)
     except rollout_state.RolloutStateError as err:
         raise ApiError(409, str(err)) from None
+    except EventLogError as err:  # the store cannot be reached: say so, and when to try again
+        raise ApiError(503, f"the event store is unavailable: {err}", 5) from None
 
 
 def _weights(live: Live, rs: RolloutState, percent: float) -> dict[str, Any]:
@@ -259,7 +263,7 @@ async def rollback(ctx: Context, arm: str | None) -> dict[str, Any]:
 async def status(ctx: Context) -> dict[str, Any]:
     live = await changes.read_live(ctx.app_name)
     arms = {a: {"model": s.model, "version": s.version, "weight": s.weight} for a, s in live.experiment.arms.items()}
-    return {"rollout": _dump(_load(ctx)), "arms": arms}
+    return {"rollout": _dump(await asyncio.to_thread(_load, ctx)), "arms": arms}
 
 
 def _dump(rs: RolloutState | None) -> dict[str, Any] | None:

@@ -192,3 +192,26 @@ def test_a_store_that_is_down_when_a_change_takes_its_lock_is_a_503(tmp_path: Pa
     with pytest.raises(ApiError) as err:
         asyncio.run(changes.apply(ctx, lambda live: Change("experiment", experiment=experiment(0.8))))
     assert err.value.status == 503 and err.value.retry_after_s and "event store" in err.value.detail
+
+
+def test_reading_the_rollout_from_a_store_that_is_down_is_a_503(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: GET /v1/rollout raised the store's error straight through: a 500."""
+    from experiments.rollout import service
+    from serving.store.eventlog import StoreUnavailableError
+
+    class Down(MemoryEventLog):
+        def read_state(self, key: str) -> Any:
+            raise StoreUnavailableError("event log db:5432 is unavailable: connection refused")
+
+    live = Live({}, experiment(0.5), PolicyConfig(), 1)
+
+    async def read_live(app_name: str = "mailroute") -> Live:
+        return live
+
+    monkeypatch.setattr(changes, "read_live", read_live)
+    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops", store=Down())
+    with pytest.raises(ApiError) as err:
+        asyncio.run(service.status(ctx))
+    assert err.value.status == 503 and err.value.retry_after_s and "unavailable" in err.value.detail
