@@ -14,7 +14,7 @@ import httpx
 from experiments.config import ExperimentConfig
 from serving.config import Home, ServingConfig, load_queues
 from serving.mail.text import PREPROCESSING_VERSION, model_text
-from serving.models.registry import ModelRegistry
+from serving.models.registry import ModelRegistry, open_registry
 from serving.ops import launch
 from training.config import LinearConfig
 from training.linear import fit_linear
@@ -108,7 +108,7 @@ def register_models(home: Home) -> None:
 
     from monitoring.reference import reference_writer, with_reference
 
-    registry = ModelRegistry(home.registry)
+    registry = open_registry(home)  # $MAILROUTE_REGISTRY_URI's when set (the multi-node test's shared registry)
     frame = generate(1500, seed=31)
     texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
     linear = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
