@@ -6,8 +6,10 @@ here starts Ray or reaches Kubernetes; docs/cluster/README.md lists what stays u
 from __future__ import annotations
 
 import copy
-import importlib
+import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -116,14 +118,21 @@ def test_every_arm_is_pinned_to_a_concrete_version() -> None:
 
 def test_the_builders_accept_the_embedded_arguments() -> None:
     """Each import_path resolves, its builder takes the args, and the deployment the config overrides is the one the
-    builder makes (Serve refuses a config naming another); building an application does not start Ray."""
-    import ray
-
-    for app in shipped_serve_config()["applications"]:
-        module, _, attr = app["import_path"].partition(":")
-        built = getattr(importlib.import_module(module), attr)(app["args"])
-        assert [d["name"] for d in app["deployments"]] == [built._bound_deployment.name]
-    assert not ray.is_initialized()
+    builder makes (Serve refuses a config naming another); building an application does not start Ray. It runs in a
+    fresh interpreter: the Ray tests' session may be up in this one, and then "did not start Ray" could not fail."""
+    script = """
+import importlib, json, sys
+import ray
+from tests.test_cluster_manifest import shipped_serve_config
+for app in shipped_serve_config()["applications"]:
+    module, _, attr = app["import_path"].partition(":")
+    built = getattr(importlib.import_module(module), attr)(app["args"])
+    assert [d["name"] for d in app["deployments"]] == [built._bound_deployment.name], app["name"]
+print(json.dumps({"ray_started": ray.is_initialized()}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"ray_started": False}
 
 
 def test_pins_are_checked() -> None:
