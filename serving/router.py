@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 SHADOW = "shadow"  # the shadow model's deployment key among the arm callers
 ROUTE_LOGGER = "mailroute.routed"  # one record per routed email (the Serve app hands in Serve's replica logger)
 STORE_RETRY_S = 1.0  # how long a request retries a failing store before answering 503
+STORE_CALL_S = 30.0  # how long a request waits on one store call that hangs (a silent database) before a 503
 RETRY_AFTER_S = 2  # what a 503 tells the client to wait
 PENDING_S = 600  # a record this young may still wait in a replica's buffer: feedback for it is 503, not 404
 
@@ -292,7 +293,11 @@ class RouterCore:
                 reraise=True,
             ):
                 with attempt:
-                    return await asyncio.to_thread(call, *args)
+                    # Bounded: the thread of a call that hangs stays behind, the request does not wait on it.
+                    return await asyncio.wait_for(asyncio.to_thread(call, *args), STORE_CALL_S)
+        except TimeoutError:
+            log.warning("event log call %s did not answer in %.0f s", getattr(call, "__name__", call), STORE_CALL_S)
+            raise ApiError(503, "the event log is not answering; try again shortly", RETRY_AFTER_S) from None
         except Exception as err:
             if not _passing(err):
                 raise

@@ -205,9 +205,18 @@ def _prediction(row: sa.Row[Any] | None) -> PredictionEvent | None:
 class PostgresEventLog:
     """The event log in a PostgreSQL database, safe for many threads, processes and nodes at once."""
 
-    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout_s: int = 5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        connect_timeout_s: int = 5,
+        pool_timeout_s: float = 10.0,
+        lock_timeout_s: int = 10,
+    ) -> None:
         self._url = driver_url(url)
-        self._options = {"pool_size": pool_size, "connect_timeout_s": connect_timeout_s}
+        self._options = {"pool_size": pool_size, "connect_timeout_s": connect_timeout_s,
+                         "pool_timeout_s": pool_timeout_s, "lock_timeout_s": lock_timeout_s}  # fmt: skip
         self._lock = threading.Lock()
         self._closed = False
         self._engine = self._make_engine()
@@ -225,6 +234,7 @@ class PostgresEventLog:
             max_overflow=int(self._options["pool_size"]),
             pool_pre_ping=True,  # a connection the server dropped is replaced, not handed out
             pool_recycle=1800,
+            pool_timeout=float(self._options["pool_timeout_s"]),  # every connection busy: give up, a 503
             connect_args={
                 "connect_timeout": int(self._options["connect_timeout_s"]),
                 "application_name": "mailroute",
@@ -238,6 +248,11 @@ class PostgresEventLog:
                 "keepalives_interval": 5,
                 "keepalives_count": 3,
                 "tcp_user_timeout": 30_000,
+                # A row or the schema lock held by a transaction that never ends (a hung client) fails a write
+                # after lock_timeout instead of queueing every writer behind it; the server ends a session idle
+                # inside a transaction after a minute, releasing what it held.
+                "options": f"-c lock_timeout={int(self._options['lock_timeout_s'])}s "
+                "-c idle_in_transaction_session_timeout=60s",
             },
         )
 
@@ -262,6 +277,11 @@ class PostgresEventLog:
         data the database refuses is EventLogError; each one line, with no password in it."""
         try:
             yield
+        except sa.exc.TimeoutError:  # the pool's: every connection is in use (calls stuck on a slow server)
+            raise StoreUnavailableError(
+                f"event log {url_label(self._url.render_as_string(hide_password=True))} is busy: no free connection"
+                f" in {self._options['pool_timeout_s']} s"
+            ) from None
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as err:
             where = url_label(self._url.render_as_string(hide_password=True))
             raise StoreUnavailableError(f"event log {where} is unavailable: {_one_line(err)}") from None
@@ -286,6 +306,9 @@ class PostgresEventLog:
 
     def _init_schema(self) -> None:
         with self._write() as conn:
+            # A migration may wait longer than a write (for a long report to finish reading a table it alters;
+            # another replica migrating first): two minutes, then a clear failure of this start.
+            conn.execute(sa.text("SET LOCAL lock_timeout = '120s'"))
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADVISORY_LOCK)))
             has_version = sa.inspect(conn).has_table("schema_version")
             version = conn.execute(sa.select(VERSION.c.version)).scalar() if has_version else None

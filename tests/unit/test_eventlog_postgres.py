@@ -163,3 +163,38 @@ def test_the_change_lock_holds_across_processes_and_a_killed_holder_frees_it(pos
     finally:
         holder.kill()
         store.close()
+
+
+def test_an_exhausted_pool_is_unavailable_not_a_crash(postgres: PostgresServer) -> None:
+    """Every pooled connection taken (calls hung on a slow server): the next call waits `pool_timeout_s`, then is
+    StoreUnavailableError (a 503 with Retry-After), not SQLAlchemy's own TimeoutError (a 500)."""
+    store = PostgresEventLog(postgres.fresh_url(), pool_size=1, pool_timeout_s=0.5)
+    engine = store._engine_here()
+    held = [engine.connect(), engine.connect()]  # pool_size + max_overflow
+    try:
+        with pytest.raises(StoreUnavailableError, match="busy"):
+            store.stats()
+    finally:
+        for conn in held:
+            conn.close()
+    assert store.stats().predictions == 0
+    store.close()
+
+
+def test_a_row_lock_held_by_a_stuck_transaction_fails_a_write_in_bounded_time(postgres: PostgresServer) -> None:
+    """A transaction that holds a row and never ends (a hung client): a write that needs the row gives up after
+    the lock timeout instead of waiting for ever."""
+    url = postgres.fresh_url()
+    store = PostgresEventLog(url, lock_timeout_s=1)
+    store.write_state("layout", {"v": 1})
+    stuck = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1)).connect()
+    stuck.execute(sa.text("SELECT * FROM shared_state WHERE key = 'layout' FOR UPDATE"))
+    try:
+        with pytest.raises(StoreUnavailableError):
+            store.write_state("layout", {"v": 2})
+    finally:
+        stuck.rollback()
+        stuck.close()
+    store.write_state("layout", {"v": 3})
+    assert store.read_state("layout") == {"v": 3}
+    store.close()

@@ -457,3 +457,38 @@ def test_after_the_pause_one_call_tries_the_arm_while_the_others_skip_it(
     answers = asyncio.run(burst())
     assert arms.calls.count("transformer") == 1  # the one trial call
     assert sum(a.reason.endswith("transformer_open") for a in answers) == 5
+
+
+class HungReadLog(MemoryEventLog):
+    """Lookups hang until `gate` is set (a database that accepts the connection and never answers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def find_by_email_id(self, email_id: str, client: str | None = None) -> Any:
+        self.gate.wait(timeout=30)
+        return super().find_by_email_id(email_id, client)
+
+
+def test_a_hung_store_lookup_answers_503_in_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("serving.router.STORE_CALL_S", 0.3)
+    log = HungReadLog()
+    writer = BufferedWriter(log, flush_interval_ms=1)
+    core = _core(log, writer)
+    req = RouteRequest.model_validate({"user_id": "u1", "subject": "Refund", "body": "charged twice", "email_id": "m1"})
+
+    async def answer() -> tuple[BaseException | None, float]:
+        started = time.monotonic()
+        try:
+            await core.route(req, GATEWAY)
+        except ApiError as err:
+            return err, time.monotonic() - started
+        return None, time.monotonic() - started
+
+    threading.Timer(2.0, log.gate.set).start()  # asyncio.run waits for the hung thread when it closes
+    err, waited = asyncio.run(answer())
+    assert isinstance(err, ApiError) and err.status == 503 and err.retry_after_s
+    assert waited < 10  # not the 30 s the lookup hangs
+    log.gate.set()
+    writer.close()
