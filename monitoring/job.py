@@ -32,7 +32,7 @@ from monitoring.scopes import ALL, TRIAGE_QUEUE, Planned, ScopeRows, bonferroni_
 from monitoring.stats import accuracy_p_value, expected_accuracy
 from serving import clock
 from serving.config import Home, ServingConfig
-from serving.models.registry import ModelRegistry, RegistryError, open_registry
+from serving.models.registry import ModelRegistry, RegistryError, RegistryUnavailableError, open_registry
 from serving.store.eventlog import EventLog, LogRecord, MonitorVerdict, open_event_log, utc_now
 from serving.store.location import event_log_url
 
@@ -161,8 +161,10 @@ def _references(
 
     def one(model: str) -> Reference | None | str:
         if model not in cache:
-            try:
-                info = registry.get(model, verify=False)
+            try:  # verified: on a remote registry this fetches the node's checked copy, reference sample included
+                info = registry.get(model)
+            except RegistryUnavailableError as err:
+                cache[model] = str(err)
             except RegistryError as err:
                 cache[model] = f"{model} is not in the registry ({err})"
             else:
@@ -360,7 +362,7 @@ def run_monitoring(
     registry = open_registry(home)
     override = None
     if reference is not None:
-        info = registry.get(reference, verify=False)  # RegistryError: the caller's bad argument
+        info = registry.get(reference)  # RegistryError: the caller's bad argument (verified: fetched when remote)
         override = load_reference(info.path, f"{info.meta.name}:{info.meta.version}")
         if override is None:
             raise RegistryError(f"{info.meta.name}:{info.meta.version} was trained without a reference sample")

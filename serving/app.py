@@ -60,7 +60,7 @@ from serving.ops.apps import APP_NAME, SHADOW, arm_app, arm_deployment
 from serving.ops.changes import Context
 from serving.router import ArmAnswer, ArmRequest, RouterCore
 from serving.store.eventlog import EventLog, open_event_log
-from serving.store.location import event_log_url, is_shared, ray_nodes
+from serving.store.location import event_log_url, is_shared, ray_nodes, require_shared_storage
 from serving.store.loghandler import StoreLogHandler, install_store_logging, log_ids
 from serving.store.writer import BufferedWriter
 
@@ -304,8 +304,10 @@ class Router:
         if not self.tokens.enabled:
             log.warning("%s", AUTH_OFF_WARNING)
         store_url = event_log_url(self.serving, self.home)
+        nodes = ray_nodes()
+        require_shared_storage(store_url, nodes)
         event_log = open_event_log(store_url)
-        salt = resolve_user_salt(self.serving, self.home, self.tokens, shared=is_shared(event_log, ray_nodes()))
+        salt = resolve_user_salt(self.serving, self.home, self.tokens, shared=is_shared(event_log, nodes))
         self.log_handler = _store_logging(event_log, "router")
         spec = self.serving.event_log
         writer = BufferedWriter(event_log, flush_interval_ms=spec.flush_interval_ms, max_pending=spec.max_pending)

@@ -30,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from serving.config import ConfigError
 from serving.models.registry import runs_location
+from serving.store.location import ray_nodes, require_shared_storage
 from training import torch_loop
 from training.progress import PROGRESS_FILE, EpochScore, ProgressWatcher, ProgressWriter, TrainProgress
 from training.transformer_config import TransformerConfig
@@ -188,6 +190,10 @@ def connect_ray(cfg: TransformerConfig, show_ray_logs: bool) -> bool:
             raise TransformerTrainingError(
                 f"cannot reach the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}"
             ) from err
+        try:  # workers on other nodes write checkpoints where the registry's URI says, not to this node's disk
+            require_shared_storage(None, ray_nodes())
+        except ConfigError as err:
+            raise TransformerTrainingError(str(err)) from None
         return False
     # Our own cluster: Ray's token auth (its default), no dashboard, a small object store, and enough logical CPUs
     # for every worker plus Ray Data's tasks (too few and the trainer waits instead of failing).

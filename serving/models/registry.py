@@ -26,14 +26,17 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import re
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from serving import clock
 
@@ -54,6 +57,16 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 class RegistryError(ValueError):
     """A registry request that cannot be served: unknown model or version, corrupt artifact, bad stage change."""
+
+
+class RegistryUnavailableError(RegistryError):
+    """The registry's storage did not answer (network, permissions, a store down): worth a retry, not a bad request."""
+
+
+# Query parameters of a URI that would carry a credential (s3's access_key/secret_key/session_token, gs's
+# access_token, ...): the URI travels to every replica's environment and into logs, so credentials come from the
+# filesystem's own environment instead (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, an instance role).
+_SECRET_QUERY = re.compile(r"key|secret|token|password|credential|signature|sas", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -137,11 +150,50 @@ def _filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     return fs, path.rstrip("/")
 
 
+def checked_uri(uri: str) -> str:
+    """A registry URI every process can share safely, else a one-line RegistryError that never repeats a secret:
+    an absolute path or a URI, not a bucket's or a disk's root (its runs would land beside it, outside it), no
+    credentials (a user:password or a key in the query string)."""
+    parts = urlsplit(uri)
+    if "://" not in uri:
+        if not Path(uri).is_absolute():  # each process (a Ray worker in a folder of its own) would read another
+            raise RegistryError(f"{REGISTRY_URI_ENV}: '{uri[:80]}' is a relative path; give an absolute path or a URI")
+        return uri
+    if parts.username is not None or parts.password is not None:
+        raise RegistryError(
+            f"{REGISTRY_URI_ENV} carries credentials (user:password@): take them out and give them the way the "
+            "filesystem reads them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, a role)"
+        )
+    secret = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_QUERY.search(k)]
+    if secret:
+        raise RegistryError(
+            f"{REGISTRY_URI_ENV} carries credentials in its query ({', '.join(sorted(set(secret)))}): give them the "
+            "way the filesystem reads them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, a "
+            "role), not in the URI"
+        )
+    if parts.path.strip("/") == "":
+        raise RegistryError(
+            f"{REGISTRY_URI_ENV}={uri_label(uri)} is a bucket's root: give a folder in it (s3://bucket/mailroute/"
+            "registry), so the training runs beside it stay in the bucket"
+        )
+    return uri
+
+
+def uri_label(uri: str) -> str:
+    """A URI without its query string (region and such; never a credential, `checked_uri` refuses those)."""
+    parts = urlsplit(uri)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) if "://" in uri else uri
+
+
 def open_registry(home: Home) -> ModelRegistry:
     """The registry every mailroute process uses: `$MAILROUTE_REGISTRY_URI` when set (shared storage, the same on
-    every node), else `<home>/registry`."""
+    every node), else `<home>/registry`. Local copies of a remote registry's versions are kept per URI (two
+    registries may both have a linear:v1)."""
     uri = os.environ.get(REGISTRY_URI_ENV)
-    return ModelRegistry(uri, cache=home.root / "cache" / "registry") if uri else ModelRegistry(home.registry)
+    if not uri:
+        return ModelRegistry(home.registry)
+    key = hashlib.sha256(checked_uri(uri).encode()).hexdigest()[:16]
+    return ModelRegistry(uri, cache=home.root / "cache" / "registry" / key)
 
 
 def runs_location(default: Path, *sub: str) -> str:
@@ -151,17 +203,22 @@ def runs_location(default: Path, *sub: str) -> str:
     uri = os.environ.get(REGISTRY_URI_ENV)
     if not uri:
         return str(default)
-    return "/".join([uri.rstrip("/").rsplit("/", 1)[0], "runs", *sub])
+    uri = checked_uri(uri)
+    if "://" not in uri:
+        return str(Path(uri).parent.joinpath("runs", *sub))
+    parts = urlsplit(uri)
+    path = posixpath.join(posixpath.dirname(parts.path.rstrip("/")), "runs", *sub)
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
 
 
 class ModelRegistry:
     """The registry rooted at a folder (`<home>/registry`) or at a URI (the module's docstring)."""
 
     def __init__(self, root: Path | str, *, cache: Path | None = None) -> None:
-        self.location = str(root)
+        self.location = uri_label(str(root))  # what messages name
         self._fs: pafs.FileSystem | None = None
         if isinstance(root, str) and "://" in root:
-            fs, path = _filesystem(root)
+            fs, path = _filesystem(checked_uri(root))
             import pyarrow.fs as pafs
 
             if isinstance(fs, pafs.LocalFileSystem):  # file://: a folder, with atomic rename
@@ -181,18 +238,31 @@ class ModelRegistry:
     def _remote_path(self, *parts: str) -> str:
         return "/".join([self._base, *parts])
 
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """A remote filesystem's failure (network, permissions, the store down) as RegistryUnavailableError, one line;
+        a file that is not there stays FileNotFoundError, for the caller to say what is missing."""
+        try:
+            yield
+        except FileNotFoundError:
+            raise
+        except OSError as err:
+            raise self._unreachable(err) from None
+
+    def _unreachable(self, err: OSError, doing: str = "") -> RegistryUnavailableError:
+        during = f" {doing}" if doing else ""
+        return RegistryUnavailableError(
+            f"registry {self.location} is unreachable{during} ({' '.join(str(err).split())[:200]})"
+        )
+
     def _list_dirs(self, *parts: str) -> list[str]:
         if self._fs is None:
             folder = self.root.joinpath(*parts)
             return [p.name for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
         import pyarrow.fs as pafs
 
-        try:
+        with self._reaching():
             infos = self._fs.get_file_info(pafs.FileSelector(self._remote_path(*parts), allow_not_found=True))
-        except OSError as err:
-            raise RegistryError(
-                f"registry {self.location} is unreachable ({' '.join(str(err).split())[:200]})"
-            ) from None
         return [i.base_name for i in infos if i.type == pafs.FileType.Directory]
 
     def _read_text(self, *parts: str) -> str | None:
@@ -201,7 +271,7 @@ class ModelRegistry:
             path = self.root.joinpath(*parts)
             return path.read_text(encoding="utf-8") if path.is_file() else None
         try:
-            with self._fs.open_input_stream(self._remote_path(*parts)) as fh:
+            with self._reaching(), self._fs.open_input_stream(self._remote_path(*parts)) as fh:
                 return bytes(fh.read()).decode("utf-8")
         except FileNotFoundError:
             return None
@@ -211,7 +281,7 @@ class ModelRegistry:
         if self._fs is None:
             _write_json_atomic(self.root.joinpath(*parts), data)
             return
-        with self._fs.open_output_stream(self._remote_path(*parts)) as fh:  # one PUT: an object is replaced whole
+        with self._reaching(), self._fs.open_output_stream(self._remote_path(*parts)) as fh:  # one PUT: replaced whole
             fh.write(json.dumps(data, indent=2, sort_keys=True).encode("utf-8"))
 
     def _local_folder(self, name: str, version: str) -> Path:
@@ -232,14 +302,14 @@ class ModelRegistry:
                 if not (folder / META_FILE).is_file():
                     raise
         except OSError as err:
-            raise RegistryError(f"cannot copy {name}:{version} from {self.location}: {err}") from None
+            raise self._unreachable(err, f"copying {name}:{version}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
 
     # ---- reading -------------------------------------------------------------------------------------------
     def names(self) -> list[str]:
-        return sorted(n for n in self._list_dirs() if _NAME_RE.match(n))
+        return sorted(n for n in self._list_dirs() if _NAME_RE.fullmatch(n))
 
     def _versions(self, name: str) -> list[str]:
         found = [(int(m.group(1)), n) for n in self._list_dirs(_checked_name(name)) if (m := _VERSION_RE.match(n))]
@@ -280,6 +350,11 @@ class ModelRegistry:
             meta = ModelMeta.from_json(json.loads(text))
         except (json.JSONDecodeError, TypeError, KeyError) as err:
             raise RegistryError(f"model {name}:{version} is corrupt: {META_FILE} is invalid ({err})") from None
+        outside = [rel for rel in meta.files if Path(rel).is_absolute() or ".." in Path(rel).parts]
+        if outside:  # a file the checks would read (and a loader might open) outside the version's folder
+            raise RegistryError(
+                f"model {name}:{version} is corrupt: {META_FILE} names {outside[0][:80]}, outside its folder"
+            )
         if verify:
             path = self._local_folder(name, version)
             for rel, expected in meta.files.items():
@@ -361,7 +436,7 @@ class ModelRegistry:
         warnings: Sequence[str] = (),
     ) -> ModelMeta:
         """Write a new version: `write_files(tmp_dir)` fills a hidden folder that is renamed into place last."""
-        if not _NAME_RE.match(name):
+        if not _NAME_RE.fullmatch(name):
             raise RegistryError(f"invalid model name '{name}': use lowercase letters, digits, '-', '_', '.'")
         model_dir = self.root / name
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -425,7 +500,7 @@ class ModelRegistry:
             pafs.copy_files(str(folder / META_FILE), f"{target}/{META_FILE}", source_filesystem=local,
                             destination_filesystem=self._fs)  # fmt: skip
         except OSError as err:
-            raise RegistryError(f"cannot upload {name}:{version} to {self.location}: {err}") from None
+            raise self._unreachable(err, f"uploading {name}:{version}") from None
 
     def promote(self, ref: str, stage: str = "champion") -> VersionInfo:
         """Make a version the champion (the old one is kept in history for rollback) or the canary."""
@@ -490,6 +565,7 @@ class ModelRegistry:
             if self._fs is not None:  # uploads that never wrote their meta.json
                 known = set(self._versions(name))
                 for version in [v for v in self._list_dirs(name) if _VERSION_RE.match(v) and v not in known]:
-                    self._fs.delete_dir(self._remote_path(name, version))
+                    with self._reaching():
+                        self._fs.delete_dir(self._remote_path(name, version))
                     removed += 1
         return removed

@@ -15,7 +15,7 @@ from experiments.config import ExperimentConfig
 from serving.api import ApiError
 from serving.config import ConfigError, PolicyConfig, parse_config
 from serving.models.predictor import check_servable
-from serving.models.registry import RegistryError, open_registry
+from serving.models.registry import RegistryError, RegistryUnavailableError, open_registry
 from serving.ops import changes
 from serving.ops.apps import SHADOW, arm_specs
 from serving.ops.changes import Change, Context, Live
@@ -54,6 +54,13 @@ def merge_change(current: ExperimentConfig, name: str, change: Any, ranges: Sequ
         raise ApiError(422, str(err).removeprefix("experiment: ")) from None
 
 
+def registry_refusal(err: RegistryError) -> ApiError:
+    """A registry that did not answer is a 503 to retry; anything else it refused is the request's fault, a 422."""
+    if isinstance(err, RegistryUnavailableError):
+        return ApiError(503, str(err), 10)
+    return ApiError(422, str(err))
+
+
 def servable(ctx: Context, model: str, version: str) -> tuple[str, str]:
     """`model:version` resolved, verified (checksums, every label a queue of the taxonomy); a 422 otherwise."""
     registry = open_registry(ctx.home)
@@ -62,7 +69,7 @@ def servable(ctx: Context, model: str, version: str) -> tuple[str, str]:
         info = registry.get(f"{name}:{pinned}", verify=True)
         check_servable(info.meta, list(ctx.queues["queues"]), ctx.queues.get("triage_queue", "triage"))
     except RegistryError as err:
-        raise ApiError(422, str(err)) from None
+        raise registry_refusal(err) from None
     return name, pinned
 
 
@@ -76,7 +83,7 @@ def same_labels(ctx: Context, served: tuple[str, str], candidate: tuple[str, str
         served, candidate = registry.resolve(":".join(served)), registry.resolve(":".join(candidate))
         old, new = registry.read_meta(*served), registry.read_meta(*candidate)
     except RegistryError as err:
-        raise ApiError(422, str(err)) from None
+        raise registry_refusal(err) from None
     if set(new.labels) != set(old.labels):
         only_new = sorted(set(new.labels) - set(old.labels))
         only_old = sorted(set(old.labels) - set(new.labels))

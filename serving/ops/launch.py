@@ -25,7 +25,7 @@ from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, confi
 from serving.ops import state
 from serving.ops.apps import APP_NAME, app_configs, pin_versions
 from serving.store.eventlog import open_event_log
-from serving.store.location import event_log_url, is_shared, ray_nodes
+from serving.store.location import event_log_url, is_shared, ray_nodes, require_shared_storage
 
 log = logging.getLogger(__name__)
 DIRECT_PORTS = 200  # replica ports per instance (replicas of every application, with restarts)
@@ -168,6 +168,11 @@ def start(
     started = _start_ray(num_cpus, env)
     if not started and not os.environ.get("RAY_ADDRESS"):  # a Ray someone else started: its env decides
         proxy = "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "default"
+    try:  # before Serve starts: a refused cluster is left as it was
+        require_shared_storage(event_log_url(serving, home), ray_nodes())
+    except ConfigError:
+        stop(started)
+        raise
     try:
         serve.start(proxy_location=serving.proxy_location, http_options={"host": serving.host, "port": port})
     except Exception as err:
@@ -226,13 +231,16 @@ def deploy(home: Home, queues: QueuesConfig, serving: ServingConfig, experiment:
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
-    store = open_event_log(event_log_url(serving, home))
+    url = event_log_url(serving, home)
+    nodes = ray_nodes()
+    require_shared_storage(url, nodes)  # before anything is written to one node's file
+    store = open_event_log(url)
     try:
         for moved in state.import_home_files(store, home):  # a home from before the store held the shared state
             log.warning("%s", moved)
         # The salt before anything deploys: on several nodes, or with a store every node shares, a salt made in
         # one node's home would give another node's replicas other pseudonyms.
-        resolve_user_salt(serving, home, shared=is_shared(store, ray_nodes()))
+        resolve_user_salt(serving, home, shared=is_shared(store, nodes))
         # Under the change lock: a runtime change arriving while this start deploys waits for it, then plans
         # from what this start runs (and this start never reads a layout a change is half way through writing).
         lock = store.change_lock()

@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from serving.auth import read_secrets, secrets_path
-from serving.config import EVENT_LOG_URL_ENV, Home, ServingConfig
-from serving.store.eventlog import EventLog, EventLogError, open_event_log
+from serving.config import EVENT_LOG_URL_ENV, ConfigError, Home, ServingConfig
+from serving.store.eventlog import EventLog, EventLogError, open_event_log, url_label
 
 
 def event_log_url(serving: ServingConfig, home: Home) -> str:
@@ -81,6 +81,26 @@ def is_shared(store: EventLog, nodes: int) -> bool:
     node can reach (a database server, not a SQLite file or memory)."""
     url = store.sql_url
     return nodes > 1 or (url is not None and not url.startswith("sqlite"))
+
+
+def require_shared_storage(url: str | None, nodes: int) -> None:
+    """On a Ray cluster of several nodes, the event log must be a database and the registry a URI that every node
+    reaches: a node's own SQLite file or home registry would split the log, the shared state and the models
+    between nodes. A ConfigError naming what to set; nothing on one node. `url` None: the registry only."""
+    from serving.models.registry import REGISTRY_URI_ENV
+
+    if nodes <= 1:
+        return
+    if url is not None and (url == "memory://" or sqlite_path(url) is not None):
+        raise ConfigError(
+            f"the Ray cluster has {nodes} nodes but the event log is {url_label(url)}, one node's own: set "
+            f"{EVENT_LOG_URL_ENV}=postgresql://... (README, Running on a cluster)"
+        )
+    if not os.environ.get(REGISTRY_URI_ENV):
+        raise ConfigError(
+            f"the Ray cluster has {nodes} nodes but the model registry is each node's <home>/registry: set "
+            f"{REGISTRY_URI_ENV} to storage every node reaches (s3://..., or file:// on a shared filesystem)"
+        )
 
 
 def ray_nodes() -> int:

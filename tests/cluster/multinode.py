@@ -173,6 +173,10 @@ def main(work: Path) -> dict[str, Any]:
             ray.init(address=cluster.address, log_to_driver=False)
             head = ray.get_runtime_context().get_node_id()
             result["nodes"] = len([n for n in ray.nodes() if n["Alive"]])
+            # One node's SQLite file on a cluster of two would split the log: refused before Serve starts.
+            local = {k: v for k, v in env.items() if k != "MAILROUTE_EVENT_LOG_URL"}
+            refused = _run([*common, "serve", "--port", str(port), "--exit-after-start"], local, timeout=300)
+            result["sqlite_refused"] = {"rc": refused.returncode, "err": refused.stderr[-2000:]}
             with _serving([*common, "serve", "--port", str(port)], env, url, work / "serve.log"):
                 routers = _actor_nodes("ServeReplica:mailroute:Router")
                 arms = _actor_nodes("ServeReplica:mailroute-arm-")

@@ -35,6 +35,13 @@ def test_replicas_are_placed_on_both_nodes_and_the_proxy_on_the_head(run: dict) 
     assert run["proxy_nodes"] == [run["head"]]  # HeadOnly
 
 
+def test_one_nodes_sqlite_file_is_refused_on_two_nodes(run: dict) -> None:
+    refused = run["sqlite_refused"]
+    assert refused["rc"] != 0
+    last = refused["err"].strip().splitlines()[-1]
+    assert "2 nodes" in last and "MAILROUTE_EVENT_LOG_URL" in last and "Traceback" not in refused["err"]
+
+
 def test_routing_feedback_and_a_weight_change_work_across_nodes(run: dict) -> None:
     assert run["replay"]["rc"] == 0, run["replay"]["err"]
     assert run["set_weights"]["rc"] == 0, run["set_weights"]["err"]

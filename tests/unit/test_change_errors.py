@@ -215,3 +215,23 @@ def test_reading_the_rollout_from_a_store_that_is_down_is_a_503(
     with pytest.raises(ApiError) as err:
         asyncio.run(service.status(ctx))
     assert err.value.status == 503 and err.value.retry_after_s and "unavailable" in err.value.detail
+
+
+def test_a_registry_that_does_not_answer_is_a_503_not_a_422(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: an object store that timed out read as "your request is wrong" (422, do not retry)."""
+    from serving.models.registry import RegistryUnavailableError
+    from serving.ops import admin
+
+    class Unreachable:
+        def resolve(self, ref: str) -> tuple[str, str]:
+            raise RegistryUnavailableError("registry s3://acme/registry is unreachable (connection reset)")
+
+    monkeypatch.setattr(admin, "open_registry", lambda home: Unreachable())
+    arms = {"linear": {"model": "linear", "version": "v1", "weight": 0.5},
+            "transformer": {"model": "transformer", "version": "v1", "weight": 0.5}}  # fmt: skip
+    running = ExperimentConfig.model_validate({"name": "e", "salt": "s", "arms": arms, "holdout_arm": "linear"})
+    ctx = Context(Home(tmp_path), QUEUES.model_dump(mode="json"), ServingConfig(), "ops", store=MemoryEventLog())
+    with pytest.raises(ApiError) as err:
+        admin.plan_experiment(ctx, Live({}, running, PolicyConfig(), 1), "e",
+                              {"arms": {"linear": {"model": "linear", "version": "v2"}}})  # fmt: skip
+    assert err.value.status == 503 and err.value.retry_after_s and "unreachable" in err.value.detail

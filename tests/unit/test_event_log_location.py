@@ -10,7 +10,13 @@ import yaml
 
 from serving.config import EVENT_LOG_URL_ENV, ConfigError, Home, ServingConfig, parse_config
 from serving.store.eventlog import EventLogError, url_label
-from serving.store.location import event_log_url, existing_event_log_url, is_missing, sqlite_path
+from serving.store.location import (
+    event_log_url,
+    existing_event_log_url,
+    is_missing,
+    require_shared_storage,
+    sqlite_path,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -74,3 +80,31 @@ def test_a_store_is_named_without_its_password_or_query() -> None:
     assert shown == "postgresql+psycopg://mr@db.internal:5432/mr"
     assert url_label("sqlite:////var/lib/mailroute/events.db") == "sqlite:////var/lib/mailroute/events.db"
     assert url_label("memory://") == "memory://"
+
+
+@pytest.mark.parametrize(
+    ("url", "registry", "names"),
+    [
+        ("sqlite:////srv/mailroute/events.db", "file:///shared/registry", EVENT_LOG_URL_ENV),
+        ("memory://", "file:///shared/registry", EVENT_LOG_URL_ENV),
+        ("postgresql://mr@db/mr", None, "MAILROUTE_REGISTRY_URI"),
+    ],
+)
+def test_several_nodes_need_a_store_and_a_registry_every_node_reaches(
+    url: str, registry: str | None, names: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On one node anything goes; on several, a node's own SQLite file or home registry would split the log and
+    the models between the nodes: refused, naming the variable to set."""
+    if registry:
+        monkeypatch.setenv("MAILROUTE_REGISTRY_URI", registry)
+    else:
+        monkeypatch.delenv("MAILROUTE_REGISTRY_URI", raising=False)
+    require_shared_storage(url, nodes=1)
+    with pytest.raises(ConfigError, match=names) as refused:
+        require_shared_storage(url, nodes=2)
+    assert "2 nodes" in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_database_and_a_shared_registry_pass_on_several_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILROUTE_REGISTRY_URI", "s3://models/mailroute/registry")
+    require_shared_storage("postgresql://mr@db/mr", nodes=3)

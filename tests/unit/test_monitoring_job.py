@@ -352,3 +352,29 @@ def test_mixed_reference_keeps_the_traffic_proportions() -> None:
 def test_a_zero_window_is_not_the_default_one(home: Home) -> None:
     result = run_monitoring(home, _cfg(), SERVING, window=timedelta(0), end=END, event_log=MemoryEventLog())
     assert result.window_start == result.window_end == END.isoformat()
+
+
+def test_a_remote_registry_gives_the_reference_sample(home: Home, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the registry on shared storage ($MAILROUTE_REGISTRY_URI), the job on a node that never served the
+    version still finds its reference sample: it fetches a checked copy, not a folder that is not there."""
+    import shutil
+    import uuid
+
+    source = home.registry / "linear" / "v1"
+    meta = json.loads((source / "meta.json").read_text())
+    bucket = f"memory://bucket-{uuid.uuid4().hex[:8]}/registry"
+
+    def copy(folder: Path) -> None:
+        for rel in meta["files"]:
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / rel, folder / rel)
+
+    ModelRegistry(bucket, cache=home.root / "trainer-node").register(
+        "linear", copy, kind="linear", labels=meta["labels"], preprocessing_version=meta["preprocessing_version"],
+        data_fingerprint=meta["data_fingerprint"], metrics={}, params={},
+    )  # fmt: skip
+    monkeypatch.setenv("MAILROUTE_REGISTRY_URI", bucket)
+    store = window_log(home, n=300, seed=11, feedback=0.0)
+    result = run_monitoring(home, _cfg(), SERVING, window=WINDOW, end=END, event_log=store, arms=["linear"])
+    by = {(v.scope, v.check): v for v in result.verdicts}
+    assert by[("linear", "text_drift.body")].score is not None, by[("linear", "text_drift.body")].detail

@@ -91,7 +91,7 @@ def test_the_environment_names_the_registry_every_process_uses(
     assert open_registry(home).root == home.registry
     monkeypatch.setenv("MAILROUTE_REGISTRY_URI", bucket)
     reg = open_registry(home)
-    assert reg.remote and reg.root == home.root / "cache" / "registry"
+    assert reg.remote and reg.root.parent == home.root / "cache" / "registry"  # a folder per URI
     monkeypatch.setenv("MAILROUTE_REGISTRY_URI", "nosuchscheme://x/y")
     with pytest.raises(RegistryError, match="nosuchscheme"):
         open_registry(home)
@@ -104,3 +104,94 @@ def test_training_runs_are_kept_beside_a_shared_registry(tmp_path: Path, monkeyp
     assert runs_location(tmp_path / "runs") == str(tmp_path / "runs")
     monkeypatch.setenv("MAILROUTE_REGISTRY_URI", "s3://acme-ml/mailroute/registry/")
     assert runs_location(tmp_path / "runs", "tune") == "s3://acme-ml/mailroute/runs/tune"
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://acme-ml/registry", "s3://acme-ml/runs/tune"),
+        ("s3://acme-ml/mailroute/registry?region=eu-west-1", "s3://acme-ml/mailroute/runs/tune?region=eu-west-1"),
+        ("file:///srv/shared/registry", "file:///srv/shared/runs/tune"),
+        ("/srv/shared/registry", "/srv/shared/runs/tune"),
+    ],
+)
+def test_runs_sit_beside_the_registry_whatever_the_uri_looks_like(
+    uri: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.models.registry import runs_location
+
+    monkeypatch.setenv("MAILROUTE_REGISTRY_URI", uri)
+    assert runs_location(tmp_path / "runs", "tune") == expected
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("s3://acme-ml", "bucket.s root"),  # its runs would be s3://runs, another bucket
+        ("s3://acme-ml/", "bucket.s root"),
+        ("registry", "relative path"),  # each process (a Ray worker in its own folder) would read another one
+        ("./shared/registry", "relative path"),
+        ("s3://AKIAEXAMPLE:hunter2secret@acme-ml/registry", "credentials"),
+        ("s3://acme-ml/registry?access_key=AKIAEXAMPLE&secret_key=hunter2secret", "credentials"),
+        ("gs://acme-ml/registry?access_token=hunter2secret", "credentials"),
+    ],
+)
+def test_a_registry_uri_that_cannot_be_shared_safely_is_refused(
+    uri: str, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URI a user could plausibly write but that would misbehave: refused in one line that never repeats a
+    secret (the URI travels to every replica's environment and into logs)."""
+    monkeypatch.setenv("MAILROUTE_REGISTRY_URI", uri)
+    with pytest.raises(RegistryError, match=reason) as refused:
+        open_registry(Home(tmp_path / "home"))
+    assert "hunter2secret" not in str(refused.value) and "AKIAEXAMPLE" not in str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_each_registry_uri_has_its_own_local_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two registries (a staging and a production bucket) both have linear:v1: a node that switches from one to
+    the other must not serve the first one's copy."""
+    home = Home(tmp_path / "home")
+    first, second = (f"memory://bucket-{uuid.uuid4().hex[:8]}/registry" for _ in range(2))
+    monkeypatch.setenv("MAILROUTE_REGISTRY_URI", first)
+    _register(open_registry(home), "staging weights")
+    assert (open_registry(home).get("linear:v1").path / "model.bin").read_text() == "staging weights"
+    monkeypatch.setenv("MAILROUTE_REGISTRY_URI", second)
+    _register(ModelRegistry(second, cache=tmp_path / "trainer"), "production weights")
+    assert (open_registry(home).get("linear:v1").path / "model.bin").read_text() == "production weights"
+
+
+@pytest.mark.parametrize("rel", ["../../outside.bin", "/etc/hostname"])
+def test_a_meta_naming_a_file_outside_its_version_is_corrupt(rel: str, tmp_path: Path) -> None:
+    import json
+
+    reg = ModelRegistry(tmp_path / "registry")
+    _register(reg)
+    meta_path = tmp_path / "registry" / "linear" / "v1" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["files"][rel] = "0" * 64
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RegistryError, match="outside its folder"):
+        reg.get("linear:v1")
+
+
+def test_an_unreachable_remote_registry_is_unavailable_not_a_bad_request(bucket: str, tmp_path: Path) -> None:
+    """A store that fails (network, permissions) is RegistryUnavailableError — a 503 to try again — whichever call
+    meets it, never a raw OSError or a 422 as if the request were wrong."""
+    from serving.models.registry import RegistryUnavailableError
+
+    reg = ModelRegistry(bucket, cache=tmp_path / "cache")
+    _register(reg)
+
+    class Failing:
+        def __getattr__(self, name: str) -> object:
+            def fail(*args: object, **kwargs: object) -> None:
+                raise OSError("connection reset by peer")
+
+            return fail
+
+    reg._fs = Failing()  # type: ignore[assignment]
+    for call in (reg.names, lambda: reg.resolve("linear"), lambda: reg.get("linear:v1"),
+                 lambda: reg.promote("linear:v1")):  # fmt: skip
+        with pytest.raises(RegistryUnavailableError, match="unreachable"):
+            call()
