@@ -168,10 +168,7 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
     apps = {name: dict(cfg) for name, cfg in live.apps.items()}
     arms_changed = {**change.start_arms, **change.set_versions}
     if arms_changed:
-        for arm, (model, pinned) in change.start_arms.items():
-            apps[arm_app(arm)] = arm_app_config(ctx.home, ctx.queues, ctx.serving, arm, model, pinned)
-        for arm, (model, pinned) in change.set_versions.items():
-            apps[arm_app(arm)] = _with_ref(ctx, apps, arm, model, pinned)
+        apps.update(await asyncio.to_thread(_arm_apps, ctx, apps, change))  # they read the registry: off the loop
         await _deploy(list(apps.values()))
         try:
             await _wait_for_arms(ctx, {arm: f"{m}:{v}" for arm, (m, v) in arms_changed.items()}, apps)
@@ -200,7 +197,7 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
             raise ApiError(
                 503, f"the change could not be recorded ({type(err).__name__}: {err}): it was undone", 5
             ) from None
-        _commit(change)
+        await asyncio.to_thread(_commit, change)
         if change.experiment is not None:
             moved = moved_share(live.experiment.ranges(), change.experiment.ranges())
         try:
@@ -210,7 +207,7 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
     else:
         if arms_changed or change.states:
             await asyncio.to_thread(_record, ctx, live, change)
-        _commit(change)
+        await asyncio.to_thread(_commit, change)
     if change.remove_arms and unconfirmed is None:  # a router that has not switched yet may still call them
         for arm in change.remove_arms:
             apps.pop(arm_app(arm), None)
@@ -248,6 +245,15 @@ def _record(ctx: Context, live: Live, change: Change) -> None:
         audit.append(state.audit_record(ctx.actor, {"versions": old}, {"versions": new}, kind=change.kind,
                                         detail=change.detail))  # fmt: skip
     ctx.store.record_change(states, audit)
+
+
+def _arm_apps(ctx: Context, apps: dict[str, dict[str, Any]], change: Change) -> dict[str, dict[str, Any]]:
+    """The applications of the arms the change starts or moves to another version (each reads its model's kind)."""
+    out = {arm_app(arm): arm_app_config(ctx.home, ctx.queues, ctx.serving, arm, model, pinned)
+           for arm, (model, pinned) in change.start_arms.items()}  # fmt: skip
+    for arm, (model, pinned) in change.set_versions.items():
+        out[arm_app(arm)] = _with_ref(ctx, apps, arm, model, pinned)
+    return out
 
 
 def _commit(change: Change) -> None:
