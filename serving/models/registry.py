@@ -13,9 +13,9 @@ Shared storage (`open_registry`, `$MAILROUTE_REGISTRY_URI`): the same layout und
 node and serving on another use one registry. `file://` (or a plain path, on NFS say) is the folder above. Any other
 filesystem pyarrow reaches (`s3://`, `gs://`, `hdfs://`) or fsspec does (`abfs://`, `memory://`, ...) has no
 atomic rename: a version's files are uploaded first and its meta.json last, so a version is visible only once it
-is complete (a crashed upload leaves files without meta.json, which `clean_partial` removes); `stages.json` is one
-object, replaced whole by each write. Serving and training read a version from a local copy (`<home>/cache/
-registry/<name>/<version>`), downloaded once and checked against meta.json's checksums like a local version.
+is complete (a crashed upload leaves files without meta.json, which `clean_partial` removes a day later: the retrain
+job calls it); `stages.json` is one object, replaced whole by each write. Serving and training read a version from a
+local copy (`<home>/cache/registry/<hash of the URI>/<name>/<version>`), downloaded once and checked against meta.json's checksums like a local version.
 Object stores have no compare-and-swap here: run one trainer per model name at a time (the retrain job does), and
 make stage changes through the app's runtime changes, which hold the event store's change lock.
 """
@@ -30,6 +30,7 @@ import posixpath
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,7 @@ META_FILE = "meta.json"
 STAGES_FILE = "stages.json"
 STAGES = ("candidate", "canary", "champion", "archived")
 REGISTRY_URI_ENV = "MAILROUTE_REGISTRY_URI"
+PARTIAL_AGE_S = 86_400.0  # a write untouched this long is a dead one (`clean_partial`)
 _VERSION_RE = re.compile(r"^v(\d+)$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -555,17 +557,28 @@ class ModelRegistry:
         self._write_json(stages, name, STAGES_FILE)
         return self.get(f"{name}:{version}", verify=False)
 
-    def clean_partial(self) -> int:
-        """Remove folders left by writers that crashed mid-write; returns how many."""
+    def clean_partial(self, older_than_s: float = PARTIAL_AGE_S) -> int:
+        """Remove what writers that crashed mid-write left (a local staging folder, a remote upload without its
+        meta.json) once untouched for `older_than_s`: anything younger may be another writer still at work.
+        Returns how many were removed."""
+        import pyarrow.fs as pafs
+
+        cutoff = time.time() - older_than_s
         removed = 0
         for name in self.names():
             for tmp in (self.root / name).glob(".tmp-*"):
-                shutil.rmtree(tmp, ignore_errors=True)
-                removed += 1
-            if self._fs is not None:  # uploads that never wrote their meta.json
-                known = set(self._versions(name))
-                for version in [v for v in self._list_dirs(name) if _VERSION_RE.match(v) and v not in known]:
-                    with self._reaching():
-                        self._fs.delete_dir(self._remote_path(name, version))
+                if older_than_s == 0 or tmp.stat().st_mtime < cutoff:
+                    shutil.rmtree(tmp, ignore_errors=True)
                     removed += 1
+            if self._fs is None:
+                continue
+            known = set(self._versions(name))
+            for version in [v for v in self._list_dirs(name) if _VERSION_RE.match(v) and v not in known]:
+                with self._reaching():
+                    files = self._fs.get_file_info(pafs.FileSelector(self._remote_path(name, version), recursive=True))
+                    times = [f.mtime.timestamp() if f.mtime else None for f in files]
+                    # A file with no time is taken as new: left alone unless everything is to go.
+                    if older_than_s == 0 or all(t is not None and t < cutoff for t in times):
+                        self._fs.delete_dir(self._remote_path(name, version))
+                        removed += 1
         return removed

@@ -73,7 +73,7 @@ def test_a_remote_upload_that_died_before_its_meta_is_no_version(bucket: str, tm
     with pytest.raises(RegistryError, match="has no version 'v2'"):
         reg.get("linear:v2")
     assert _register(reg) == "v3"  # the dead upload's number is not reused
-    assert reg.clean_partial() == 1 and reg.resolve("linear:latest") == ("linear", "v3")
+    assert reg.clean_partial(older_than_s=0) == 1 and reg.resolve("linear:latest") == ("linear", "v3")
 
 
 def test_a_remote_file_changed_after_registration_is_refused(bucket: str, tmp_path: Path) -> None:
@@ -195,3 +195,14 @@ def test_an_unreachable_remote_registry_is_unavailable_not_a_bad_request(bucket:
                  lambda: reg.promote("linear:v1")):  # fmt: skip
         with pytest.raises(RegistryUnavailableError, match="unreachable"):
             call()
+
+
+def test_cleaning_leaves_an_upload_that_may_still_be_running(bucket: str, tmp_path: Path) -> None:
+    """Found in review: clean_partial removed every folder without meta.json, another trainer's upload in progress
+    among them. Only what is older than a day (by default) is a dead upload."""
+    reg = ModelRegistry(bucket, cache=tmp_path / "cache")
+    _register(reg)
+    fsspec.filesystem("memory").pipe(f"{bucket.removeprefix('memory://')}/linear/v2/model.bin", b"uploading now")
+    (tmp_path / "cache" / "linear" / ".tmp-inprogress").mkdir()  # this node's staging of a registration running now
+    assert reg.clean_partial() == 0
+    assert reg.clean_partial(older_than_s=0) == 2

@@ -145,6 +145,9 @@ def retrain_model(
     """Retrain model `name` (module docstring). Raises RetrainStopped when a data check fails."""
     started = time.perf_counter()
     registry = open_registry(home)
+    cleaned = registry.clean_partial()  # registrations that died a day or more ago (a killed trainer's upload)
+    if cleaned:
+        progress(f"removed {cleaned} unfinished registration(s) older than a day from {registry.location}")
     champion_info = registry.get(f"{name}:champion", verify=True)
     champion_meta = champion_info.meta
     champion_ref = f"{name}:{champion_meta.version}"
