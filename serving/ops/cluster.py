@@ -93,9 +93,9 @@ def serve_config(
     home: str = CLUSTER_HOME,
     config_dir: str = CLUSTER_CONFIG_DIR,
 ) -> dict[str, Any]:
-    """The Serve config (`ServeDeploySchema`'s shape) of the configs in `configs` with these pins: Serve's one proxy
-    on the head node (`proxy_location: HeadOnly`, so two nodes never bind one port and the Kubernetes Service has
-    one target), listening on every interface of the pod at serving.yaml's port; the router; one app per arm.
+    """The Serve config (`ServeDeploySchema`'s shape) of the configs in `configs` with these pins: Serve's proxy where
+    serving.yaml's `proxy_location` says (HeadOnly by default: one proxy, so the Kubernetes Service has one target),
+    listening on every interface of the pod at serving.yaml's port; the router; one app per arm.
     A config that does not load is a ConfigError; a pin that does not fit, a ValueError."""
     from monitoring.schedule import monitoring_config
 
@@ -113,7 +113,7 @@ def serve_config(
         app = arm_app_config(root, queues_args, serving, arm, model, version, kind=pins[arm].kind)
         arms.append({**app, "runtime_env": {}})
     return {
-        "proxy_location": "HeadOnly",
+        "proxy_location": serving.proxy_location,
         "http_options": {"host": "0.0.0.0", "port": serving.port},
         "applications": [router, *arms],
     }
