@@ -32,6 +32,10 @@ def load_artifact(kind: str, path: Path, *, threads: int = 1, quantize: bool = F
         from serving.models.transformer import TransformerPredictor
 
         return TransformerPredictor.load(path, threads=threads, quantize=quantize)
+    if kind == "rules":
+        from serving.models.rules import RulesPredictor
+
+        return RulesPredictor.load(path)
     raise RegistryError(f"unknown model kind '{kind}' in {path}")
 
 

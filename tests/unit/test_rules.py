@@ -1,0 +1,111 @@
+"""The rules arm's model (serving/models/rules.py): a rules file is checked against the taxonomy with the rule's
+name and the reason, the first matching rule answers with its measured precision, no rule is triage, and a rules
+file registers and loads like any model version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from serving.config import ConfigError
+from serving.mail.text import PREPROCESSING_VERSION
+from serving.models.predictor import load_version
+from serving.models.registry import ModelRegistry
+from serving.models.rules import (
+    NO_RULE,
+    RulesPredictor,
+    load_rules,
+    measure_precision,
+    parse_rules,
+    suggest_rules,
+    write_rules_version,
+)
+
+pytestmark = pytest.mark.unit
+QUEUES = ["billing", "technical", "shipping"]
+RULES = {
+    "rules": [
+        {"name": "refund", "queue": "billing", "keywords": ["refund", "charged twice"]},
+        {"name": "error-code", "queue": "technical", "regex": r"error\s+[0-9]{3}"},
+        {"name": "parcel", "queue": "shipping", "keywords": ["parcel", "delivery"]},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"regex": "error ("}, "rule 'error-code': invalid regular expression"),
+        ({"queue": "marketing"}, "rule 'error-code': queue 'marketing' is not in the taxonomy"),
+        ({"name": "refund"}, "rule 'refund' is named twice"),
+        ({"regex": None}, "rule 'error-code': give keywords or a regex"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_a_bad_rules_file_is_refused_naming_the_rule_and_the_reason(change: dict[str, Any], says: str) -> None:
+    data = {"rules": [dict(r) for r in RULES["rules"]]}
+    data["rules"][1] = {k: v for k, v in {**data["rules"][1], **change}.items() if v is not None}
+    with pytest.raises(ConfigError, match=says.replace("(", r"\(")) as refused:
+        parse_rules(data, QUEUES)
+    assert "\n" not in str(refused.value)
+
+
+def test_the_first_matching_rule_answers_with_its_precision_and_no_rule_is_triage() -> None:
+    rules = parse_rules(RULES, QUEUES)
+    texts = ["I was CHARGED   twice for my plan", "the app shows error 503 after my refund", "hello there"]
+    predictor = RulesPredictor(rules, {"refund": 0.9, "error-code": 0.6}, QUEUES)
+    proba = predictor.predict_proba(texts)
+    assert proba.shape == (3, 3) and np.allclose(proba.sum(axis=1), 1.0)
+    assert proba[0, 0] == pytest.approx(0.9) and proba[0, 1] == pytest.approx(0.05)
+    assert proba[1, 0] == pytest.approx(0.9)  # "refund" comes first in the file: order decides
+    assert np.allclose(proba[2], 1 / 3)  # nothing matched: no queue stands out, the router's threshold triages it
+    assert predictor.explain(texts) == ["rule refund", "rule refund", NO_RULE]
+    assert predictor.explain(["parcel lost"]) == ["rule parcel"]
+    assert RulesPredictor(rules, {}, QUEUES).predict_proba(["parcel lost"])[0, 2] == 0.0  # never measured: triage
+
+
+def test_precision_counts_only_the_emails_a_rule_answered() -> None:
+    rules = parse_rules(RULES, QUEUES)
+    texts = ["refund please", "refund for a parcel", "error 500 on login", "error 404 on the invoice page"]
+    scores = measure_precision(rules, texts, ["billing", "shipping", "technical", "billing"])
+    assert (scores["refund"].fired, scores["refund"].correct) == (2, 1)
+    assert scores["error-code"].precision == 0.5 and scores["parcel"].fired == 0  # "refund" took the parcel email
+
+
+def test_a_rules_version_registers_and_loads_like_a_model(tmp_path: Path) -> None:
+    rules = parse_rules(RULES, QUEUES)
+    scores = measure_precision(rules, ["refund now"], ["billing"])
+    registry = ModelRegistry(tmp_path / "registry")
+    registry.register("rules", lambda folder: write_rules_version(folder, rules, scores), kind="rules",
+                      labels=QUEUES, preprocessing_version=PREPROCESSING_VERSION, data_fingerprint="x",
+                      metrics={}, params={})  # fmt: skip
+    predictor, meta = load_version(registry, "rules:latest")
+    assert meta.kind == "rules" and predictor.labels == QUEUES
+    assert predictor.predict_proba(["a refund"])[0, 0] == pytest.approx(1.0)
+
+
+def test_a_rules_file_on_disk_is_read_in_one_line_errors(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump(RULES))
+    assert [r.name for r in load_rules(path, QUEUES).rules] == ["refund", "error-code", "parcel"]
+    path.write_text("rules: [\n")
+    with pytest.raises(ConfigError, match="cannot read the rules"):
+        load_rules(path, QUEUES)
+    with pytest.raises(ConfigError, match="not found"):
+        load_rules(tmp_path / "missing.yaml", QUEUES)
+
+
+def test_suggested_rules_pick_each_queues_telling_words() -> None:
+    texts = ["refund my invoice"] * 8 + ["my parcel delivery is late"] * 8 + ["login error again"] * 8
+    labels = ["billing"] * 8 + ["shipping"] * 8 + ["technical"] * 8
+    suggested = {r["queue"]: r["keywords"] for r in suggest_rules(texts, labels, per_queue=2)}
+    assert set(suggested["billing"]) == {"refund", "invoice"} and set(suggested["shipping"]) <= {
+        "parcel",
+        "delivery",
+        "late",
+    }
+    parse_rules({"rules": suggest_rules(texts, labels)}, QUEUES)  # a valid rules file as it stands
