@@ -11,13 +11,15 @@ version visible. Stage changes rewrite `stages.json` through a temp file and `os
 
 Shared storage (`open_registry`, `$MAILROUTE_REGISTRY_URI`): the same layout under a URI, so that training on one
 node and serving on another use one registry. `file://` (or a plain path, on NFS say) is the folder above. Any other
-filesystem pyarrow reaches (`s3://`, `gs://`, `hdfs://`) or fsspec does (`abfs://`, `memory://`, ...) has no
-atomic rename: a version's files are uploaded first and its meta.json last, so a version is visible only once it
-is complete (a crashed upload leaves files without meta.json, which `clean_partial` removes a day later: the retrain
+filesystem pyarrow reaches (`s3://`, `gs://`, `hdfs://`) or fsspec does (`abfs://`, `memory://`, ...) has no atomic
+rename: a version's files are uploaded first and its meta.json last, so a version is visible only once it is
+complete (a crashed upload leaves files without meta.json, which `clean_partial` removes a day later: the retrain
 job calls it); `stages.json` is one object, replaced whole by each write. Serving and training read a version from a
-local copy (`<home>/cache/registry/<hash of the URI>/<name>/<version>`), downloaded once and checked against meta.json's checksums like a local version.
-Object stores have no compare-and-swap here: run one trainer per model name at a time (the retrain job does), and
-make stage changes through the app's runtime changes, which hold the event store's change lock.
+local copy (`<home>/cache/registry/<hash of the URI>/<name>/<version>`), downloaded once and checked against
+meta.json's checksums like a local version. Each upload writes a marker with its start time first (`UPLOAD_MARKER`:
+object stores keep no folder times), by which `clean_partial` tells a dead upload from a running one. Object stores
+have no compare-and-swap here: run one trainer per model name at a time (the retrain job does), and make stage
+changes through the app's runtime changes, which hold the event store's change lock.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from serving import clock
 
@@ -53,6 +56,7 @@ STAGES_FILE = "stages.json"
 STAGES = ("candidate", "canary", "champion", "archived")
 REGISTRY_URI_ENV = "MAILROUTE_REGISTRY_URI"
 PARTIAL_AGE_S = 86_400.0  # a write untouched this long is a dead one (`clean_partial`)
+UPLOAD_MARKER = ".upload.json"  # first file of a remote upload: when it started (object stores keep no folder times)
 _VERSION_RE = re.compile(r"^v(\d+)$")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
@@ -68,7 +72,9 @@ class RegistryUnavailableError(RegistryError):
 # Query parameters of a URI that would carry a credential (s3's access_key/secret_key/session_token, gs's
 # access_token, ...): the URI travels to every replica's environment and into logs, so credentials come from the
 # filesystem's own environment instead (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, an instance role).
-_SECRET_QUERY = re.compile(r"key|secret|token|password|credential|signature|sas", re.IGNORECASE)
+_SECRET_QUERY = re.compile(
+    r"secret|token|password|credential|signature|access_key|account_key|^key$|^sig$|^sas", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -160,8 +166,12 @@ def checked_uri(uri: str) -> str:
     if "://" not in uri:
         if not Path(uri).is_absolute():  # each process (a Ray worker in a folder of its own) would read another
             raise RegistryError(f"{REGISTRY_URI_ENV}: '{uri[:80]}' is a relative path; give an absolute path or a URI")
+        if Path(uri).parent == Path(uri):
+            raise RegistryError(
+                f"{REGISTRY_URI_ENV}={uri} is the root of a disk: give a folder (the runs go beside it)"
+            )
         return uri
-    if parts.username is not None or parts.password is not None:
+    if parts.password is not None:  # a user alone is no secret (abfs://container@account.dfs.core.windows.net)
         raise RegistryError(
             f"{REGISTRY_URI_ENV} carries credentials (user:password@): take them out and give them the way the "
             "filesystem reads them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, a role)"
@@ -173,10 +183,10 @@ def checked_uri(uri: str) -> str:
             "way the filesystem reads them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS, a "
             "role), not in the URI"
         )
-    if parts.path.strip("/") == "":
+    if parts.path.strip("/") == "" and parts.scheme != "memory":  # memory://name: fsspec's test filesystem
         raise RegistryError(
-            f"{REGISTRY_URI_ENV}={uri_label(uri)} is a bucket's root: give a folder in it (s3://bucket/mailroute/"
-            "registry), so the training runs beside it stay in the bucket"
+            f"{REGISTRY_URI_ENV}={uri_label(uri)} is the root of {'a disk' if parts.scheme == 'file' else 'a bucket'}: "
+            "give a folder in it (s3://bucket/mailroute/registry), so the training runs beside it stay in the bucket"
         )
     return uri
 
@@ -184,7 +194,7 @@ def checked_uri(uri: str) -> str:
 def uri_label(uri: str) -> str:
     """A URI without its query string (region and such; never a credential, `checked_uri` refuses those)."""
     parts = urlsplit(uri)
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) if "://" in uri else uri
+    return f"{parts.scheme}://{parts.netloc}{parts.path}" if "://" in uri else uri
 
 
 def open_registry(home: Home) -> ModelRegistry:
@@ -210,7 +220,8 @@ def runs_location(default: Path, *sub: str) -> str:
         return str(Path(uri).parent.joinpath("runs", *sub))
     parts = urlsplit(uri)
     path = posixpath.join(posixpath.dirname(parts.path.rstrip("/")), "runs", *sub)
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, parts.fragment))
+    # Written out, not urlunsplit: that drops the '//' of an empty host (hdfs:///path would become hdfs:/path).
+    return f"{parts.scheme}://{parts.netloc}{path}" + (f"?{parts.query}" if parts.query else "")
 
 
 class ModelRegistry:
@@ -303,8 +314,10 @@ class ModelRegistry:
             except OSError:  # another process copied it first: use theirs
                 if not (folder / META_FILE).is_file():
                     raise
-        except OSError as err:
-            raise self._unreachable(err, f"copying {name}:{version}") from None
+        except FileNotFoundError:  # listed a moment ago, gone now (removed by someone)
+            raise RegistryError(f"model {name}:{version} is gone from {self.location}") from None
+        except OSError as err:  # the store, or this node's cache (a full disk): said which in err
+            raise self._unreachable(err, f"copying {name}:{version} to {folder.parent}") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
@@ -366,7 +379,8 @@ class ModelRegistry:
                 if _sha256(target) != expected:
                     raise RegistryError(f"model {name}:{version} is corrupt: checksum mismatch in {rel}")
             # A file nobody registered (a dropped-in pickle, say) would be loaded unverified: refuse it.
-            extra = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != META_FILE)
+            extra = sorted(str(p.relative_to(path)) for p in path.rglob("*")
+                           if p.is_file() and p.name not in (META_FILE, UPLOAD_MARKER))  # fmt: skip
             unlisted = [rel for rel in extra if rel not in meta.files]
             if unlisted:
                 raise RegistryError(f"model {name}:{version} is corrupt: {unlisted[0]} was not registered with it")
@@ -495,6 +509,8 @@ class ModelRegistry:
         target = self._remote_path(name, version)
         local = pafs.LocalFileSystem()
         try:
+            with self._fs.open_output_stream(f"{target}/{UPLOAD_MARKER}") as fh:
+                fh.write(json.dumps({"started": clock.now().isoformat()}).encode("utf-8"))
             for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META_FILE):
                 rel = path.relative_to(folder).as_posix()
                 self._fs.create_dir(f"{target}/{rel}".rsplit("/", 1)[0], recursive=True)
@@ -557,28 +573,36 @@ class ModelRegistry:
         self._write_json(stages, name, STAGES_FILE)
         return self.get(f"{name}:{version}", verify=False)
 
+    def _upload_started(self, name: str, version: str) -> float:
+        """When an unfinished remote upload began, from its marker; an upload without one (it died before writing
+        it, or predates markers) counts as starting now: its age is unknown, so it is left alone."""
+        text = self._read_text(name, version, UPLOAD_MARKER)
+        try:
+            return datetime.fromisoformat(json.loads(text)["started"]).timestamp() if text else time.time()
+        except (ValueError, KeyError, TypeError):
+            return time.time()
+
     def clean_partial(self, older_than_s: float = PARTIAL_AGE_S) -> int:
         """Remove what writers that crashed mid-write left (a local staging folder, a remote upload without its
         meta.json) once untouched for `older_than_s`: anything younger may be another writer still at work.
         Returns how many were removed."""
-        import pyarrow.fs as pafs
-
         cutoff = time.time() - older_than_s
         removed = 0
         for name in self.names():
             for tmp in (self.root / name).glob(".tmp-*"):
-                if older_than_s == 0 or tmp.stat().st_mtime < cutoff:
+                try:
+                    young = older_than_s > 0 and tmp.stat().st_mtime >= cutoff
+                except FileNotFoundError:  # another process cleaned it first
+                    continue
+                if not young:
                     shutil.rmtree(tmp, ignore_errors=True)
                     removed += 1
             if self._fs is None:
                 continue
             known = set(self._versions(name))
             for version in [v for v in self._list_dirs(name) if _VERSION_RE.match(v) and v not in known]:
-                with self._reaching():
-                    files = self._fs.get_file_info(pafs.FileSelector(self._remote_path(name, version), recursive=True))
-                    times = [f.mtime.timestamp() if f.mtime else None for f in files]
-                    # A file with no time is taken as new: left alone unless everything is to go.
-                    if older_than_s == 0 or all(t is not None and t < cutoff for t in times):
+                if older_than_s == 0 or self._upload_started(name, version) < cutoff:
+                    with self._reaching():
                         self._fs.delete_dir(self._remote_path(name, version))
-                        removed += 1
+                    removed += 1
         return removed

@@ -168,11 +168,9 @@ def start(
     started = _start_ray(num_cpus, env)
     if not started and not os.environ.get("RAY_ADDRESS"):  # a Ray someone else started: its env decides
         proxy = "haproxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "default"
-    try:  # before Serve starts: a refused cluster is left as it was
-        require_shared_storage(event_log_url(serving, home), ray_nodes())
-    except ConfigError:
-        stop(started)
-        raise
+    # Before Serve starts, and without stopping anything: a Serve app already running on the cluster keeps running.
+    # (A Ray this call started has one node: never refused.)
+    require_shared_storage(event_log_url(serving, home), ray_nodes())
     try:
         serve.start(proxy_location=serving.proxy_location, http_options={"host": serving.host, "port": port})
     except Exception as err:

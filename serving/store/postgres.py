@@ -228,7 +228,7 @@ class PostgresEventLog:
 
     def _make_engine(self) -> Engine:
         self._pid = os.getpid()
-        return sa.create_engine(
+        engine = sa.create_engine(
             self._url,
             pool_size=int(self._options["pool_size"]),
             max_overflow=int(self._options["pool_size"]),
@@ -248,13 +248,23 @@ class PostgresEventLog:
                 "keepalives_interval": 5,
                 "keepalives_count": 3,
                 "tcp_user_timeout": 30_000,
-                # A row or the schema lock held by a transaction that never ends (a hung client) fails a write
-                # after lock_timeout instead of queueing every writer behind it; the server ends a session idle
-                # inside a transaction after a minute, releasing what it held.
-                "options": f"-c lock_timeout={int(self._options['lock_timeout_s'])}s "
-                "-c idle_in_transaction_session_timeout=60s",
             },
         )
+        # A row or the schema lock held by a transaction that never ends (a hung client) fails a write after
+        # lock_timeout instead of queueing every writer behind it; the server ends a session idle inside a transaction
+        # after a minute, releasing what it held. SET on each new connection, not the `options` startup parameter:
+        # that would replace a URL's own (`?options=-csearch_path=...`), and PgBouncer refuses it.
+        settings = (f"SET lock_timeout = '{int(self._options['lock_timeout_s'])}s'",
+                    "SET idle_in_transaction_session_timeout = '60s'")  # fmt: skip
+
+        @sa.event.listens_for(engine, "connect")
+        def _session_settings(dbapi_conn: Any, _record: Any) -> None:
+            with dbapi_conn.cursor() as cursor:
+                for statement in settings:
+                    cursor.execute(statement)
+            dbapi_conn.commit()  # a SET inside a transaction rolled back later would be undone
+
+        return engine
 
     def __repr__(self) -> str:
         return f"PostgresEventLog({url_label(self._url.render_as_string(hide_password=True))})"

@@ -198,3 +198,20 @@ def test_a_row_lock_held_by_a_stuck_transaction_fails_a_write_in_bounded_time(po
     store.write_state("layout", {"v": 3})
     assert store.read_state("layout") == {"v": 3}
     store.close()
+
+
+def test_the_timeouts_do_not_replace_the_urls_own_options(postgres: PostgresServer) -> None:
+    """Found in review: the timeouts went in as the `options` startup parameter, which replaced a URL's own
+    (`?options=-csearch_path=...`) and which PgBouncer refuses. They are SET on each new connection instead."""
+    url = postgres.fresh_url()
+    admin = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA mr"))
+    admin.dispose()
+    store = PostgresEventLog(f"{url}?options=-csearch_path%3Dmr", lock_timeout_s=7)
+    store.record_predictions([event("r1")])
+    with store._engine_here().connect() as conn:
+        assert conn.execute(sa.text("SHOW search_path")).scalar() == "mr"
+        assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "7s"
+        assert conn.execute(sa.text("SELECT count(*) FROM mr.predictions")).scalar() == 1
+    store.close()

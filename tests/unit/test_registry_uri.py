@@ -127,8 +127,8 @@ def test_runs_sit_beside_the_registry_whatever_the_uri_looks_like(
 @pytest.mark.parametrize(
     ("uri", "reason"),
     [
-        ("s3://acme-ml", "bucket.s root"),  # its runs would be s3://runs, another bucket
-        ("s3://acme-ml/", "bucket.s root"),
+        ("s3://acme-ml", "root of a bucket"),  # its runs would be s3://runs, another bucket
+        ("s3://acme-ml/", "root of a bucket"),
         ("registry", "relative path"),  # each process (a Ray worker in its own folder) would read another one
         ("./shared/registry", "relative path"),
         ("s3://AKIAEXAMPLE:hunter2secret@acme-ml/registry", "credentials"),
@@ -206,3 +206,56 @@ def test_cleaning_leaves_an_upload_that_may_still_be_running(bucket: str, tmp_pa
     (tmp_path / "cache" / "linear" / ".tmp-inprogress").mkdir()  # this node's staging of a registration running now
     assert reg.clean_partial() == 0
     assert reg.clean_partial(older_than_s=0) == 2
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("hdfs:///mailroute/registry", "hdfs:///mailroute/runs/x"),
+        (
+            "abfs://models@acme.dfs.core.windows.net/mailroute/registry",
+            "abfs://models@acme.dfs.core.windows.net/mailroute/runs/x",
+        ),
+        (
+            "s3://acme/registry?sse_kms_key_id=alias/mr&endpoint_override=minio:9000",
+            "s3://acme/runs/x?sse_kms_key_id=alias/mr&endpoint_override=minio:9000",
+        ),
+    ],
+)
+def test_valid_uris_found_in_review_are_accepted(uri: str, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found in review: an Azure container@account URI read as credentials, a KMS key id as a secret, and an empty
+    host lost its '//'."""
+    from serving.models.registry import checked_uri, runs_location
+
+    assert checked_uri(uri) == uri
+    monkeypatch.setenv("MAILROUTE_REGISTRY_URI", uri)
+    assert runs_location(Path("/unused"), "x") == expected
+
+
+@pytest.mark.parametrize("uri", ["/", "file:///", "abfs://models@acme.dfs.core.windows.net/?account_key=hunter2secret"])
+def test_roots_and_account_keys_are_refused(uri: str) -> None:
+    from serving.models.registry import checked_uri
+
+    with pytest.raises(RegistryError) as refused:
+        checked_uri(uri)
+    assert "hunter2secret" not in str(refused.value)
+
+
+def test_a_dead_upload_is_cleaned_by_its_start_marker_not_by_file_times(bucket: str, tmp_path: Path) -> None:
+    """Found in review: object stores (and fsspec's adapter) give no modification times, so age by file time never
+    removed anything. An upload writes a start marker first; its time decides."""
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    reg = ModelRegistry(bucket, cache=tmp_path / "cache")
+    _register(reg)
+    fs, root = fsspec.filesystem("memory"), bucket.removeprefix("memory://")
+    assert fs.exists(f"{root}/linear/v1/.upload.json")  # written before the files
+    for version, age in (("v2", timedelta(days=2)), ("v3", timedelta(minutes=5))):
+        started = (datetime.now(UTC) - age).isoformat()
+        fs.pipe(f"{root}/linear/{version}/.upload.json", json.dumps({"started": started}).encode())
+        fs.pipe(f"{root}/linear/{version}/tokenizer/vocab.txt", b"half an upload")  # no meta.json: it died
+    fs.pipe(f"{root}/linear/v4/model.bin", b"no marker")  # from before markers: its age is unknown
+    assert reg.clean_partial() == 1 and not fs.exists(f"{root}/linear/v2")
+    assert fs.exists(f"{root}/linear/v3") and fs.exists(f"{root}/linear/v4")
+    assert (reg.get("linear:v1").path / "model.bin").read_text() == "weights"  # the marker is no unlisted file
