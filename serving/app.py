@@ -145,10 +145,13 @@ class ModelServer:
             raise RuntimeError("injected fault")
         return f"{self.meta.name}:{self.meta.version}"
 
-    def _answer(self, proba_row: Any) -> ArmAnswer:
-        return ArmAnswer(
-            tuple(self.predictor.labels), tuple(float(p) for p in proba_row), self.meta.name, self.meta.version
-        )
+    def _answers(self, texts: list[str]) -> list[ArmAnswer]:
+        """One answer per text; a predictor that can say what answered (a rules arm's rule) says it in `note`."""
+        labels, proba = tuple(self.predictor.labels), self.predictor.predict_proba(texts)
+        explain = getattr(self.predictor, "explain", None)
+        notes = explain(texts) if explain is not None else [None] * len(texts)
+        return [ArmAnswer(labels, tuple(float(p) for p in row), self.meta.name, self.meta.version, note)
+                for row, note in zip(proba, notes, strict=True)]  # fmt: skip
 
     async def predict(self, emails: list[ArmRequest] | list[str]) -> list[ArmAnswer]:
         """Answers for a router's batch of emails (one per email, in order). A warning about the batch is logged
@@ -165,12 +168,12 @@ class ModelServer:
             if self.batched:  # merge the batches of all router replicas, up to max_batch_size
                 answers = list(await asyncio.gather(*(self._predict_batch(text) for text in texts)))
             else:
-                answers = [self._answer(row) for row in self.predictor.predict_proba(texts)]
+                answers = self._answers(texts)
         except Exception as err:
             self._warn_each(requests, f"prediction failed: {type(err).__name__}: {_one_line(err)}")
             raise
         if self.fault == "nan":
-            answers = [ArmAnswer(a.labels, tuple(math.nan for _ in a.proba), a.model_name, a.model_version)
+            answers = [ArmAnswer(a.labels, tuple(math.nan for _ in a.proba), a.model_name, a.model_version, a.note)
                        for a in answers]  # fmt: skip
         for request, answer in zip(requests, answers, strict=True):
             if not all(math.isfinite(p) for p in answer.proba):
@@ -183,7 +186,7 @@ class ModelServer:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def _predict_batch(self, texts: list[str]) -> list[ArmAnswer]:
-        return [self._answer(row) for row in self.predictor.predict_proba(texts)]
+        return self._answers(texts)
 
     def __del__(self) -> None:
         handler = getattr(self, "log_handler", None)  # absent when __init__ failed

@@ -16,6 +16,7 @@ from serving.config import PolicyConfig
 CONFIDENT = "confident"
 LOW_CONFIDENCE = "low_confidence"
 ALL_ARMS_FAILED = "all_arms_failed"
+NO_RULE = "no_rule"  # a rules arm where no rule matched: triage, whatever the threshold
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,18 @@ def decide(labels: Sequence[str], proba: np.ndarray, policy: PolicyConfig, triag
         return Decision(triage_queue, confidence, labels[top], LOW_CONFIDENCE)
     secondary = labels[runner_up] if close and runner_up is not None else None
     return Decision(labels[top], confidence, secondary, CONFIDENT)
+
+
+def with_answerer(decision: Decision, note: str | None, triage_queue: str) -> Decision:
+    """The decision with what answered inside the arm (`rule:refund`, `cascade:linear`) in its reason: the note alone
+    when confident, after the decision's reason otherwise (`low_confidence:rule:refund`, still flagged as low
+    confidence). A rules arm's "no rule matched" is triage."""
+    if note is None:
+        return decision
+    if note == NO_RULE:
+        return Decision(triage_queue, decision.confidence, None, NO_RULE)
+    reason = note if decision.reason == CONFIDENT else f"{decision.reason}:{note}"
+    return Decision(decision.queue, decision.confidence, decision.secondary_queue, reason)
 
 
 def fallback_chain(primary: str, arms: Sequence[str], fallback_order: Sequence[str] | None) -> list[str]:

@@ -44,7 +44,7 @@ from serving.api import (
 from serving.auth import ANONYMOUS, Principal
 from serving.config import PolicyConfig, QueuesConfig, ServingConfig
 from serving.metrics import RouterMetrics
-from serving.policy import Decision, decide, failed_reason, fallback_chain, triage_decision
+from serving.policy import Decision, decide, failed_reason, fallback_chain, triage_decision, with_answerer
 from serving.store.eventlog import (
     EventLog,
     EventLogError,
@@ -76,6 +76,9 @@ class ArmAnswer:
     proba: tuple[float, ...]
     model_name: str
     model_version: str
+    # What answered inside the arm, for the reason: the rule that fired (`rule:refund`, or `no_rule`), a cascade's
+    # stage; None for a plain model.
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -325,6 +328,7 @@ class RouterCore:
             model_name, model_version = "none", "none"
         else:
             decision = decide(answer.labels, np.asarray(answer.proba), self.policy, self.queues.triage_queue)
+            decision = with_answerer(decision, answer.note, self.queues.triage_queue)
             model_name, model_version = answer.model_name, answer.model_version
         reason = failed_reason(failures, served_by) or decision.reason
         if failures:

@@ -35,7 +35,7 @@ from serving import clock
 from serving.auth import TokenStore, resolve_user_salt
 from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, config_dir, load_queues, load_serving
 from serving.ops.state import load_state
-from serving.policy import LOW_CONFIDENCE
+from serving.policy import LOW_CONFIDENCE, NO_RULE
 from serving.store.eventlog import (
     EventLog,
     EventLogError,
@@ -219,7 +219,7 @@ def gather(
             since = (clock.now() - timedelta(days=FLAGGED_DAYS)).isoformat()
             # Bounded in time like the flagged emails, so a filter that matches little never scans the whole table.
             logs = store.logs(since=since, min_level=log_filter.level, component=log_filter.component, limit=LOG_LIMIT)
-            flagged = store.flagged_predictions(since=since, reasons=(LOW_CONFIDENCE,), limit=FLAGGED_LIMIT)
+            flagged = store.flagged_predictions(since=since, reasons=(LOW_CONFIDENCE, NO_RULE), limit=FLAGGED_LIMIT)
             drift = _drift(sources.home, store.verdicts(limit=VERDICT_LIMIT))
             audit = read_audit(store)
         except (EventLogError, OSError) as err:  # a store that went away: say so on the page

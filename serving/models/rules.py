@@ -22,10 +22,10 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from serving.config import ConfigError, StrictModel, parse_config
+from serving.policy import NO_RULE
 
 RULES_FILE = "rules.yaml"
 PRECISION_FILE = "precision.json"
-NO_RULE = "no rule matched"
 # A rule never seen to fire on the labelled data gets this confidence: below any sensible threshold, so its
 # emails go to triage until its precision is measured.
 UNMEASURED_PRECISION = 0.0
@@ -157,8 +157,8 @@ class RulesPredictor:
         return cls(rules, {name: score["precision"] for name, score in precision.items()}, labels)
 
     def explain(self, texts: Sequence[str]) -> list[str]:
-        """Per text, the rule that answers it (`rule <name>`), or that none matched."""
-        return [NO_RULE if i is None else f"rule {self.rules.rules[i].name}" for i in first_match(self.rules, texts)]
+        """Per text, the rule that answers it (`rule:<name>`), or NO_RULE."""
+        return [NO_RULE if i is None else f"rule:{self.rules.rules[i].name}" for i in first_match(self.rules, texts)]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         n = len(self._labels)

@@ -102,7 +102,7 @@ class MemoryEventLog:
         lo, _ = ts_bounds(since, None)
         with self._lock:
             newest_stored_first = reversed(list(self._predictions.values()))
-            found = [p for p in newest_stored_first if p.ts >= lo and (p.fallback or p.reason in reasons)]
+            found = [p for p in newest_stored_first if p.ts >= lo and (p.fallback or _flagged(p.reason, reasons))]
         return sorted(found, key=lambda p: p.ts, reverse=True)[:limit]  # stable: ties stay newest-stored first
 
     def stats(self) -> LogStats:
@@ -323,3 +323,8 @@ class _ThreadLock:
 
     def release(self) -> None:
         self._lock.release()
+
+
+def _flagged(reason: str, reasons: Sequence[str]) -> bool:
+    """A reason, or a reason with what answered after it (`low_confidence:rule:refund`)."""
+    return reason in reasons or reason.split(":", 1)[0] in reasons

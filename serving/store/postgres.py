@@ -399,7 +399,7 @@ class PostgresEventLog:
         lo, _ = ts_bounds(since, None)
         query = (
             sa.select(*_P)
-            .where(PREDICTIONS.c.ts >= lo, sa.or_(PREDICTIONS.c.fallback, PREDICTIONS.c.reason.in_(list(reasons))))
+            .where(PREDICTIONS.c.ts >= lo, sa.or_(PREDICTIONS.c.fallback, *_reason_is(reasons)))
             .order_by(PREDICTIONS.c.ts.desc(), PREDICTIONS.c.seq.desc())
             .limit(int(limit))
         )
@@ -685,6 +685,12 @@ class PostgresEventLog:
         with self._lock:
             self._closed = True
         self._engine.dispose()
+
+
+def _reason_is(reasons: Sequence[str]) -> list[Any]:
+    """A reason, or a reason with what answered after it (`low_confidence:rule:refund`)."""
+    column = PREDICTIONS.c.reason
+    return [c for r in reasons for c in (column == r, sa.func.substr(column, 1, len(r) + 1) == f"{r}:")]
 
 
 class _AdvisoryLock:

@@ -327,11 +327,14 @@ class SQLiteEventLog:
     ) -> list[PredictionEvent]:
         lo, _ = ts_bounds(since, None)
         # Newest first along the ts index, stopping at `limit`: no scan of the whole log when flags are common.
+        # A reason, or a reason with what answered after it (`low_confidence:rule:refund`).
+        match = " OR ".join(["reason = ? OR substr(reason, 1, ?) = ?"] * len(reasons)) or "0"
+        args = [a for r in reasons for a in (r, len(r) + 1, f"{r}:")]
         sql = (
-            f"SELECT {_P_COLS} FROM predictions WHERE ts >= ? AND (fallback = 1 OR reason IN "
-            f"({', '.join('?' * len(reasons)) or 'NULL'})) ORDER BY ts DESC, rowid DESC LIMIT ?"
+            f"SELECT {_P_COLS} FROM predictions WHERE ts >= ? AND (fallback = 1 OR {match}) "
+            "ORDER BY ts DESC, rowid DESC LIMIT ?"
         )
-        rows = self._conn().execute(sql, (lo, *reasons, int(limit)))
+        rows = self._conn().execute(sql, (lo, *args, int(limit)))
         return [PredictionEvent(**_prediction_dict(row)) for row in rows]
 
     def stats(self) -> LogStats:

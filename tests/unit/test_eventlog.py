@@ -665,3 +665,18 @@ def test_the_change_lock_excludes_a_second_holder_and_may_be_released_by_another
     releaser.join()
     second.acquire(timeout=5)
     second.release()
+
+
+def test_a_flag_reason_with_what_answered_after_it_is_flagged(log: EventLog) -> None:
+    """A rules or cascade arm's reason names what answered after the decision (`low_confidence:rule:refund`): it is
+    flagged like a bare `low_confidence`; a reason that only starts with the same letters is not."""
+    log.record_predictions(
+        [
+            event("rule", 1, queue="triage", reason="low_confidence:rule:refund", confidence=0.3),
+            event("none", 2, queue="triage", reason="no_rule", confidence=0.1),
+            event("other", 3, reason="low_confidencex", confidence=0.9),
+            event("like", 4, reason="low%confidence", confidence=0.9),
+        ]
+    )
+    assert [p.request_id for p in log.flagged_predictions()] == ["rule"]
+    assert [p.request_id for p in log.flagged_predictions(reasons=("low_confidence", "no_rule"))] == ["none", "rule"]

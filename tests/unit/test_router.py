@@ -17,6 +17,7 @@ from serving.api import ApiError, FeedbackRequest, RouteRequest
 from serving.auth import Principal
 from serving.config import ServingConfig, load_queues
 from serving.metrics import merge, render
+from serving.policy import NO_RULE
 from serving.router import SHADOW, ArmAnswer, RouterCore
 from serving.store.memory import MemoryEventLog
 from serving.store.writer import BufferedWriter
@@ -46,6 +47,7 @@ class FakeArms:
         self.calls: list[str] = []
         self.fail: dict[str, str] = {}
         self.proba = {q: 0.0 for q in LABELS} | {"billing": 0.9, "technical": 0.1}
+        self.note: str | None = None
 
     async def __call__(self, arm: str, text: str) -> ArmAnswer:
         self.calls.append(arm)
@@ -54,7 +56,7 @@ class FakeArms:
         if self.fail.get(arm) == "hang":
             await asyncio.sleep(10)
         proba = tuple(float("nan") if self.fail.get(arm) == "nan" else self.proba[q] for q in LABELS)
-        return ArmAnswer(LABELS, proba, arm if arm != SHADOW else "shadowmodel", "v1")
+        return ArmAnswer(LABELS, proba, arm if arm != SHADOW else "shadowmodel", "v1", self.note)
 
 
 @pytest.fixture
@@ -133,6 +135,22 @@ def test_low_confidence_goes_to_triage(setup: tuple[RouterCore, FakeArms, Memory
     arms.proba = {q: 1 / len(LABELS) for q in LABELS}
     answer = route(core)
     assert answer.queue == "triage" and answer.reason == "low_confidence"
+
+
+def test_the_reason_names_what_answered_inside_the_arm(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:
+    """A rules arm's answer names its rule; below the threshold it is low confidence, with the rule; no rule matched
+    is triage even where the probabilities would pass the threshold."""
+    core, arms, _ = setup
+    arms.note = "rule:refund"
+    confident = route(core)
+    assert (confident.queue, confident.reason) == ("billing", "rule:refund")
+    arms.proba = {q: 1 / len(LABELS) for q in LABELS}
+    unsure = route(core)
+    assert (unsure.queue, unsure.reason) == ("triage", "low_confidence:rule:refund")
+    arms.proba = {q: 0.0 for q in LABELS} | {"billing": 0.99, "technical": 0.01}
+    arms.note = NO_RULE
+    none = route(core)
+    assert (none.queue, none.reason) == ("triage", NO_RULE)
 
 
 def test_force_arm_rules(setup: tuple[RouterCore, FakeArms, MemoryEventLog]) -> None:

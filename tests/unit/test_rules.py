@@ -16,7 +16,6 @@ from serving.mail.text import PREPROCESSING_VERSION
 from serving.models.predictor import load_version
 from serving.models.registry import ModelRegistry
 from serving.models.rules import (
-    NO_RULE,
     RulesPredictor,
     load_rules,
     measure_precision,
@@ -24,6 +23,7 @@ from serving.models.rules import (
     suggest_rules,
     write_rules_version,
 )
+from serving.policy import NO_RULE
 
 pytestmark = pytest.mark.unit
 QUEUES = ["billing", "technical", "shipping"]
@@ -63,8 +63,8 @@ def test_the_first_matching_rule_answers_with_its_precision_and_no_rule_is_triag
     assert proba[0, 0] == pytest.approx(0.9) and proba[0, 1] == pytest.approx(0.05)
     assert proba[1, 0] == pytest.approx(0.9)  # "refund" comes first in the file: order decides
     assert np.allclose(proba[2], 1 / 3)  # nothing matched: no queue stands out, the router's threshold triages it
-    assert predictor.explain(texts) == ["rule refund", "rule refund", NO_RULE]
-    assert predictor.explain(["parcel lost"]) == ["rule parcel"]
+    assert predictor.explain(texts) == ["rule:refund", "rule:refund", NO_RULE]
+    assert predictor.explain(["parcel lost"]) == ["rule:parcel"]
     assert RulesPredictor(rules, {}, QUEUES).predict_proba(["parcel lost"])[0, 2] == 0.0  # never measured: triage
 
 
