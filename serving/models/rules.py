@@ -185,8 +185,8 @@ def write_rules_version(folder: Path, rules: RulesFile, scores: Mapping[str, Rul
 def suggest_rules(
     texts: Sequence[str], labels: Sequence[str], *, per_queue: int = 5, min_count: int = 5
 ) -> list[dict[str, Any]]:
-    """A starting point for a rules file: per queue, the words whose share of that queue's emails most exceeds
-    their share of the others' (a smoothed log ratio of document frequencies), as one keyword rule per queue."""
+    """A starting point for a rules file: per queue, the words most telling of it (frequent in its emails, rare in
+    the others': smoothed document frequencies), as one keyword rule per queue."""
     from sklearn.feature_extraction.text import CountVectorizer
 
     vectorizer = CountVectorizer(lowercase=True, binary=True, token_pattern=r"(?u)\b[a-z][a-z]{2,}\b",
@@ -199,6 +199,9 @@ def suggest_rules(
         inside, outside = counts[y == queue], counts[y != queue]
         share_in = (np.asarray(inside.sum(axis=0)).ravel() + 1) / (inside.shape[0] + 2)
         share_out = (np.asarray(outside.sum(axis=0)).ravel() + 1) / (outside.shape[0] + 2)
-        best = np.argsort(-np.log(share_in / share_out), kind="stable")[:per_queue]
+        # Common in the queue and rare outside it: the word's share of the queue's emails times the log ratio (its
+        # term of the KL divergence), so a word that tells the queue apart in one email of a thousand ranks low.
+        telling = share_in * np.log(share_in / share_out)
+        best = np.argsort(-telling, kind="stable")[:per_queue]
         out.append({"name": f"{queue}-words", "queue": queue, "keywords": [str(w) for w in words[best]]})
     return out
