@@ -30,15 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from serving.ops.ports import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TOKEN = "bench-admin-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def load(

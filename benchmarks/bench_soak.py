@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import REPO, RESULTS, build_registry, free_port, make_bodies
+from bench_serving import REPO, RESULTS, build_registry, make_bodies
+
+from serving.ops.ports import free_port
 
 ADMIN_TOKEN = "soak-admin-token-0123456789"
 CLIENT_TOKEN = "soak-gateway-token-0123456789"

@@ -417,11 +417,12 @@ def router_bench(server: Any, seconds: float, concurrency: int) -> dict[str, Any
     os.environ.update({"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "MAILROUTE_ADMIN_TOKEN": TOKEN,
                        "MAILROUTE_USER_SALT": SALT, "MAILROUTE_CONFIG_DIR": str(ROOT / "configs")})  # fmt: skip
     os.environ.pop("MAILROUTE_EVENT_LOG_URL", None)  # the serving config below says which store each run uses
-    from bench_serving import free_port, load, make_bodies
+    from bench_serving import load, make_bodies
 
     from experiments.config import ExperimentConfig
     from serving.config import Home, ServingConfig
     from serving.ops import launch
+    from serving.ops.ports import free_port
     from serving.store.eventlog import open_event_log
 
     if others := other_rays():

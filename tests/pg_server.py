@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -18,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from system_packages import apt_install
+
+from serving.ops.ports import free_port
 
 USER = "mr"
 
@@ -36,12 +37,6 @@ def install() -> str | None:
     return apt_install(["postgresql"], lambda: bin_dir() is not None)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PostgresServer:
     """One PostgreSQL server, started by `start()` and stopped (its directory removed) by `stop()`."""
 
@@ -51,7 +46,7 @@ class PostgresServer:
             raise RuntimeError("PostgreSQL is not installed")
         self.root = Path(tempfile.mkdtemp(prefix="mr-pg-"))
         self.data = self.root / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self._as_root = os.geteuid() == 0
 
     def _run(self, args: Sequence[str], timeout: float = 120) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ from serving.auth import AUTH_OFF_WARNING, TokenStore, resolve_user_salt
 from serving.config import ConfigError, Home, QueuesConfig, ServingConfig, config_dir
 from serving.ops import state
 from serving.ops.apps import APP_NAME, app_configs, pin_versions
+from serving.ops.ports import free_ports
 from serving.store.eventlog import open_event_log
 from serving.store.location import event_log_url, is_shared, ray_nodes, require_shared_storage
 
@@ -58,29 +58,13 @@ def find_haproxy() -> str | None:
     return candidate if ok else None
 
 
-def _free_ports(n: int, avoid: int) -> list[int]:
-    ports: list[int] = []
-    sockets = []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-            if (p := int(s.getsockname()[1])) != avoid:
-                ports.append(p)
-    finally:
-        for s in sockets:
-            s.close()
-    return ports
-
-
 def _proxy_env(port: int, binary: str) -> dict[str, str]:
     # Serve's HAProxy defaults are a shared folder and fixed ports (8404, 9101, 8500, 9500): give each instance
     # its own, so two on one machine do not collide. HAProxy socket paths must stay short (97 characters with
     # Serve's node id appended), hence /tmp.
     state = f"/tmp/mrh-{port}"
     os.makedirs(state, exist_ok=True)
-    stats, metrics, fallback_http, fallback_grpc = _free_ports(4, avoid=port)
+    stats, metrics, fallback_http, fallback_grpc = free_ports(4, avoid=frozenset({port}))
     # Each replica listens on a port of its own that HAProxy forwards to, from one range per machine by default
     # (30000-31000): a second instance's replica that takes a port the first one's HAProxy still lists would get
     # its traffic. Instances on different HTTP ports get disjoint ranges of DIRECT_PORTS ports.

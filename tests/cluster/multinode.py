@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,18 +29,14 @@ from typing import Any
 import httpx
 import yaml
 
+from serving.ops.ports import free_port
+
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
 sys.path[:0] = [str(TESTS), str(TESTS / "ray")]
 
 ADMIN = "multinode-admin-token-0123456789"
 MAILROUTE = [sys.executable, "-m", "serving.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _configs(work: Path, port: int) -> Path:
@@ -153,7 +148,7 @@ def main(work: Path) -> dict[str, Any]:
         os.environ.update(env)  # the nodes Cluster starts inherit it: every node has the same secrets, as on a cluster
         home = work / "home"
         register_models(Home(home))  # into the shared registry (MAILROUTE_REGISTRY_URI)
-        port = _free_port()
+        port = free_port()
         configs = _configs(work, port)
         from ray.cluster_utils import Cluster
 

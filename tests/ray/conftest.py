@@ -8,21 +8,16 @@ gives it (the HAProxy ingress among it), so the Serve tests exercise the shipped
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from serving.ops.ports import free_port
 
 
 @pytest.fixture(scope="session")
 def serve_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ drifted emails, `mailroute rollout start` canaries it and the rollout job promot
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,22 +16,17 @@ from monitoring.demo.run import DemoError, run_demo
 from serving import clock
 from serving.config import Home
 from serving.models.registry import ModelRegistry
+from serving.ops.ports import free_port
 from serving.store.eventlog import open_event_log
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_drift_is_caught_the_model_retrained_canaried_and_promoted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home = Home(tmp_path / "demo")
-    code = run_demo(home, port=_free_port(), wait=False, plan=QUICK, configs_from=REPO / "configs")
+    code = run_demo(home, port=free_port(), wait=False, plan=QUICK, configs_from=REPO / "configs")
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
     assert clock.ENV not in os.environ  # the demo's fast clock does not outlive it
@@ -57,10 +51,10 @@ def test_drift_is_caught_the_model_retrained_canaried_and_promoted(
     assert "== [8/8] summary" in out and "after the rollout's promote" in out and "parent linear:v1" in out
     # A second run refuses to overwrite the first without --reset, and anything not a demo at all.
     with pytest.raises(DemoError, match="--reset"):
-        run_demo(home, port=_free_port(), wait=False, plan=QUICK, configs_from=REPO / "configs")
+        run_demo(home, port=free_port(), wait=False, plan=QUICK, configs_from=REPO / "configs")
     other = tmp_path / "not-a-demo"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
     with pytest.raises(DemoError, match="something other than a demo"):
-        run_demo(Home(other), port=_free_port(), wait=False, plan=QUICK, reset=True, configs_from=REPO / "configs")
+        run_demo(Home(other), port=free_port(), wait=False, plan=QUICK, reset=True, configs_from=REPO / "configs")
     assert (other / "keep.txt").read_text() == "mine"

@@ -252,16 +252,15 @@ def test_the_experiment_report_shows_each_arms_kpis_and_the_recommendation(fille
 
 
 def test_mailroute_dashboard_serves_the_page_from_the_files(filled: Home) -> None:
-    import socket
     import subprocess
     import sys
     import time
 
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from serving.ops.ports import free_port
+
+    port = free_port()
     command = [sys.executable, "-c", "from serving.cli import main; raise SystemExit(main())"]
     args = ["--home", str(filled.root), "--config-dir", str(CONFIGS), "dashboard", "--port", str(port)]
     server = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
