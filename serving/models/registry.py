@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
@@ -73,7 +73,8 @@ class RegistryUnavailableError(RegistryError):
 # access_token, ...): the URI travels to every replica's environment and into logs, so credentials come from the
 # filesystem's own environment instead (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, an instance role).
 _SECRET_QUERY = re.compile(
-    r"secret|token|password|credential|signature|access_key|account_key|^key$|^sig$|^sas", re.IGNORECASE
+    r"secret|token|password|credential|signature|access_?key|account_key|api_?key|private_key|^key$|^sig$|^sas",
+    re.IGNORECASE,
 )
 
 
@@ -379,8 +380,8 @@ class ModelRegistry:
                 if _sha256(target) != expected:
                     raise RegistryError(f"model {name}:{version} is corrupt: checksum mismatch in {rel}")
             # A file nobody registered (a dropped-in pickle, say) would be loaded unverified: refuse it.
-            extra = sorted(str(p.relative_to(path)) for p in path.rglob("*")
-                           if p.is_file() and p.name not in (META_FILE, UPLOAD_MARKER))  # fmt: skip
+            own = (path / META_FILE, path / UPLOAD_MARKER)
+            extra = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p not in own)
             unlisted = [rel for rel in extra if rel not in meta.files]
             if unlisted:
                 raise RegistryError(f"model {name}:{version} is corrupt: {unlisted[0]} was not registered with it")
@@ -460,6 +461,8 @@ class ModelRegistry:
         tmp.mkdir()
         try:
             write_files(tmp)
+            if (tmp / UPLOAD_MARKER).exists():
+                raise RegistryError(f"a version may not hold a top-level {UPLOAD_MARKER}: the registry writes it")
             files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             while True:  # another writer may take the same number: the rename then fails and we try the next
                 # Remote: a crashed upload's folder keeps its number too (it has no meta.json, so it is no version).
@@ -510,8 +513,9 @@ class ModelRegistry:
         local = pafs.LocalFileSystem()
         try:
             with self._fs.open_output_stream(f"{target}/{UPLOAD_MARKER}") as fh:
-                fh.write(json.dumps({"started": clock.now().isoformat()}).encode("utf-8"))
-            for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META_FILE):
+                # The wall clock, not the process's (a simulated one runs ahead): clean_partial ages it by time.time.
+                fh.write(json.dumps({"started": datetime.now(UTC).isoformat()}).encode("utf-8"))
+            for path in sorted(p for p in folder.rglob("*") if p.is_file() and p != folder / META_FILE):
                 rel = path.relative_to(folder).as_posix()
                 self._fs.create_dir(f"{target}/{rel}".rsplit("/", 1)[0], recursive=True)
                 pafs.copy_files(str(path), f"{target}/{rel}", source_filesystem=local, destination_filesystem=self._fs)

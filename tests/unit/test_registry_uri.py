@@ -232,7 +232,19 @@ def test_valid_uris_found_in_review_are_accepted(uri: str, expected: str, monkey
     assert runs_location(Path("/unused"), "x") == expected
 
 
-@pytest.mark.parametrize("uri", ["/", "file:///", "abfs://models@acme.dfs.core.windows.net/?account_key=hunter2secret"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "/",
+        "file:///",
+        "abfs://models@acme.dfs.core.windows.net/?account_key=hunter2secret",
+        # found in review: these names carry keys too
+        "s3://acme/registry?api_key=hunter2secret",
+        "s3://acme/registry?apikey=hunter2secret",
+        "gs://acme/registry?private_key=hunter2secret",
+        "s3://acme/registry?AWSAccessKeyId=hunter2secret",
+    ],
+)
 def test_roots_and_account_keys_are_refused(uri: str) -> None:
     from serving.models.registry import checked_uri
 
@@ -259,3 +271,48 @@ def test_a_dead_upload_is_cleaned_by_its_start_marker_not_by_file_times(bucket: 
     assert reg.clean_partial() == 1 and not fs.exists(f"{root}/linear/v2")
     assert fs.exists(f"{root}/linear/v3") and fs.exists(f"{root}/linear/v4")
     assert (reg.get("linear:v1").path / "model.bin").read_text() == "weights"  # the marker is no unlisted file
+
+
+def test_an_upload_started_on_a_simulated_clock_is_aged_by_the_wall_clock(
+    bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found in review: the marker was written on the process's clock (the demo runs a simulated one, days ahead)
+    and compared with the wall clock, so a fresh upload looked days old and another trainer's could be removed."""
+    import json
+    from datetime import UTC, datetime
+
+    from serving import clock
+
+    monkeypatch.setenv(clock.ENV, clock.scaled(datetime(2031, 1, 1, tzinfo=UTC), 500.0).to_env())
+    reg = ModelRegistry(bucket, cache=tmp_path / "cache")
+    _register(reg)
+    fs, root = fsspec.filesystem("memory"), bucket.removeprefix("memory://")
+    started = datetime.fromisoformat(json.loads(fs.cat(f"{root}/linear/v1/.upload.json"))["started"])
+    assert abs(started.timestamp() - datetime.now(UTC).timestamp()) < 60
+
+
+def test_only_the_top_level_marker_and_meta_are_the_registrys_own(bucket: str, tmp_path: Path) -> None:
+    """Found in review: a model's own nested meta.json was never uploaded, and a nested .upload.json was taken for
+    the marker; a top-level .upload.json of the version's own would overwrite the marker."""
+    reg = ModelRegistry(bucket, cache=tmp_path / "cache")
+
+    def nested(folder: Path) -> None:
+        (folder / "model.bin").write_text("weights")
+        (folder / "tokenizer").mkdir()
+        (folder / "tokenizer" / "meta.json").write_text("{}")
+        (folder / "tokenizer" / ".upload.json").write_text("{}")
+
+    meta = reg.register("linear", nested, kind="linear", labels=["billing", "technical"], preprocessing_version="1",
+                        data_fingerprint="sha256:abc", metrics={}, params={})  # fmt: skip
+    other = ModelRegistry(bucket, cache=tmp_path / "other-cache")  # another node: reads the upload
+    path = other.get(f"linear:{meta.version}").path
+    assert (path / "tokenizer" / "meta.json").read_text() == "{}"
+    assert (path / "tokenizer" / ".upload.json").read_text() == "{}"
+
+    def reserved(folder: Path) -> None:
+        (folder / "model.bin").write_text("weights")
+        (folder / ".upload.json").write_text("{}")
+
+    with pytest.raises(RegistryError, match=r"\.upload\.json"):
+        reg.register("linear", reserved, kind="linear", labels=["billing", "technical"], preprocessing_version="1",
+                     data_fingerprint="sha256:abc", metrics={}, params={})  # fmt: skip
