@@ -147,9 +147,8 @@ class ModelServer:
 
     def _answers(self, texts: list[str]) -> list[ArmAnswer]:
         """One answer per text; a predictor that can say what answered (a rules arm's rule) says it in `note`."""
-        labels, proba = tuple(self.predictor.labels), self.predictor.predict_proba(texts)
-        explain = getattr(self.predictor, "explain", None)
-        notes = explain(texts) if explain is not None else [None] * len(texts)
+        labels, with_notes = tuple(self.predictor.labels), getattr(self.predictor, "predict_with_notes", None)
+        proba, notes = with_notes(texts) if with_notes else (self.predictor.predict_proba(texts), [None] * len(texts))
         return [ArmAnswer(labels, tuple(float(p) for p in row), self.meta.name, self.meta.version, note)
                 for row, note in zip(proba, notes, strict=True)]  # fmt: skip
 

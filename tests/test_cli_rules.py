@@ -86,3 +86,24 @@ def test_evaluate_needs_exactly_one_of_model_and_rules(capsys: pytest.CaptureFix
     assert code == 2 and "--model or --rules" in err
     code, _, err = run_cli(capsys, "evaluate", "--data", str(corpus), "--model", "linear", "--rules", str(SHIPPED))
     assert code == 2 and "--model or --rules" in err
+
+
+def test_suggesting_from_too_little_data_is_one_clear_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Found in review: a handful of emails gave scikit-learn's own words about pruning."""
+    tiny = tmp_path / "tiny.csv"
+    tiny.write_text("text,label\nmy invoice is wrong,billing\nthe app crashes,technical\n")
+    code, _, err = run_cli(capsys, "data", "suggest-rules", "--data", str(tiny))
+    assert code != 0 and "too little labelled data to suggest rules" in one_line_error(err)
+
+
+def test_suggested_rule_names_are_valid_whatever_the_labels(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Found in review: a label such as 'Billing Dept' became a rule name the rules file refuses."""
+    rows = ["text,label"] + [f"refund invoice charge number {i},Billing Dept" for i in range(10)]
+    rows += [f"crash error login number {i},Tech/Support" for i in range(10)]
+    data = tmp_path / "mail.csv"
+    data.write_text("\n".join(rows) + "\n")
+    code, out, _ = run_cli(capsys, "data", "suggest-rules", "--data", str(data))
+    assert code == 0
+    from serving.models.rules import parse_rules
+
+    parse_rules(yaml.safe_load(out), ["Billing Dept", "Tech/Support"])  # names valid; queues kept as given

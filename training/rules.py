@@ -25,6 +25,7 @@ from serving.models.rules import (
     measure_precision,
     write_rules_version,
 )
+from serving.policy import NO_RULE
 from training.evaluate import EvalResult, evaluate_probabilities
 from training.pipeline import DataSpec, load_labelled
 
@@ -49,22 +50,29 @@ def evaluate_rules(path: Path, spec: DataSpec, queues: QueuesConfig, threshold: 
     names = list(queues.names)
     rules = load_rules(path, names)
     frame = load_labelled(spec).frame
+    # A label outside the taxonomy has no queue a rule could rightly send it to: such rows are left out of every
+    # figure alike (the model evaluation refuses them).
+    frame = frame[frame["label"].astype(str).isin(names)].reset_index(drop=True)
     texts, labels = [str(t) for t in frame["text"]], [str(v) for v in frame["label"]]
     order = np.random.default_rng(SPLIT_SEED).permutation(len(texts))
     calib, test = order[: len(order) // 2], order[len(order) // 2 :]
     calibrated = measure_precision(rules, [texts[i] for i in calib], [labels[i] for i in calib])
     predictor = RulesPredictor(rules, {k: s.precision for k, s in calibrated.items()}, names)
-    held_out = [int(i) for i in test if labels[i] in names]  # a label outside the taxonomy: no queue to score
-    proba = predictor.predict_proba([texts[i] for i in held_out])
-    result = evaluate_probabilities(names, [labels[i] for i in held_out], proba, threshold)
-    scored = measure_precision(rules, [texts[i] for i in test], [labels[i] for i in test]).values()
-    fired = sum(score.fired for score in scored)
+    held_out = [int(i) for i in test]
+    proba, notes = predictor.predict_with_notes([texts[i] for i in held_out])
+    unmatched = np.array([note == NO_RULE for note in notes], dtype=bool)
+    # Served, no rule is triage whatever the threshold (policy.with_answerer): a row of zeros is below any.
+    scored_proba = np.where(unmatched[:, None], 0.0, proba)
+    result = evaluate_probabilities(names, [labels[i] for i in held_out], scored_proba, threshold)
+    fired = int((~unmatched).sum())
+    right = sum(1 for i, row, hit in zip(held_out, proba, ~unmatched, strict=True)
+                if hit and names[int(row.argmax())] == labels[i])  # fmt: skip
     return RulesOutcome(
         rules=rules,
         result=result,
         scores=measure_precision(rules, texts, labels),
-        matched=fired / max(len(test), 1),
-        matched_accuracy=sum(score.correct for score in scored) / fired if fired else 0.0,
+        matched=fired / max(len(held_out), 1),
+        matched_accuracy=right / fired if fired else 0.0,
         n=len(texts),
         frame=frame,
         held_out=held_out,

@@ -5,39 +5,55 @@ confidence equal to that rule's precision measured on labelled data (`measure_pr
 confidence threshold treats a rule that is often wrong like an unsure model. No rule matching is triage, said in
 words. A rules file is registered as a version of kind `rules` (rules.yaml plus precision.json) and served through
 the same predictor interface as the models: `RulesPredictor.predict_proba` gives each email the fired rule's
-precision for its queue and spreads the rest evenly; `explain` names the rule.
+precision for its queue and spreads the rest evenly; `explain` names the rule; `predict_with_notes` gives both in
+one pass (what the arm replica calls).
+
+The rules run on the sender's text, the regular expressions are ops': a pattern with nested quantifiers can take
+exponential time on a crafted body. So patterns run on the `regex` module with a time budget per email (all rules
+together, `MATCH_BUDGET_S`) over its first `MATCH_CHARS` characters; a rule that runs out of the budget does not fire,
+and no later rule is tried (it might have been an earlier rule's email): the email is triage, and a warning names the
+rule.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import regex
 import yaml
 from pydantic import Field, field_validator, model_validator
+from regex import Pattern
 
 from serving.config import ConfigError, StrictModel, parse_config
 from serving.policy import NO_RULE
 
+log = logging.getLogger(__name__)
 RULES_FILE = "rules.yaml"
 PRECISION_FILE = "precision.json"
 # A rule never seen to fire on the labelled data gets this confidence: below any sensible threshold, so its
 # emails go to triage until its precision is measured.
 UNMEASURED_PRECISION = 0.0
+MATCH_BUDGET_S = 0.1  # per email, all rules together
+MATCH_CHARS = 20_000  # the rules read an email's text this far (a subject and any real opening fit)
 
 
 class Rule(StrictModel):
-    """One rule: the queue it routes to when any keyword (whole words, any case) or its regex matches."""
+    """One rule: the queue it routes to when any keyword (whole words, any case) or its regex matches.
+
+    A keyword matches where no letter or digit touches its ends (so `c++` and `$5 fee` work); the regex follows the
+    `regex` module's syntax (a superset of Python's `re`), case-insensitive."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Unique name, shown in each answer's reason.")
     queue: str = Field(description="The queue of the taxonomy this rule routes to.")
     keywords: tuple[str, ...] = Field((), description="Words or phrases; any one matching fires the rule.")
-    regex: str | None = Field(None, description="A Python regular expression, matched case-insensitively.")
+    regex: str | None = Field(None, description="A regular expression (Python `regex` syntax), case-insensitive.")
 
     @field_validator("keywords")
     @classmethod
@@ -50,18 +66,19 @@ class Rule(StrictModel):
     def _check(self) -> Rule:
         if not self.keywords and not self.regex:
             raise ValueError(f"rule '{self.name}': give keywords or a regex")
-        if self.regex is not None:
-            try:
-                re.compile(self.regex)
-            except re.error as err:
-                raise ValueError(f"rule '{self.name}': invalid regular expression ({err})") from None
+        try:  # the regex alone and joined with the keywords (a global flag is valid only at the very start)
+            if self.regex is not None:
+                regex.compile(self.regex)
+            self.pattern()
+        except regex.error as err:
+            raise ValueError(f"rule '{self.name}': invalid regular expression ({err})") from None
         return self
 
-    def pattern(self) -> re.Pattern[str]:
-        parts = [r"\b" + r"\s+".join(map(re.escape, k.split())) + r"\b" for k in self.keywords]
+    def pattern(self) -> Pattern[str]:
+        parts = [r"(?<!\w)" + r"\s+".join(map(regex.escape, k.split())) + r"(?!\w)" for k in self.keywords]
         if self.regex:
             parts.append(f"(?:{self.regex})")
-        return re.compile("|".join(parts), re.IGNORECASE)
+        return regex.compile("|".join(parts), regex.IGNORECASE)
 
 
 class RulesFile(StrictModel):
@@ -113,12 +130,26 @@ class RuleScore:
         return self.correct / self.fired if self.fired else UNMEASURED_PRECISION
 
 
-def first_match(rules: RulesFile, texts: Sequence[str]) -> list[int | None]:
-    """For each text, the index of the first rule that matches it, or None."""
-    patterns = [rule.pattern() for rule in rules.rules]
+def first_match(
+    rules: RulesFile, texts: Sequence[str], patterns: Sequence[Pattern[str]] | None = None
+) -> list[int | None]:
+    """For each text, the index of the first rule that matches it, or None (also when the rules ran out of the
+    email's time budget: module docstring). `patterns`: `rule.pattern()` of each rule, compiled once by the caller."""
+    compiled = patterns if patterns is not None else [rule.pattern() for rule in rules.rules]
     out: list[int | None] = []
     for text in texts:
-        out.append(next((i for i, p in enumerate(patterns) if p.search(text)), None))
+        head, found = text[:MATCH_CHARS], None
+        deadline = time.monotonic() + MATCH_BUDGET_S
+        for i, pattern in enumerate(compiled):
+            try:
+                if pattern.search(head, timeout=max(deadline - time.monotonic(), 1e-3)):
+                    found = i
+                    break
+            except TimeoutError:
+                log.warning("rule '%s' ran out of the %.0f ms an email may take: no rule answers it (triage)",
+                            rules.rules[i].name, MATCH_BUDGET_S * 1000)  # fmt: skip
+                break
+        out.append(found)
     return out
 
 
@@ -143,6 +174,7 @@ class RulesPredictor:
         self._labels = list(labels)
         self._precision = {r.name: float(precision.get(r.name, UNMEASURED_PRECISION)) for r in rules.rules}
         self._column = {q: i for i, q in enumerate(self._labels)}
+        self._patterns = [rule.pattern() for rule in rules.rules]
 
     @property
     def labels(self) -> list[str]:
@@ -156,21 +188,31 @@ class RulesPredictor:
         precision = json.loads((path / PRECISION_FILE).read_text(encoding="utf-8"))
         return cls(rules, {name: score["precision"] for name, score in precision.items()}, labels)
 
-    def explain(self, texts: Sequence[str]) -> list[str]:
-        """Per text, the rule that answers it (`rule:<name>`), or NO_RULE."""
-        return [NO_RULE if i is None else f"rule:{self.rules.rules[i].name}" for i in first_match(self.rules, texts)]
+    def predict_with_notes(self, texts: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+        """Probabilities and, per text, the rule that answers it (`rule:<name>`) or NO_RULE, in one pass.
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        The fired rule's queue gets its precision and the other queues share the rest; a rule measured no better
+        than chance (precision <= 1/len(queues)) leaves the others nothing, as no distribution would keep its own
+        queue on top. No rule: every queue alike."""
         n = len(self._labels)
         out = np.full((len(texts), n), 1.0 / n)
-        for row, index in enumerate(first_match(self.rules, texts)):
+        notes: list[str] = []
+        for row, index in enumerate(first_match(self.rules, texts, self._patterns)):
             if index is None:
+                notes.append(NO_RULE)
                 continue
             rule = self.rules.rules[index]
             p = self._precision[rule.name]
-            out[row, :] = (1.0 - p) / (n - 1) if n > 1 else 0.0
+            out[row, :] = (1.0 - p) / (n - 1) if n > 1 and p * n > 1 else 0.0
             out[row, self._column[rule.queue]] = p
-        return out
+            notes.append(f"rule:{rule.name}")
+        return out, notes
+
+    def explain(self, texts: Sequence[str]) -> list[str]:
+        return self.predict_with_notes(texts)[1]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        return self.predict_with_notes(texts)[0]
 
 
 def write_rules_version(folder: Path, rules: RulesFile, scores: Mapping[str, RuleScore]) -> None:
@@ -191,10 +233,15 @@ def suggest_rules(
 
     vectorizer = CountVectorizer(lowercase=True, binary=True, token_pattern=r"(?u)\b[a-z][a-z]{2,}\b",
                                  stop_words="english", min_df=min_count)  # fmt: skip
-    counts = vectorizer.fit_transform(texts)
+    try:
+        counts = vectorizer.fit_transform(texts)
+    except ValueError:  # scikit-learn's "no terms remain" / "max_df corresponds to < documents than min_df"
+        raise ValueError(
+            f"too little labelled data to suggest rules: no word appears in {min_count} emails ({len(texts)} given)"
+        ) from None
     words = np.asarray(vectorizer.get_feature_names_out())
     y = np.asarray(labels)
-    out = []
+    out: list[dict[str, Any]] = []
     for queue in sorted(set(labels)):
         inside, outside = counts[y == queue], counts[y != queue]
         share_in = (np.asarray(inside.sum(axis=0)).ravel() + 1) / (inside.shape[0] + 2)
@@ -203,5 +250,8 @@ def suggest_rules(
         # term of the KL divergence), so a word that tells the queue apart in one email of a thousand ranks low.
         telling = share_in * np.log(share_in / share_out)
         best = np.argsort(-telling, kind="stable")[:per_queue]
-        out.append({"name": f"{queue}-words", "queue": queue, "keywords": [str(w) for w in words[best]]})
+        slug = regex.sub(r"[^a-z0-9_.-]+", "-", queue.lower()).strip("-._")[:50] or "queue"
+        name = next(n for k in range(1, len(out) + 2) if (n := f"{slug}-words" + (f"-{k}" if k > 1 else "")) not in
+                    {rule["name"] for rule in out})  # fmt: skip
+        out.append({"name": name, "queue": queue, "keywords": [str(w) for w in words[best]]})
     return out

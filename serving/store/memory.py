@@ -327,4 +327,4 @@ class _ThreadLock:
 
 def _flagged(reason: str, reasons: Sequence[str]) -> bool:
     """A reason, or a reason with what answered after it (`low_confidence:rule:refund`)."""
-    return reason in reasons or reason.split(":", 1)[0] in reasons
+    return any(reason == r or reason.startswith(f"{r}:") for r in reasons)

@@ -109,3 +109,64 @@ def test_suggested_rules_pick_each_queues_telling_words() -> None:
         "late",
     }
     parse_rules({"rules": suggest_rules(texts, labels)}, QUEUES)  # a valid rules file as it stands
+
+
+def test_a_catastrophic_regex_on_a_hostile_body_answers_in_bounded_time() -> None:
+    """Found in review: an ops regex with nested quantifiers ran on the sender's body with no bound, twice per email
+    (probabilities, then the note), blocking the replica. One pass now, each email within a time budget: a rule that
+    runs out of it does not fire (the email is triage)."""
+    import time
+
+    rules = parse_rules({"rules": [{"name": "nested", "queue": "billing", "regex": r"(a+)+$"}]}, QUEUES)
+    predictor = RulesPredictor(rules, {"nested": 0.9}, QUEUES)
+    started = time.perf_counter()
+    proba, notes = predictor.predict_with_notes(["a" * 60 + "!", ("a" * 60 + "!") * 5000])
+    assert time.perf_counter() - started < 10  # unbounded, each is 2^60 steps
+    assert notes == [NO_RULE, NO_RULE] and proba.shape == (2, 3)
+    assert predictor.predict_with_notes(["aaaa"])[1] == ["rule:nested"]
+
+
+def test_a_global_flag_inside_a_regex_is_checked_with_the_rule_it_joins() -> None:
+    """Found in review: '(?i)' after the start passed the check alone, then failed when joined with the keywords,
+    at load in the replica."""
+    data = {"rules": [{"name": "flagged", "queue": "billing", "keywords": ["refund"], "regex": "(?i)invoice"}]}
+    try:
+        rules = parse_rules(data, QUEUES)
+    except ConfigError as refused:
+        assert "rule 'flagged'" in str(refused)
+    else:
+        assert RulesPredictor(rules, {"flagged": 0.9}, QUEUES).explain(["a refund"]) == ["rule:flagged"]
+
+
+def test_keywords_that_start_or_end_with_a_symbol_match() -> None:
+    """Found in review: '\\b' around 'c++' or '$5' needs a word character there, so such keywords never fired."""
+    data = {"rules": [{"name": "cpp", "queue": "technical", "keywords": ["c++", "$5 fee"]}]}
+    predictor = RulesPredictor(parse_rules(data, QUEUES), {"cpp": 0.9}, QUEUES)
+    assert predictor.explain(["my C++ build fails", "a $5  fee appeared", "abc++x", "xc++", "the c+ grade"]) == [
+        "rule:cpp", "rule:cpp", NO_RULE, NO_RULE, NO_RULE
+    ]  # fmt: skip
+
+
+def test_a_rule_worse_than_chance_still_names_its_own_queue() -> None:
+    """Found in review: a rule measured below 1/len(queues) gave the other queues more than its own, so at a low
+    threshold the email went to a queue no rule chose, its reason naming the rule."""
+    predictor = RulesPredictor(parse_rules(RULES, QUEUES), {"refund": 0.1}, QUEUES)
+    row = predictor.predict_proba(["a refund please"])[0]
+    assert QUEUES[int(row.argmax())] == "billing" and row.max() == pytest.approx(0.1)
+
+
+def test_offline_scoring_sends_unmatched_mail_to_triage_at_any_threshold(tmp_path: Path) -> None:
+    """Found in review: served, no rule is triage whatever the threshold; scored offline, an unmatched email's even
+    row was auto-routed when the threshold sat below 1/len(queues), flattering the rules' coverage."""
+    from serving.config import load_queues
+    from training.pipeline import DataSpec
+    from training.rules import evaluate_rules
+    from training.synth import generate, write_corpus
+
+    corpus = tmp_path / "mail.jsonl"
+    write_corpus(generate(600, seed=5), corpus)
+    queues = load_queues(Path(__file__).resolve().parents[2] / "configs" / "queues.yaml")
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "rules.yaml"
+    outcome = evaluate_rules(shipped, DataSpec(corpus, label_col="queue"), queues, threshold=0.01)
+    assert 0 < outcome.matched < 1
+    assert outcome.result.coverage == pytest.approx(outcome.matched, abs=1e-6)
