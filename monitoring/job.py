@@ -194,6 +194,24 @@ def _references(
     return out
 
 
+RULES_CONFIDENCE = (
+    "a rules arm's confidence is the fixed precision of the rule that fired: it moves only with the mix of rules, "
+    "which prediction_drift watches (a test for continuous scores would alarm on its ties)"
+)
+
+
+def _confidence_skip(scope: ScopeRows, registry: ModelRegistry) -> str | None:
+    """Why the confidence check does not apply to a scope: every version that answered it is a rules version."""
+    kinds = set()
+    for version in scope.versions:
+        name, _, number = version.model.partition(":")
+        try:
+            kinds.add(registry.read_meta(name, number).kind)
+        except RegistryError:  # the reference lookup already says what is wrong with it
+            return None
+    return RULES_CONFIDENCE if kinds == {"rules"} else None
+
+
 def _text_skip(reference: Reference | None, current: pd.DataFrame, serving: ServingConfig) -> str | None:
     policy = serving.event_log.text_policy
     if policy == "none" or (len(current) and current["body"].isna().all() and current["subject"].isna().all()):
@@ -382,6 +400,7 @@ def run_monitoring(
                 skip_all=why, skip_text=_text_skip(ref, scope.current, serving),
                 feedback_rows=len(_feedback(scope.current, cfg)),
                 empty_text_columns=_empty_text_columns(ref, scope.current, max(10, cfg.min_rows // 5)),
+                skip_confidence=_confidence_skip(scope, registry),
             )  # fmt: skip
         plan, m = bonferroni_plan(plan, cfg.family_alpha)
         verdicts = [_window_row(run, joined, scopes, m)]

@@ -142,8 +142,10 @@ def plan_scope(
     skip_text: str | None,
     feedback_rows: int,
     empty_text_columns: Sequence[str] = (),
+    skip_confidence: str | None = None,
 ) -> list[Planned]:
-    """The checks of one scope, each either to run or skipped with a reason in words."""
+    """The checks of one scope, each either to run or skipped with a reason in words. `skip_confidence`: why the
+    confidence check does not apply to this scope's arm (a rules arm's), if it does not."""
     from monitoring.config import P_VALUE_METHODS
 
     p_methods = {m for methods in P_VALUE_METHODS.values() for m in methods}
@@ -158,6 +160,8 @@ def plan_scope(
         skip = skip_all
         if skip is None and kind in ("text", "descriptor"):
             skip = skip_text
+        if skip is None and kind == "confidence":
+            skip = skip_confidence
         if skip is None and kind == "text" and column in empty_text_columns:
             skip = f"too few non-empty {column} texts on one side to train a domain classifier"
         is_p = spec.method in p_methods

@@ -44,7 +44,17 @@ def test_the_shipped_rules_score_register_and_load(
     assert meta.kind == "rules" and "matched_accuracy" in meta.metrics
     assert predictor.explain(["I was charged twice on my card"]) == ["rule:charge"]  # type: ignore[attr-defined]
     info = ModelRegistry(Home(home).registry).get("rules:v1")
-    assert load_reference(info.path, "rules:v1") is not None  # drift monitoring has its reference sample
+    reference = load_reference(info.path, "rules:v1")
+    assert reference is not None  # drift monitoring has its reference sample
+    # ...with the confidences this version serves (found in test: they were the calibration half's, so every
+    # served confidence differed from every reference one)
+    served = {
+        round(float(p), 9) for p in predictor.predict_proba(reference.frame["body"].fillna("").tolist()).max(axis=1)
+    }
+    precisions = {
+        round(float(s["precision"]), 9) for s in json.loads((info.path / "precision.json").read_text()).values()
+    }
+    assert {round(float(c), 9) for c in reference.frame["confidence"]} <= precisions | served
 
 
 def test_suggested_rules_are_a_valid_rules_file(
@@ -107,3 +117,20 @@ def test_suggested_rule_names_are_valid_whatever_the_labels(capsys: pytest.Captu
     from serving.models.rules import parse_rules
 
     parse_rules(yaml.safe_load(out), ["Billing Dept", "Tech/Support"])  # names valid; queues kept as given
+
+
+def test_a_rules_version_is_not_retrained_and_says_what_to_do_instead(
+    capsys: pytest.CaptureFixture[str], corpus: Path, tmp_path: Path
+) -> None:
+    """Found in review: `mailroute retrain --model rules` went down the transformer's path."""
+    from serving.store.eventlog import open_event_log
+
+    home = tmp_path / "home"
+    code, _, _ = run_cli(capsys, "--home", str(home), "train", "rules", "--rules", str(SHIPPED), "--data", str(corpus),
+                         "--label-col", "queue")  # fmt: skip
+    assert code == 0
+    open_event_log(f"sqlite:///{home / 'events.db'}").close()  # something was routed: the log exists
+    code, _, err = run_cli(capsys, "--home", str(home), "retrain", "--model", "rules")
+    line = one_line_error(err)
+    assert code != 0 and "rules:v1 is a rules version, not retrained from feedback" in line
+    assert "mailroute train rules" in line

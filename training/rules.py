@@ -86,11 +86,15 @@ def register_rules(
     """Measure the rules on labelled data and register them as a new version of `name` (kind `rules`): rules.yaml
     as checked, and each rule's precision on all the data as its confidence when served."""
     outcome = evaluate_rules(path, spec, queues, threshold)
+    # The reference sample as this version will serve: each rule's confidence is its precision on all the data,
+    # not the calibration half's the offline scores used (drift checks compare served answers with these).
+    served = RulesPredictor(outcome.rules, {k: s.precision for k, s in outcome.scores.items()}, list(queues.names))
+    texts = [str(outcome.frame["text"].iloc[i]) for i in outcome.held_out]
     meta = open_registry(home).register(
         name,
         with_reference(
             lambda folder: write_rules_version(folder, outcome.rules, outcome.scores),
-            training_reference(outcome.frame, outcome.held_out, outcome.proba, list(queues.names)),  # drift checks
+            training_reference(outcome.frame, outcome.held_out, served.predict_proba(texts), list(queues.names)),
         ),
         kind="rules",
         labels=list(queues.names),

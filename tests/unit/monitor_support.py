@@ -31,11 +31,18 @@ def train_version(home: Home, *, n: int = 3000, seed: int = 1, holdout: float = 
 
 
 def window_log(
-    home: Home, *, n: int, seed: int, drift: float = 0.0, arms: tuple[str, ...] = ("linear",), feedback: float = 0.3
+    home: Home,
+    *,
+    n: int,
+    seed: int,
+    drift: float = 0.0,
+    arms: tuple[str, ...] = ("linear",),
+    feedback: float = 0.3,
+    model: str = "linear",
 ) -> MemoryEventLog:
     """A memory event log holding `n` routed emails of the last day before END, split over `arms` (all served
-    by the champion linear version), a random `feedback` share of them with audit feedback."""
-    predictor, meta = load_version(ModelRegistry(home.registry), "linear")
+    by the champion of `model`), a random `feedback` share of them with audit feedback."""
+    predictor, meta = load_version(ModelRegistry(home.registry), model)
     served = [Arm(name, predictor, meta.name, meta.version) for name in arms]
     predictions, fb = route_frame(
         generate(n, seed=seed, drift=drift), served, start=END - WINDOW, span=WINDOW - timedelta(minutes=1),

@@ -378,3 +378,24 @@ def test_a_remote_registry_gives_the_reference_sample(home: Home, monkeypatch: p
     result = run_monitoring(home, _cfg(), SERVING, window=WINDOW, end=END, event_log=store, arms=["linear"])
     by = {(v.scope, v.check): v for v in result.verdicts}
     assert by[("linear", "text_drift.body")].score is not None, by[("linear", "text_drift.body")].detail
+
+
+def test_a_rules_arm_skips_the_confidence_check_and_says_why(home: Home) -> None:
+    """A rules arm's confidence is its rule's fixed precision: its distribution moves only with the mix of rules,
+    which the prediction check already watches. Every other check runs on it as on a model."""
+    from serving.config import load_queues
+    from training.pipeline import DataSpec
+    from training.rules import register_rules
+    from training.synth import generate, write_corpus
+
+    data = home.root / "rules-data.jsonl"
+    write_corpus(generate(1600, seed=8), data)
+    register_rules(REPO / "configs" / "rules.yaml", DataSpec(data, label_col="queue"),
+                   load_queues(REPO / "configs" / "queues.yaml"), home, threshold=0.6)  # fmt: skip
+    store = window_log(home, n=400, seed=9, arms=("rules",), model="rules")
+    result = run_monitoring(home, _cfg(), SERVING, window=WINDOW, end=END, event_log=store, arms=["rules"])
+    by = {(v.scope, v.check): v for v in result.verdicts}
+    assert "rules" in (by[("rules", "confidence_drift")].detail or "")
+    assert (by[("rules", "confidence_drift")].detail or "").startswith("skipped")
+    assert by[("rules", "prediction_drift")].score is not None  # the rest runs
+    assert by[("rules", "text_drift.body")].score is not None

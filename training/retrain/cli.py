@@ -64,7 +64,7 @@ def retrain(
     from serving.config import load_queues, load_serving
     from serving.ops.state import load_policy
     from training.config import load_training
-    from training.retrain.job import RetrainStopped, retrain_model
+    from training.retrain.job import NotRetrainable, RetrainStopped, retrain_model
 
     home = options(ctx).resolve_home()
     cfg, queues, serving = load_training(), load_queues(), load_serving()
@@ -83,6 +83,10 @@ def retrain(
                 outcomes.append(retrain_model(home, store, name, cfg, queues, policy,
                                               progress=lambda line: print(line, file=sys.stderr, flush=True),
                                               show_ray_logs=options(ctx).verbose))  # fmt: skip
+            except NotRetrainable as why:
+                if model != "all":
+                    raise
+                print(f"{name}: skipped: {why}", file=sys.stderr)  # "all" means every model that learns
             except RetrainStopped as stopped:
                 print(f"{name}: data checks", file=sys.stderr)
                 print("\n".join([*stopped.report.lines(), *(f"  note: {n}" for n in stopped.notes)]), file=sys.stderr)

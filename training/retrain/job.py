@@ -50,6 +50,17 @@ class RetrainStopped(ValueError):
         self.notes = notes
 
 
+class NotRetrainable(ValueError):
+    """The model is not learnt from data (a rules file) or is made of others (a cascade): nothing to retrain."""
+
+
+RETRAINABLE = ("linear", "transformer")
+_HOW_INSTEAD = {
+    "rules": "its rules are edited, not learnt: edit configs/rules.yaml, then run mailroute train rules",
+    "cascade": "it is made of two models: retrain them, then choose its threshold again with mailroute train cascade",
+}
+
+
 @dataclass(frozen=True)
 class Scores:
     n: int
@@ -151,6 +162,9 @@ def retrain_model(
     champion_info = registry.get(f"{name}:champion", verify=True)
     champion_meta = champion_info.meta
     champion_ref = f"{name}:{champion_meta.version}"
+    if champion_meta.kind not in RETRAINABLE:
+        how = _HOW_INSTEAD.get(champion_meta.kind, "only linear and transformer models are retrained")
+        raise NotRetrainable(f"{champion_ref} is a {champion_meta.kind} version, not retrained from feedback: {how}")
 
     def stage(k: int, text: str, since: float) -> float:
         progress(f"[{k}/{STAGES}] {name}: {text} ({time.perf_counter() - since:.1f} s)")
