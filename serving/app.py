@@ -56,7 +56,7 @@ from serving.metrics import merge, render
 from serving.models.predictor import check_servable, load_version
 from serving.models.registry import open_registry
 from serving.ops import admin
-from serving.ops.apps import APP_NAME, SHADOW, arm_app, arm_deployment
+from serving.ops.apps import APP_NAME, HEAVY_KINDS, SHADOW, arm_app, arm_deployment, arm_spec
 from serving.ops.changes import Context
 from serving.router import ArmAnswer, ArmRequest, RouterCore
 from serving.store.eventlog import EventLog, open_event_log
@@ -563,7 +563,8 @@ def build_arm(args: dict[str, Any]) -> serve.Application:
     """Builder for `import_path: serving.app:build_arm`, one arm's model. args: home, queues, serving, arm, kind."""
     serving_cfg = parse_config(args["serving"], ServingConfig, "serving")
     kind, arm = args["kind"], args["arm"]
-    spec = serving_cfg.transformer if kind == "transformer" else serving_cfg.linear
     deployment: Any = serve.deployment(ModelServer)
-    deployment = deployment.options(**_deployment_options(spec, arm_deployment(arm), serving_cfg))
-    return deployment.bind(args["home"], args["queues"], kind == "transformer", args["serving"])
+    deployment = deployment.options(
+        **_deployment_options(arm_spec(serving_cfg, kind), arm_deployment(arm), serving_cfg)
+    )
+    return deployment.bind(args["home"], args["queues"], kind in HEAVY_KINDS, args["serving"])

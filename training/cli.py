@@ -208,6 +208,54 @@ def train_rules(
     print(f"{meta.name}:{meta.version}")
 
 
+def _print_cascade(plan: Any) -> None:
+    print(f"cascade {plan.first} -> {plan.second} on {plan.n} validation emails (CPU ms per email, one thread):")
+    print(f"  {plan.first} alone: accuracy {plan.first_accuracy:.4f}, {plan.first_ms:.2f} ms")
+    print(f"  {plan.second} alone: accuracy {plan.second_accuracy:.4f}, {plan.second_ms:.2f} ms")
+    print("  threshold  sent on  accuracy  CPU ms  share of the second's cost")
+    shown = {round(p.threshold, 3) for p in plan.curve[::5]} | {plan.chosen.threshold}
+    for p in plan.curve:
+        if round(p.threshold, 3) in shown:
+            mark = "  <- chosen" if p is plan.chosen or p.threshold == plan.chosen.threshold else ""
+            print(f"  {p.threshold:9.2f}  {p.escalated:7.1%}  {p.accuracy:8.4f}  {p.cpu_ms:6.2f}  "
+                  f"{p.cpu_ms / plan.second_ms if plan.second_ms else 0:26.2f}{mark}")  # fmt: skip
+    c = plan.chosen
+    verdict = "at least the better model's accuracy" if plan.reached else "below the better model's accuracy (none is)"
+    print(f"  chosen: threshold {c.threshold:.2f}, {c.escalated:.1%} sent on, accuracy {c.accuracy:.4f} ({verdict}), "
+          f"{c.cpu_ms:.2f} ms per email")  # fmt: skip
+
+
+@train_app.command("cascade", help="choose a cascade's threshold on validation data and register it (kind cascade)")
+def train_cascade(
+    ctx: typer.Context,
+    data: DataOption,
+    first: Annotated[str, typer.Option(help="the cheap stage: name, name:champion or name:vN")] = "linear",
+    second: Annotated[str, typer.Option(help="the strong stage: name, name:champion or name:vN")] = "transformer",
+    text_col: TextColOption = None,
+    label_col: LabelColOption = "label",
+    name: Annotated[str, typer.Option(help="name in the registry")] = "cascade",
+    as_json: Annotated[bool, typer.Option("--json", help="print the curve and the result as JSON")] = False,
+) -> None:
+    from serving.config import load_serving
+    from serving.models.registry import open_registry
+    from training.cascade import plan_cascade, register_cascade
+    from training.pipeline import load_labelled
+
+    home = options(ctx).resolve_home()
+    spec = _data_spec(data, text_col, label_col)
+    frame = load_labelled(spec).frame
+    registry = open_registry(home)
+    plan, _, proba = plan_cascade(registry, first, second, [str(t) for t in frame["text"]],
+                                  [str(v) for v in frame["label"]])  # fmt: skip
+    threshold = load_serving().policy.confidence_threshold
+    meta, result = register_cascade(home, plan, frame, proba, threshold, name=name, data=spec.to_json())
+    if as_json:
+        print_json({"model": f"{meta.name}:{meta.version}", **plan.to_json(), "result": result.to_json()})
+        return
+    _print_cascade(plan)
+    print(f"{meta.name}:{meta.version}")
+
+
 @data_app.command("suggest-rules", help="a first rules file from labelled data: each queue's most telling words")
 def suggest_rules_command(
     data: DataOption,

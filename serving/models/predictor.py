@@ -53,7 +53,12 @@ def load_version(
             "retrain it on this release"
         )
     try:
-        predictor = load_artifact(info.meta.kind, info.path, threads=threads, quantize=quantize)
+        if info.meta.kind == "cascade":  # its stages are versions of the same registry
+            from serving.models.cascade import CascadePredictor
+
+            predictor: Predictor = CascadePredictor.load(info.path, registry, threads=threads, quantize=quantize)
+        else:
+            predictor = load_artifact(info.meta.kind, info.path, threads=threads, quantize=quantize)
     except RegistryError:
         raise
     except Exception as err:  # a damaged pickle or weights file: refuse it with a clear line, keep the registry usable

@@ -68,6 +68,10 @@ def servable(ctx: Context, model: str, version: str) -> tuple[str, str]:
         name, pinned = registry.resolve(f"{model}:{version}")
         info = registry.get(f"{name}:{pinned}", verify=True)
         check_servable(info.meta, list(ctx.queues["queues"]), ctx.queues.get("triage_queue", "triage"))
+        if info.meta.kind == "cascade":
+            from serving.models.cascade import check_cascade
+
+            check_cascade(registry, info.path)
     except RegistryError as err:
         raise registry_refusal(err) from None
     return name, pinned

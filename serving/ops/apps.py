@@ -66,6 +66,14 @@ def arm_specs(experiment: ExperimentConfig) -> dict[str, tuple[str, str]]:
     return specs
 
 
+HEAVY_KINDS = ("transformer", "cascade")  # the transformer's replica settings, and batched calls
+
+
+def arm_spec(serving: ServingConfig, kind: str) -> ModelServerSpec:
+    """The replica settings an arm of this model kind runs with: the transformer's for a model that runs one."""
+    return serving.transformer if kind in HEAVY_KINDS else serving.linear
+
+
 def model_kind(home: Home, model: str, version: str) -> str:
     return open_registry(home).read_meta(model, version).kind
 
@@ -123,7 +131,7 @@ def arm_app_config(
 ) -> dict[str, Any]:  # fmt: skip
     """One arm's application deploy config, serving the pinned `model:version` (of `kind`, else the registry's)."""
     kind = kind or model_kind(home, model, version)
-    spec = serving.transformer if kind == "transformer" else serving.linear
+    spec = arm_spec(serving, kind)
     return {
         "name": arm_app(arm),
         "route_prefix": None,

@@ -31,7 +31,15 @@ from experiments.config import ExperimentConfig
 from serving.api import ApiError
 from serving.config import Home, PolicyConfig, ServingConfig, config_dir, parse_config
 from serving.ops import state
-from serving.ops.apps import APP_NAME, arm_app, arm_app_config, arm_deployment, arm_user_config, model_kind
+from serving.ops.apps import (
+    APP_NAME,
+    arm_app,
+    arm_app_config,
+    arm_deployment,
+    arm_spec,
+    arm_user_config,
+    model_kind,
+)
 from serving.store.eventlog import EventLog, EventLogError
 
 log = logging.getLogger(__name__)
@@ -273,7 +281,7 @@ def _with_ref(ctx: Context, apps: dict[str, dict[str, Any]], arm: str, model: st
     kind = model_kind(ctx.home, model, version)
     if kind != app.get("args", {}).get("kind"):
         raise ApiError(422, f"{model}:{version} is a {kind} model but arm {arm} runs {app['args'].get('kind')} models")
-    spec = ctx.serving.transformer if kind == "transformer" else ctx.serving.linear
+    spec = arm_spec(ctx.serving, kind)
     deployments = [
         {**d, "user_config": {**(d.get("user_config") or {}), **arm_user_config(spec, f"{model}:{version}")}}
         for d in app.get("deployments", [])
@@ -291,7 +299,7 @@ async def _deploy(apps: list[dict[str, Any]]) -> None:
 
 
 def _replicas(ctx: Context, app: dict[str, Any]) -> int:
-    spec = ctx.serving.transformer if app.get("args", {}).get("kind") == "transformer" else ctx.serving.linear
+    spec = arm_spec(ctx.serving, str(app.get("args", {}).get("kind")))
     return spec.num_replicas if spec.autoscaling is None else max(1, spec.autoscaling.min_replicas)
 
 

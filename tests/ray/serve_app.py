@@ -10,17 +10,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from registered import register_models  # noqa: F401  (the Serve tests' models, re-exported)
 
 from experiments.config import ExperimentConfig
 from serving.config import Home, ServingConfig, load_queues
 from serving.mail.text import PREPROCESSING_VERSION, model_text
-from serving.models.registry import ModelRegistry, open_registry
+from serving.models.registry import ModelRegistry
 from serving.ops import launch
 from training.config import LinearConfig
 from training.linear import fit_linear
 from training.synth import generate
-from training.torch_loop import build_model, export_model, load_tokenizer
-from training.transformer_config import TransformerConfig
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -99,37 +98,6 @@ def corrupt_version(home: Home, version: str) -> None:
     files = json.loads((folder / "meta.json").read_text())["files"]
     biggest = max(files, key=lambda rel: (folder / rel).stat().st_size)
     (folder / biggest).write_bytes(b"not a model" * 100)
-
-
-def register_models(home: Home) -> None:
-    """A linear model on 1,500 synthetic emails (with the drift-monitoring reference a training run stores: 400
-    held-out emails) and a tiny random transformer (no reference: its checks are skipped), each champion."""
-    import pandas as pd
-
-    from monitoring.reference import reference_writer, with_reference
-
-    registry = open_registry(home)  # $MAILROUTE_REGISTRY_URI's when set (the multi-node test's shared registry)
-    frame = generate(1500, seed=31)
-    texts = [model_text(s, b) for s, b in zip(frame["subject"], frame["body"], strict=True)]
-    linear = fit_linear(texts, frame["queue"].tolist(), LinearConfig(n_jobs=1))
-    held = generate(400, seed=32)
-    proba = linear.predict_proba([model_text(s, b) for s, b in zip(held["subject"], held["body"], strict=True)])
-    both = pd.concat([frame, held], ignore_index=True).rename(columns={"queue": "label"})
-    reference = reference_writer(both, range(len(frame), len(both)), proba, linear.labels, policy="redacted", size=400)
-    common: dict[str, Any] = {"preprocessing_version": PREPROCESSING_VERSION, "data_fingerprint": "test",
-                              "metrics": {}, "params": {}}  # fmt: skip
-    registry.register("linear", with_reference(linear.save, reference), kind="linear", labels=linear.labels, **common)
-    cfg = TransformerConfig(tiny=True)
-    tokenizer = load_tokenizer(cfg)
-    labels = QUEUES.names
-    model = build_model(cfg, labels, len(tokenizer))
-    registry.register(
-        "transformer",
-        lambda folder: export_model(model, tokenizer, labels, cfg, folder),  # type: ignore[arg-type,return-value]
-        kind="transformer",
-        labels=labels,
-        **common,
-    )
 
 
 def small_serving_config(**overrides: Any) -> ServingConfig:
