@@ -56,7 +56,7 @@ from serving.metrics import merge, render
 from serving.models.predictor import check_servable, load_version
 from serving.models.registry import open_registry
 from serving.ops import admin
-from serving.ops.apps import APP_NAME, HEAVY_KINDS, SHADOW, arm_app, arm_deployment, arm_spec
+from serving.ops.apps import APP_NAME, HEAVY_KINDS, SHADOW, arm_app, arm_deployment, arm_spec, arm_user_config
 from serving.ops.changes import Context
 from serving.router import ArmAnswer, ArmRequest, RouterCore
 from serving.store.eventlog import EventLog, open_event_log
@@ -102,7 +102,11 @@ def _store_logging(store: str | EventLog, default_component: str) -> StoreLogHan
 class ModelServer:
     """One arm's model. `user_config` names the registry version, so a new version loads without a restart."""
 
-    def __init__(self, home: str, queues: dict[str, Any], batched: bool, serving: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, home: str, queues: dict[str, Any], batched: bool, serving: dict[str, Any] | None = None,
+        store_logging: bool = True,
+    ) -> None:  # fmt: skip
+        """`store_logging` off: the model runs inside a router replica, whose own handler keeps its warnings."""
         self.registry = open_registry(Home(Path(home)))
         self.queues = parse_config(queues, QueuesConfig, "queues")
         self.batched = batched
@@ -112,7 +116,7 @@ class ModelServer:
         self.fault: str | None = None
         # The event log's URL is resolved here, in the replica (it may carry a password: never in Serve's config).
         settings = parse_config(serving or {}, ServingConfig, "serving")
-        self.log_handler = _store_logging(event_log_url(settings, Home(Path(home))), "arm")
+        self.log_handler = _store_logging(event_log_url(settings, Home(Path(home))), "arm") if store_logging else None
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         ref, threads, quantize = config["ref"], int(config.get("threads", 1)), bool(config.get("quantize", False))
@@ -299,6 +303,7 @@ class Router:
         self.serving = parse_config(settings["serving"], ServingConfig, "serving")
         self.config_dir = Path(settings.get("config_dir") or config_dir()).absolute()
         self.handles: dict[str, DeploymentHandle] = {}  # arm -> its deployment, looked up by name on first use
+        self.local: dict[str, ModelServer] = {}  # arm -> its model, run in this replica (in_router_arms)
         self.tokens = TokenStore(self.serving, self.home)
         api.state.tokens = self.tokens  # for the dependencies that check a caller before the body
         api.state.limits = RateLimits(self.serving)
@@ -337,9 +342,25 @@ class Router:
         # so that a quiet replica's records reach its log file too.
         threading.Thread(target=_flush_serve_logs_forever, args=(1.0,), name="log-flush", daemon=True).start()
 
-    def reconfigure(self, config: dict[str, Any]) -> None:
+    async def _set_local(self, refs: dict[str, str]) -> None:
+        """Load the arms that run inside this replica at their pinned versions (the same ModelServer code an arm
+        deployment runs, off the event loop); the running ones answer until the new version is ready. A version
+        that fails to load raises: Serve keeps the replica on its previous config."""
+        spec = self.serving.linear
+        loaded = dict(self.local)
+        for arm, ref in refs.items():
+            server = loaded.get(arm)
+            if server is None or server.ref != ref:
+                fresh = ModelServer(str(self.home.root), self.queues.model_dump(mode="json"), False,
+                                    self.serving.model_dump(mode="json"), store_logging=False)  # fmt: skip
+                await fresh.reconfigure(arm_user_config(spec, ref))
+                loaded[arm] = fresh
+        self.local = {arm: loaded[arm] for arm in refs}
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
         experiment = parse_config(config["experiment"], ExperimentConfig, "experiment")
         policy = parse_config(config.get("policy") or self.serving.policy.model_dump(), PolicyConfig, "policy")
+        await self._set_local(dict(config.get("local") or {}))
         if self.core is None:
             self.core = RouterCore(
                 queues=self.queues,
@@ -368,6 +389,9 @@ class Router:
         return await self.batcher.call(arm, email)
 
     async def _call_arm_batch(self, arm: str, emails: list[ArmRequest]) -> list[ArmAnswer]:
+        local = self.local.get(arm)
+        if local is not None:  # in this replica: no hop, the same predictor code and warnings
+            return await local.predict(emails)
         return await self._handle(arm).predict.remote(emails)
 
     def _context(self, caller: Principal) -> Context:
@@ -494,7 +518,12 @@ class Router:
         arms = [*self.core.experiment.arms, *([SHADOW] if self.core.experiment.shadow else [])]
         for arm in arms:
             try:
-                loaded[arm] = await asyncio.wait_for(self._handle(arm).ready.remote(), 5.0)
+                local = self.local.get(arm)
+                loaded[arm] = (
+                    local.ready()
+                    if local is not None
+                    else await asyncio.wait_for(self._handle(arm).ready.remote(), 5.0)
+                )
             except Exception as err:  # the details (a Ray error carries pids, addresses, a traceback) to the log only
                 log.warning("readyz: arm %s is not answering: %s", arm, _one_line(err))
                 detail = f"arm {arm}: not answering ({type(err).__name__})"

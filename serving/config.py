@@ -321,7 +321,12 @@ class ServingConfig(StrictModel):
     ingress: DeploymentSpec = Field(default_factory=DeploymentSpec, description="The FastAPI router deployment.")
     linear: ModelServerSpec = Field(default_factory=ModelServerSpec, description="Deployments of linear arms.")
     transformer: ModelServerSpec = Field(
-        default_factory=ModelServerSpec, description="Deployments of transformer arms."
+        default_factory=ModelServerSpec, description="Deployments of transformer (and cascade) arms."
+    )
+    in_router_arms: tuple[str, ...] = Field(
+        (),
+        description="Arms whose model (linear or rules only) runs inside each router replica rather than in a "
+        "deployment of its own: no second replica hop per email; the router replicas' CPUs do the model's work.",
     )
     arm_calls: ArmCallSpec = Field(default_factory=ArmCallSpec, description="Batching of the calls to the arms.")
     circuit_breaker: CircuitBreakerSpec = Field(

@@ -21,7 +21,7 @@ from typing import Any
 from experiments.config import ExperimentConfig
 from serving import clock
 from serving.config import Home, ModelServerSpec, PolicyConfig, ServingConfig, config_dir
-from serving.models.registry import REGISTRY_URI_ENV, open_registry
+from serving.models.registry import REGISTRY_URI_ENV, RegistryError, open_registry
 from serving.router import SHADOW
 
 APP_NAME = "mailroute"
@@ -67,6 +67,21 @@ def arm_specs(experiment: ExperimentConfig) -> dict[str, tuple[str, str]]:
 
 
 HEAVY_KINDS = ("transformer", "cascade")  # the transformer's replica settings, and batched calls
+IN_ROUTER_KINDS = ("linear", "rules")  # cheap enough to run inside a router replica (`in_router_arms`)
+
+
+def in_router(serving: ServingConfig, arm: str) -> bool:
+    """Whether this arm's model runs inside the router replicas (never the shadow's: its answers are only logged)."""
+    return arm != SHADOW and arm in serving.in_router_arms
+
+
+def check_in_router(arm: str, ref: str, kind: str) -> None:
+    """Only a cheap model may run inside the router: a RegistryError naming the arm otherwise."""
+    if kind not in IN_ROUTER_KINDS:
+        raise RegistryError(
+            f"arm {arm} runs inside the router (in_router_arms), but {ref} is a {kind} model: only "
+            f"{' and '.join(IN_ROUTER_KINDS)} models run there; take the arm out of in_router_arms"
+        )
 
 
 def arm_spec(serving: ServingConfig, kind: str) -> ModelServerSpec:
@@ -97,10 +112,20 @@ def _runtime_env() -> dict[str, Any]:
     return {"env_vars": env} if env else {}
 
 
-def router_app(
-    home: Home, queues: dict[str, Any], serving: ServingConfig, experiment: ExperimentConfig, policy: PolicyConfig
+def router_user_config(
+    experiment: ExperimentConfig, policy: PolicyConfig, version: int, local: dict[str, str]
 ) -> dict[str, Any]:
-    """The router application's deploy config."""
+    """What the router replicas are reconfigured with: the experiment, the policy, the change's number, and the
+    pinned `model:version` of each arm that runs inside them."""
+    return {"experiment": experiment.model_dump(mode="json"), "policy": policy.model_dump(mode="json"),
+            "version": version, "local": dict(local)}  # fmt: skip
+
+
+def router_app(
+    home: Home, queues: dict[str, Any], serving: ServingConfig, experiment: ExperimentConfig, policy: PolicyConfig,
+    local: dict[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The router application's deploy config (`local`: the pinned refs of the arms that run inside it)."""
     return {
         "name": APP_NAME,
         "route_prefix": "/",
@@ -112,16 +137,7 @@ def router_app(
             "serving": serving.model_dump(mode="json"),
             "config_dir": str(config_dir().absolute()),
         },
-        "deployments": [
-            {
-                "name": "Router",
-                "user_config": {
-                    "experiment": experiment.model_dump(mode="json"),
-                    "policy": policy.model_dump(mode="json"),
-                    "version": 1,
-                },
-            }
-        ],
+        "deployments": [{"name": "Router", "user_config": router_user_config(experiment, policy, 1, local or {})}],
     }
 
 
@@ -155,6 +171,14 @@ def app_configs(
     experiment: ExperimentConfig,
     policy: PolicyConfig,
 ) -> list[dict[str, Any]]:
-    """Every application of a start: the router and one per arm, from an experiment whose versions are pinned."""
-    arms = [arm_app_config(home, queues, serving, arm, m, v) for arm, (m, v) in arm_specs(experiment).items()]
-    return [router_app(home, queues, serving, experiment, policy), *arms]
+    """Every application of a start: the router and one per arm (but the arms that run inside the router), from an
+    experiment whose versions are pinned."""
+    local: dict[str, str] = {}
+    arms = []
+    for arm, (model, version) in arm_specs(experiment).items():
+        if in_router(serving, arm):
+            check_in_router(arm, f"{model}:{version}", model_kind(home, model, version))
+            local[arm] = f"{model}:{version}"
+        else:
+            arms.append(arm_app_config(home, queues, serving, arm, model, version))
+    return [router_app(home, queues, serving, experiment, policy, local), *arms]

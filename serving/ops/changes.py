@@ -30,6 +30,8 @@ from experiments.assign import moved_share
 from experiments.config import ExperimentConfig
 from serving.api import ApiError
 from serving.config import Home, PolicyConfig, ServingConfig, config_dir, parse_config
+from serving.models.predictor import load_version
+from serving.models.registry import RegistryError, open_registry
 from serving.ops import state
 from serving.ops.apps import (
     APP_NAME,
@@ -38,7 +40,10 @@ from serving.ops.apps import (
     arm_deployment,
     arm_spec,
     arm_user_config,
+    check_in_router,
+    in_router,
     model_kind,
+    router_user_config,
 )
 from serving.store.eventlog import EventLog, EventLogError
 
@@ -55,9 +60,12 @@ class Live:
     experiment: ExperimentConfig
     policy: PolicyConfig
     version: int  # of the router's user_config
+    local: dict[str, str] = field(default_factory=dict)  # arm -> model:version, for the arms inside the routers
 
     def arm_ref(self, arm: str) -> str | None:
-        """The `model:version` an arm's replicas are configured to serve."""
+        """The `model:version` an arm's replicas (or the routers, for an arm inside them) are configured to serve."""
+        if arm in self.local:
+            return self.local[arm]
         app = self.apps.get(arm_app(arm))
         for dep in (app or {}).get("deployments", []):
             ref = (dep.get("user_config") or {}).get("ref")
@@ -139,7 +147,7 @@ async def read_live(app_name: str = APP_NAME) -> Live:
         raise ApiError(409, f"application '{app_name}' has no experiment in its router config; restart it")
     experiment = parse_config(uc["experiment"], ExperimentConfig, "the running experiment")
     policy = parse_config(uc.get("policy") or {}, PolicyConfig, "the running policy")
-    return Live(apps, experiment, policy, int(uc.get("version", 0)))
+    return Live(apps, experiment, policy, int(uc.get("version", 0)), dict(uc.get("local") or {}))
 
 
 async def apply(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any]:
@@ -172,9 +180,26 @@ async def _locked(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any
         await asyncio.to_thread(lock.release)
 
 
+def _check_local(ctx: Context, refs: Mapping[str, str]) -> None:
+    """Each arm that runs inside the routers loads its new version here first: a version that cannot load is a 422
+    before any router is touched (a router that failed to load it would be left on its old config by Serve)."""
+    registry = open_registry(ctx.home)
+    for arm, ref in refs.items():
+        try:
+            check_in_router(arm, ref, registry.get(ref, verify=False).meta.kind)
+            load_version(registry, ref)
+        except RegistryError as err:
+            raise ApiError(422, f"arm {arm} (inside the router) cannot serve {ref}: {err}") from None
+
+
 async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
     apps = {name: dict(cfg) for name, cfg in live.apps.items()}
-    arms_changed = {**change.start_arms, **change.set_versions}
+    everything = {**change.start_arms, **change.set_versions}
+    local_changed = {arm: f"{m}:{v}" for arm, (m, v) in everything.items() if in_router(ctx.serving, arm)}
+    arms_changed = {arm: mv for arm, mv in everything.items() if arm not in local_changed}
+    local = {arm: ref for arm, ref in {**live.local, **local_changed}.items() if arm not in change.remove_arms}
+    if local_changed:
+        await asyncio.to_thread(_check_local, ctx, local_changed)
     if arms_changed:
         apps.update(await asyncio.to_thread(_arm_apps, ctx, apps, change))  # they read the registry: off the loop
         await _deploy(list(apps.values()))
@@ -186,17 +211,12 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
     version = live.version
     moved = None
     unconfirmed: ApiError | None = None
-    if change.experiment is not None or change.policy is not None:
+    if change.experiment is not None or change.policy is not None or local != live.local:
         version += 1
-        experiment = change.experiment or live.experiment
-        policy = change.policy or live.policy
+        config = router_user_config(change.experiment or live.experiment, change.policy or live.policy, version, local)
         router = apps[ctx.app_name]
-        router["deployments"] = [
-            {**d, "user_config": {"experiment": experiment.model_dump(mode="json"),
-                                  "policy": policy.model_dump(mode="json"), "version": version}}
-            if d["name"] == "Router" else d
-            for d in router["deployments"]
-        ]  # fmt: skip
+        router["deployments"] = [{**d, "user_config": config} if d["name"] == "Router" else d
+                                 for d in router["deployments"]]  # fmt: skip
         await _deploy(list(apps.values()))
         try:
             await asyncio.to_thread(_record, ctx, live, change)
@@ -217,7 +237,7 @@ async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:
             await asyncio.to_thread(_record, ctx, live, change)
         await asyncio.to_thread(_commit, change)
     if change.remove_arms and unconfirmed is None:  # a router that has not switched yet may still call them
-        for arm in change.remove_arms:
+        for arm in change.remove_arms:  # (an arm inside the routers has no application: nothing to pop)
             apps.pop(arm_app(arm), None)
         try:
             await _deploy(list(apps.values()))
@@ -256,11 +276,13 @@ def _record(ctx: Context, live: Live, change: Change) -> None:
 
 
 def _arm_apps(ctx: Context, apps: dict[str, dict[str, Any]], change: Change) -> dict[str, dict[str, Any]]:
-    """The applications of the arms the change starts or moves to another version (each reads its model's kind)."""
+    """The applications of the arms the change starts or moves to another version (each reads its model's kind);
+    none for an arm inside the routers."""
     out = {arm_app(arm): arm_app_config(ctx.home, ctx.queues, ctx.serving, arm, model, pinned)
-           for arm, (model, pinned) in change.start_arms.items()}  # fmt: skip
+           for arm, (model, pinned) in change.start_arms.items() if not in_router(ctx.serving, arm)}  # fmt: skip
     for arm, (model, pinned) in change.set_versions.items():
-        out[arm_app(arm)] = _with_ref(ctx, apps, arm, model, pinned)
+        if not in_router(ctx.serving, arm):
+            out[arm_app(arm)] = _with_ref(ctx, apps, arm, model, pinned)
     return out
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from experiments.config import ExperimentConfig, load_experiments
-from serving.config import Home, load_queues, load_serving
+from serving.config import ConfigError, Home, load_queues, load_serving
 from serving.ops.apps import arm_app_config, arm_of_app, arm_specs, router_app
 from serving.router import SHADOW
 
@@ -103,6 +103,11 @@ def serve_config(
     experiment = pin_experiment(load_experiments(configs / "experiments.yaml").experiment, pins)
     monitoring_config(configs)  # read in the pods by the scheduled jobs: a broken file fails here, not there
     serving.policy.check_queues(queues.names)
+    if serving.in_router_arms:  # the manifest's pins are read back from the arm applications (pins_of)
+        raise ConfigError(
+            f"serving.yaml: in_router_arms ({', '.join(serving.in_router_arms)}) is not supported in the cluster "
+            "manifest yet: leave it empty there (each arm runs as its own application)"
+        )
     root = Home(Path(home))
     queues_args = queues.model_dump(mode="json")
     router = router_app(root, queues_args, serving, experiment, serving.policy)
