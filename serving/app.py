@@ -56,7 +56,16 @@ from serving.metrics import merge, render
 from serving.models.predictor import check_servable, load_version
 from serving.models.registry import open_registry
 from serving.ops import admin
-from serving.ops.apps import APP_NAME, HEAVY_KINDS, SHADOW, arm_app, arm_deployment, arm_spec, arm_user_config
+from serving.ops.apps import (
+    APP_NAME,
+    HEAVY_KINDS,
+    SHADOW,
+    arm_app,
+    arm_deployment,
+    arm_spec,
+    arm_user_config,
+    in_router,
+)
 from serving.ops.changes import Context
 from serving.router import ArmAnswer, ArmRequest, RouterCore
 from serving.store.eventlog import EventLog, open_event_log
@@ -104,9 +113,10 @@ class ModelServer:
 
     def __init__(
         self, home: str, queues: dict[str, Any], batched: bool, serving: dict[str, Any] | None = None,
-        store_logging: bool = True,
+        store_logging: bool = True, off_loop: bool = False,
     ) -> None:  # fmt: skip
-        """`store_logging` off: the model runs inside a router replica, whose own handler keeps its warnings."""
+        """`store_logging` off: the model runs inside a router replica, whose own handler keeps its warnings;
+        `off_loop`: predictions run in a worker thread (inside a router, its event loop must keep serving)."""
         self.registry = open_registry(Home(Path(home)))
         self.queues = parse_config(queues, QueuesConfig, "queues")
         self.batched = batched
@@ -114,6 +124,7 @@ class ModelServer:
         self.predictor: Any = None
         self.meta: Any = None
         self.fault: str | None = None
+        self.off_loop = off_loop
         # The event log's URL is resolved here, in the replica (it may carry a password: never in Serve's config).
         settings = parse_config(serving or {}, ServingConfig, "serving")
         self.log_handler = _store_logging(event_log_url(settings, Home(Path(home))), "arm") if store_logging else None
@@ -171,7 +182,7 @@ class ModelServer:
             if self.batched:  # merge the batches of all router replicas, up to max_batch_size
                 answers = list(await asyncio.gather(*(self._predict_batch(text) for text in texts)))
             else:
-                answers = self._answers(texts)
+                answers = await asyncio.to_thread(self._answers, texts) if self.off_loop else self._answers(texts)
         except Exception as err:
             self._warn_each(requests, f"prediction failed: {type(err).__name__}: {_one_line(err)}")
             raise
@@ -304,6 +315,8 @@ class Router:
         self.config_dir = Path(settings.get("config_dir") or config_dir()).absolute()
         self.handles: dict[str, DeploymentHandle] = {}  # arm -> its deployment, looked up by name on first use
         self.local: dict[str, ModelServer] = {}  # arm -> its model, run in this replica (in_router_arms)
+        self._retired: dict[str, ModelServer] = {}  # an arm taken out: its model, for the emails already queued
+        self._local_failed: dict[str, str] = {}  # arm -> why its pinned version did not load here
         self.tokens = TokenStore(self.serving, self.home)
         api.state.tokens = self.tokens  # for the dependencies that check a caller before the body
         api.state.limits = RateLimits(self.serving)
@@ -345,17 +358,28 @@ class Router:
     async def _set_local(self, refs: dict[str, str]) -> None:
         """Load the arms that run inside this replica at their pinned versions (the same ModelServer code an arm
         deployment runs, off the event loop); the running ones answer until the new version is ready. A version
-        that fails to load raises: Serve keeps the replica on its previous config."""
-        spec = self.serving.linear
+        that fails to load here (the change loaded it first, so rarely: a node that cannot reach the registry) is
+        logged and leaves the arm on its previous version, or with none, so that its emails fall back: raising
+        would make Serve stop the replica, and with it the ingress."""
         loaded = dict(self.local)
         for arm, ref in refs.items():
             server = loaded.get(arm)
-            if server is None or server.ref != ref:
-                fresh = ModelServer(str(self.home.root), self.queues.model_dump(mode="json"), False,
-                                    self.serving.model_dump(mode="json"), store_logging=False)  # fmt: skip
-                await fresh.reconfigure(arm_user_config(spec, ref))
-                loaded[arm] = fresh
-        self.local = {arm: loaded[arm] for arm in refs}
+            if server is not None and server.ref == ref:
+                continue
+            fresh = ModelServer(str(self.home.root), self.queues.model_dump(mode="json"), False,
+                                self.serving.model_dump(mode="json"), store_logging=False, off_loop=True)  # fmt: skip
+            try:
+                await fresh.reconfigure(arm_user_config(self.serving.linear, ref))
+            except Exception as err:
+                why = f"{type(err).__name__}: {_one_line(err)}"
+                self._local_failed[arm] = f"{ref} did not load ({why})"
+                log.error("arm %s (inside the router) could not load %s, %s: %s", arm, ref,
+                          f"keeps {server.ref}" if server is not None else "its emails fall back", why)  # fmt: skip
+                continue
+            self._local_failed.pop(arm, None)
+            loaded[arm] = fresh
+        self._retired.update({arm: server for arm, server in self.local.items() if arm not in refs})
+        self.local = {arm: loaded[arm] for arm in refs if arm in loaded}
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         experiment = parse_config(config["experiment"], ExperimentConfig, "experiment")
@@ -389,8 +413,10 @@ class Router:
         return await self.batcher.call(arm, email)
 
     async def _call_arm_batch(self, arm: str, emails: list[ArmRequest]) -> list[ArmAnswer]:
-        local = self.local.get(arm)
-        if local is not None:  # in this replica: no hop, the same predictor code and warnings
+        if in_router(self.serving, arm):  # in this replica: no hop, the same predictor code and warnings
+            local = self.local.get(arm) or self._retired.get(arm)
+            if local is None:
+                raise RuntimeError(f"arm {arm} runs inside the router and has no version loaded here")
             return await local.predict(emails)
         return await self._handle(arm).predict.remote(emails)
 
@@ -517,13 +543,15 @@ class Router:
         loaded: dict[str, str] = {}
         arms = [*self.core.experiment.arms, *([SHADOW] if self.core.experiment.shadow else [])]
         for arm in arms:
-            try:
+            if in_router(self.serving, arm):
                 local = self.local.get(arm)
-                loaded[arm] = (
-                    local.ready()
-                    if local is not None
-                    else await asyncio.wait_for(self._handle(arm).ready.remote(), 5.0)
-                )
+                if local is None or arm in self._local_failed:
+                    detail = f"arm {arm} (inside the router): {self._local_failed.get(arm, 'no version loaded')}"
+                    return JSONResponse({"status": "not ready", "detail": detail}, 503, {"Retry-After": "5"})
+                loaded[arm] = local.ready()
+                continue
+            try:
+                loaded[arm] = await asyncio.wait_for(self._handle(arm).ready.remote(), 5.0)
             except Exception as err:  # the details (a Ray error carries pids, addresses, a traceback) to the log only
                 log.warning("readyz: arm %s is not answering: %s", arm, _one_line(err))
                 detail = f"arm {arm}: not answering ({type(err).__name__})"

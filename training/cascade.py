@@ -33,7 +33,8 @@ from serving.models.predictor import Predictor, load_version
 from serving.models.registry import ModelMeta, ModelRegistry, open_registry
 from training.evaluate import EvalResult, EvaluationError, evaluate_probabilities
 
-THRESHOLDS = tuple(round(float(t), 3) for t in np.arange(0.30, 0.995, 0.01))
+THRESHOLDS = tuple(round(float(t), 3) for t in np.arange(0.05, 0.995, 0.01))  # low: with many queues, a top
+# probability can sit below 0.3, so "hardly ever send on" must be on the curve
 BATCH = 16
 
 
@@ -99,8 +100,9 @@ def plan_cascade(
     the cascade at the chosen threshold and its probabilities on the emails."""
     loaded = []
     for ref in (first_ref, second_ref):
-        predictor, meta = load_version(registry, ref, threads=1)
-        check_stage_kind(f"{meta.name}:{meta.version}", meta.kind)
+        name, version = registry.resolve(ref)
+        check_stage_kind(f"{name}:{version}", registry.read_meta(name, version).kind)  # before loading anything
+        predictor, meta = load_version(registry, f"{name}:{version}", threads=1)
         loaded.append((predictor, f"{meta.name}:{meta.version}"))
     (first, first_pinned), (second, second_pinned) = loaded
     check_stage_labels(first_pinned, first.labels, second_pinned, second.labels)

@@ -73,7 +73,8 @@ class RegistryUnavailableError(RegistryError):
 # access_token, ...): the URI travels to every replica's environment and into logs, so credentials come from the
 # filesystem's own environment instead (AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, an instance role).
 _SECRET_QUERY = re.compile(
-    r"secret|token|password|credential|signature|access_?key|account_key|api_?key|private_key|^key$|^sig$|^sas",
+    r"secret|token|passw|passwd|pwd|^auth$|authorization|credential|signature|access_?key|account_key|api_?key|"
+    r"private_key|^key$|^sig$|^sas",
     re.IGNORECASE,
 )
 
@@ -461,8 +462,9 @@ class ModelRegistry:
         tmp.mkdir()
         try:
             write_files(tmp)
-            if (tmp / UPLOAD_MARKER).exists():
-                raise RegistryError(f"a version may not hold a top-level {UPLOAD_MARKER}: the registry writes it")
+            for own in (UPLOAD_MARKER, META_FILE):
+                if (tmp / own).exists():
+                    raise RegistryError(f"a version may not hold a top-level {own}: the registry writes it")
             files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
             while True:  # another writer may take the same number: the rename then fails and we try the next
                 # Remote: a crashed upload's folder keeps its number too (it has no meta.json, so it is no version).

@@ -40,6 +40,7 @@ PRECISION_FILE = "precision.json"
 # A rule never seen to fire on the labelled data gets this confidence: below any sensible threshold, so its
 # emails go to triage until its precision is measured.
 UNMEASURED_PRECISION = 0.0
+NEVER_RIGHT = 1e-9  # the confidence of a rule measured never right: below any threshold, its queue still the top
 MATCH_BUDGET_S = 0.1  # per email, all rules together
 MATCH_CHARS = 20_000  # the rules read an email's text this far (a subject and any real opening fit)
 
@@ -142,7 +143,7 @@ def first_match(
         deadline = time.monotonic() + MATCH_BUDGET_S
         for i, pattern in enumerate(compiled):
             try:
-                if pattern.search(head, timeout=max(deadline - time.monotonic(), 1e-3)):
+                if pattern.search(head, timeout=max(deadline - time.monotonic(), 1e-3), concurrent=True):
                     found = i
                     break
             except TimeoutError:
@@ -193,7 +194,7 @@ class RulesPredictor:
 
         The fired rule's queue gets its precision and the other queues share the rest; a rule measured no better
         than chance (precision <= 1/len(queues)) leaves the others nothing, as no distribution would keep its own
-        queue on top. No rule: every queue alike."""
+        queue on top (precision 0: `NEVER_RIGHT`). No rule: every queue alike."""
         n = len(self._labels)
         out = np.full((len(texts), n), 1.0 / n)
         notes: list[str] = []
@@ -204,7 +205,7 @@ class RulesPredictor:
             rule = self.rules.rules[index]
             p = self._precision[rule.name]
             out[row, :] = (1.0 - p) / (n - 1) if n > 1 and p * n > 1 else 0.0
-            out[row, self._column[rule.queue]] = p
+            out[row, self._column[rule.queue]] = max(p, NEVER_RIGHT)  # its queue on top, even at precision 0
             notes.append(f"rule:{rule.name}")
         return out, notes
 

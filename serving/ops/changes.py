@@ -30,8 +30,8 @@ from experiments.assign import moved_share
 from experiments.config import ExperimentConfig
 from serving.api import ApiError
 from serving.config import Home, PolicyConfig, ServingConfig, config_dir, parse_config
-from serving.models.predictor import load_version
-from serving.models.registry import RegistryError, open_registry
+from serving.models.predictor import check_servable, load_version
+from serving.models.registry import RegistryError, RegistryUnavailableError, open_registry
 from serving.ops import state
 from serving.ops.apps import (
     APP_NAME,
@@ -181,15 +181,21 @@ async def _locked(ctx: Context, plan: Callable[[Live], Change]) -> dict[str, Any
 
 
 def _check_local(ctx: Context, refs: Mapping[str, str]) -> None:
-    """Each arm that runs inside the routers loads its new version here first: a version that cannot load is a 422
-    before any router is touched (a router that failed to load it would be left on its old config by Serve)."""
+    """Each arm that runs inside the routers loads and warms up its new version here first: a version that cannot
+    serve is a 422 before any router is touched (a router that still fails to load it keeps its previous version,
+    or none, and says so in /readyz: `Router._set_local`)."""
     registry = open_registry(ctx.home)
     for arm, ref in refs.items():
         try:
             check_in_router(arm, ref, registry.get(ref, verify=False).meta.kind)
-            load_version(registry, ref)
-        except RegistryError as err:
-            raise ApiError(422, f"arm {arm} (inside the router) cannot serve {ref}: {err}") from None
+            predictor, meta = load_version(registry, ref)
+            check_servable(meta, list(ctx.queues["queues"]), ctx.queues.get("triage_queue", "triage"))
+            predictor.predict_proba(["warm up"])  # as a replica does before its first email
+        except RegistryUnavailableError as err:  # not the request's fault: retry
+            raise ApiError(503, f"arm {arm} (inside the router): {err}", 10) from None
+        except Exception as err:  # RegistryError, or a model that loads but cannot score
+            why = str(err) if isinstance(err, RegistryError) else f"{type(err).__name__}: {err}"
+            raise ApiError(422, f"arm {arm} (inside the router) cannot serve {ref}: {why}") from None
 
 
 async def _apply(ctx: Context, live: Live, change: Change) -> dict[str, Any]:

@@ -36,14 +36,23 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _any_free() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def free_ports(n: int, avoid: frozenset[int] = frozenset()) -> list[int]:
-    """`n` distinct ports, free now, outside the ephemeral range and outside `avoid`."""
+    """`n` distinct ports, free now, outside `avoid`, and outside the ephemeral range where this host leaves room
+    below it (a host whose ephemeral range covers `_PICK_FROM` gets ports the kernel hands out, as before)."""
     low, high = ephemeral_range()
-    candidates = [p for p in range(*_PICK_FROM) if not low <= p <= high and p not in avoid]
+    candidates = [p for p in range(_PICK_FROM[0], _PICK_FROM[1] + 1) if not low <= p <= high and p not in avoid]
     random.shuffle(candidates)  # two processes picking at once rarely pick alike
     ports = [p for p in candidates[: n * 50] if _bindable(p)][:n]
-    if len(ports) < n:
-        raise OSError(f"no {n} free ports between {_PICK_FROM[0]} and {_PICK_FROM[1]}")
+    while len(ports) < n:
+        port = _any_free()
+        if port not in avoid and port not in ports:
+            ports.append(port)
     return ports
 
 

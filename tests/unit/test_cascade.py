@@ -96,9 +96,9 @@ def test_stages_that_know_different_queues_are_refused_at_registration_and_at_lo
     registry = ModelRegistry(home.registry)
     fewer = register_tiny_transformer(registry, [q for q in QUEUES.names if q != "sales"], name="narrow")
     code, _, err = run_cli(capsys, "--home", str(home.root), "train", "cascade", "--data", str(validation),
-                           "--label-col", "queue", "--second", "narrow")  # fmt: skip
+                           "--label-col", "queue", "--second", "narrow", "--name", "refused")  # fmt: skip
     assert code != 0 and "stages must know the same queues: only linear:v1 knows sales" in one_line_error(err)
-    assert "cascade-bad" not in registry.names()
+    assert "refused" not in registry.names()  # nothing registered
 
     def written(folder: Path) -> None:  # a hand-made cascade.json naming the same mismatched pair
         write_cascade_version(folder, CascadeSpec(first="linear:v1", second=f"narrow:{fewer.version}", threshold=0.6))

@@ -243,6 +243,9 @@ def test_valid_uris_found_in_review_are_accepted(uri: str, expected: str, monkey
         "s3://acme/registry?apikey=hunter2secret",
         "gs://acme/registry?private_key=hunter2secret",
         "s3://acme/registry?AWSAccessKeyId=hunter2secret",
+        "s3://acme/registry?passwd=hunter2secret",
+        "s3://acme/registry?pwd=hunter2secret",
+        "s3://acme/registry?auth=hunter2secret",
     ],
 )
 def test_roots_and_account_keys_are_refused(uri: str) -> None:
@@ -315,4 +318,12 @@ def test_only_the_top_level_marker_and_meta_are_the_registrys_own(bucket: str, t
 
     with pytest.raises(RegistryError, match=r"\.upload\.json"):
         reg.register("linear", reserved, kind="linear", labels=["billing", "technical"], preprocessing_version="1",
+                     data_fingerprint="sha256:abc", metrics={}, params={})  # fmt: skip
+
+    def own_meta(folder: Path) -> None:  # would be overwritten by the registry's, then read as corrupt forever
+        (folder / "model.bin").write_text("weights")
+        (folder / "meta.json").write_text("{}")
+
+    with pytest.raises(RegistryError, match=r"top-level meta\.json"):
+        reg.register("linear", own_meta, kind="linear", labels=["billing", "technical"], preprocessing_version="1",
                      data_fingerprint="sha256:abc", metrics={}, params={})  # fmt: skip
