@@ -220,7 +220,7 @@ def _print_cascade(plan: Any) -> None:
             print(f"  {p.threshold:9.2f}  {p.escalated:7.1%}  {p.accuracy:8.4f}  {p.cpu_ms:6.2f}  "
                   f"{p.cpu_ms / plan.second_ms if plan.second_ms else 0:26.2f}{mark}")  # fmt: skip
     c = plan.chosen
-    verdict = "at least the better model's accuracy" if plan.reached else "below the better model's accuracy (none is)"
+    verdict = "at least the better model's accuracy" if plan.reached else "below the better model's accuracy"
     print(f"  chosen: threshold {c.threshold:.2f}, {c.escalated:.1%} sent on, accuracy {c.accuracy:.4f} ({verdict}), "
           f"{c.cpu_ms:.2f} ms per email")  # fmt: skip
 
@@ -234,6 +234,9 @@ def train_cascade(
     text_col: TextColOption = None,
     label_col: LabelColOption = "label",
     name: Annotated[str, typer.Option(help="name in the registry")] = "cascade",
+    max_cost_share: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="CPU budget per email, as a share of the second stage's")
+    ] = 1 / 3,
     as_json: Annotated[bool, typer.Option("--json", help="print the curve and the result as JSON")] = False,
 ) -> None:
     from serving.config import load_serving
@@ -246,7 +249,7 @@ def train_cascade(
     frame = load_labelled(spec).frame
     registry = open_registry(home)
     plan, _, proba = plan_cascade(registry, first, second, [str(t) for t in frame["text"]],
-                                  [str(v) for v in frame["label"]])  # fmt: skip
+                                  [str(v) for v in frame["label"]], cost_share=max_cost_share)  # fmt: skip
     threshold = load_serving().policy.confidence_threshold
     meta, result = register_cascade(home, plan, frame, proba, threshold, name=name, data=spec.to_json())
     if as_json:

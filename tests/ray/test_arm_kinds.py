@@ -109,3 +109,17 @@ def test_a_cascade_arm_names_the_stage_and_a_bad_cascade_leaves_the_running_one(
     detail = response.json()["detail"]
     assert "\n" not in detail and "stages must know the same queues" in detail
     assert _route(app, *charged, arm="cascade")["model_version"] == f"cascade:{every}"  # still serving
+
+
+def test_a_rules_version_rolls_out_as_a_canary_and_back(app: dict[str, Any]) -> None:
+    meta, _ = register_rules(app["second"], app["spec"], QUEUES, app["home"], app["threshold"])
+    started = app["client"].post("/v1/rollout", json={"version": f"rules:{meta.version}", "canary_percent": 20},
+                                 timeout=120)  # fmt: skip
+    assert started.status_code == 200, started.text
+    arms = app["client"].get("/v1/experiments").json()["experiment"]["arms"]
+    canary = next(arm for arm in arms if arm != "rules" and arms[arm]["model"] == "rules")
+    walrus = _route(app, "Hello", "A walrus sat on the pier all afternoon.", arm=canary)
+    assert walrus["model_version"] == f"rules:{meta.version}" and walrus["reason"].endswith("rule:walrus")
+    back = app["client"].post("/v1/rollback", json={}, timeout=120)
+    assert back.status_code == 200, back.text
+    assert canary not in app["client"].get("/v1/experiments").json()["experiment"]["arms"]

@@ -93,3 +93,25 @@ def test_a_heavy_model_inside_the_router_is_refused_at_start(app: dict[str, Any]
         arm: spec.model_copy(update={"version": "v1"}) for arm, spec in experiment.arms.items()}})  # fmt: skip
     with pytest.raises(RegistryError, match=r"arm transformer runs inside the router .* is a transformer model"):
         app_configs(app["home"], QUEUES.model_dump(mode="json"), serving, experiment, serving.policy)
+
+
+def test_a_canary_of_an_in_router_arm_starts_and_rolls_back(app: dict[str, Any]) -> None:
+    """The canary is an arm of its own (a deployment: not in in_router_arms); the main arm stays inside the routers
+    at its version through the start and the rollback."""
+    from ray import serve
+
+    serving_version = _route(app)["model_version"]
+    candidate = register_linear(app["home"], seed=9)
+    started = app["client"].post("/v1/rollout", json={"version": f"linear:{candidate}", "canary_percent": 20},
+                                 timeout=120)  # fmt: skip
+    assert started.status_code == 200, started.text
+    arms = app["client"].get("/v1/experiments").json()["experiment"]["arms"]
+    canary = next(arm for arm in arms if arm != "linear" and arms[arm]["model"] == "linear")
+    assert f"mailroute-arm-{canary}" in serve.status().applications
+    assert _route(app, canary)["model_version"] == f"linear:{candidate}"
+    assert _route(app)["model_version"] == serving_version  # still inside the routers, unchanged
+    back = app["client"].post("/v1/rollback", json={}, timeout=120)
+    assert back.status_code == 200, back.text
+    assert canary not in app["client"].get("/v1/experiments").json()["experiment"]["arms"]
+    assert _route(app)["model_version"] == serving_version
+    assert app["client"].get("/readyz").status_code == 200

@@ -45,18 +45,18 @@ def test_only_the_unsure_emails_reach_the_second_stage_in_one_call() -> None:
     assert proba.tolist() == [[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]
 
 
-def test_the_chosen_threshold_is_the_cheapest_that_matches_the_better_stage() -> None:
+def test_the_chosen_threshold_is_the_most_accurate_within_the_cost_budget() -> None:
     truth = np.array([0, 0, 1, 1])
     first = np.array([[0.95, 0.05], [0.6, 0.4], [0.55, 0.45], [0.2, 0.8]])  # wrong on row 2 only, unsure there
     second = np.array([[0.9, 0.1], [0.1, 0.9], [0.1, 0.9], [0.1, 0.9]])  # wrong on row 1
     points = cascade_curve(first, second, truth, first_ms=1.0, second_ms=10.0, thresholds=(0.5, 0.58, 0.7, 0.99))
     assert [p.accuracy for p in points] == [0.75, 1.0, 0.75, 0.75]
-    chosen, reached = choose_point(points, target=0.75)
-    assert reached and chosen.threshold == 0.5 and chosen.cpu_ms == 1.0  # nothing sent on: as good, cheapest
-    chosen, reached = choose_point(points, target=1.0)
-    assert reached and chosen.threshold == 0.58 and chosen.escalated == 0.25 and chosen.cpu_ms == 3.5
-    worse = [CurvePoint(0.5, 0.1, 0.6, 2.0), CurvePoint(0.9, 0.5, 0.7, 6.0)]
-    assert choose_point(worse, target=0.8) == (worse[1], False)  # none reaches it: the most accurate, said so
+    assert [p.cpu_ms for p in points] == [1.0, 3.5, 6.0, 11.0]
+    assert choose_point(points, budget_ms=10 / 3).threshold == 0.5  # 0.58 is better but over the budget
+    assert choose_point(points, budget_ms=4.0).threshold == 0.58  # the most accurate within it
+    assert choose_point(points, budget_ms=0.5).threshold == 0.5  # none within: the cheapest
+    ties = [CurvePoint(0.5, 0.1, 0.8, 2.0), CurvePoint(0.9, 0.5, 0.8, 6.0)]
+    assert choose_point(ties, budget_ms=10.0) == ties[0]  # equals: the cheaper
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,9 @@ def test_a_cascade_registers_and_loads_with_its_pinned_stages(
     plan: dict[str, Any] = json.loads(out)
     assert (plan["first"], plan["second"]) == ("linear:v1", "transformer:v1")
     assert len(plan["curve"]) > 10 and 0 < plan["first_ms"] < plan["second_ms"]
-    assert plan["chosen"]["accuracy"] >= max(plan["first_accuracy"], plan["second_accuracy"])  # the linear model
+    cheapest = min(p["cpu_ms"] for p in plan["curve"])  # the tiny transformer costs little: maybe none is within it
+    assert plan["chosen"]["cpu_ms"] <= max(plan["second_ms"] / 3, cheapest)  # within the default budget
+    assert plan["reached"] == (plan["chosen"]["accuracy"] >= max(plan["first_accuracy"], plan["second_accuracy"]))
     predictor, meta = load_version(ModelRegistry(home.registry), plan["model"])
     assert meta.kind == "cascade" and list(meta.labels) == list(predictor.labels)
     text = model_text("Charged twice", "My card was charged twice for one invoice.")
