@@ -8,6 +8,11 @@ baselines measured in the same run.
 - transformer arm at concurrency 1/8/32 vs the raw in-process batched inference rate (batch 16) with the same
   thread count (goal: >= 0.8 at concurrency 32). The transformer is MiniLM with an untrained head: speed does not
   depend on the head's weights.
+- the linear model as an arm inside the router replicas (`in_router_arms`) at concurrency 1/8/32, same bare app
+  (goal: >= 0.8 at concurrency 8);
+- a backlog: 100,000 emails through POST /v1/route/batch (1,000 per call, 2 calls in flight) to the in-router and
+  the deployed linear arm vs the in-process batched predictor (parsing, cleaning, the model and the policy on
+  1,000 emails per call; goal: >= 0.8 of it);
 - nothing lost: prediction records in the event log == successful responses.
 
 Load comes from an aiohttp client on loopback, bounded in requests and time. Writes benchmarks/results/serving.json.
@@ -35,6 +40,7 @@ from serving.ops.ports import free_port
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TOKEN = "bench-admin-token-0123456789"
+ARMS = ("linear", "inrouter", "transformer")  # inrouter: the linear model inside the router replicas
 
 
 async def load(
@@ -136,9 +142,55 @@ def raw_transformer_rate(home: Any, texts: list[str], seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
+def raw_batched_rate(home: Any, bodies: list[dict[str, Any]], total: int, batch: int) -> float:
+    """Emails per second through the in-process pipeline a backlog call runs per email: parse the request, clean
+    the text, score (in batches of `batch`) and decide."""
+    from serving.api import RouteRequest, email_from_request, text_for_model
+    from serving.config import ServingConfig, load_queues
+    from serving.models.predictor import load_version
+    from serving.models.registry import open_registry
+    from serving.policy import decide
+
+    predictor, _ = load_version(open_registry(home), "linear")
+    policy, triage = ServingConfig().policy, load_queues(REPO / "configs" / "queues.yaml").triage_queue
+    started = time.perf_counter()
+    for start in range(0, total, batch):
+        chunk = [bodies[i % len(bodies)] for i in range(start, min(start + batch, total))]
+        texts = [text_for_model(email_from_request(RouteRequest.model_validate(b), 262_144)) for b in chunk]
+        for row in predictor.predict_proba(texts):
+            decide(predictor.labels, row, policy, triage)
+    return total / (time.perf_counter() - started)
+
+
+async def backlog(url: str, bodies: list[dict[str, Any]], total: int, batch: int, headers: dict[str, str]) -> float:
+    """Emails per second for `total` emails sent as batches of `batch`, two calls in flight (a gateway catching up)."""
+    import aiohttp
+
+    calls = [[bodies[i % len(bodies)] for i in range(start, min(start + batch, total))]
+             for start in range(0, total, batch)]  # fmt: skip
+    pending = iter(calls)
+    routed = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal routed
+        for call in pending:
+            async with session.post(url, json=call, headers=headers) as response:
+                items = await response.json()
+                assert response.status == 200, items
+                routed += sum(1 for item in items if "error" not in item)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(2)))
+        elapsed = time.perf_counter() - started
+    assert routed == total, f"{total - routed} emails of the backlog were not routed"
+    return total / elapsed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="load per cell")
+    parser.add_argument("--backlog", type=int, default=100_000, help="emails in the backlog cells")
     args = parser.parse_args()
     os.environ.update({"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "MAILROUTE_ADMIN_TOKEN": TOKEN})
 
@@ -177,36 +229,49 @@ def main() -> int:
     texts = [model_text(b["subject"], b["body"]) for b in bodies]
     results["raw_transformer_batch16_per_s"] = round(raw_transformer_rate(home, texts, args.seconds), 1)
     print("raw transformer rate:", results["raw_transformer_batch16_per_s"], flush=True)
+    results["raw_batched_linear_per_s"] = round(raw_batched_rate(home, bodies, min(args.backlog, 20_000), 1000), 1)
+    print("raw batched linear rate (parse, clean, model, policy):", results["raw_batched_linear_per_s"], flush=True)
 
     serving = ServingConfig.model_validate(
-        {"linear": {"num_cpus": 0.5}, "transformer": {"num_cpus": 1.0, "threads": 1}, "model_timeout_s": 10.0}
-    )
+        {"linear": {"num_cpus": 0.5}, "transformer": {"num_cpus": 1.0, "threads": 1}, "model_timeout_s": 10.0,
+         "in_router_arms": ["inrouter"]}
+    )  # fmt: skip
     experiment = ExperimentConfig.model_validate(
         {"name": "bench", "salt": "bench", "holdout_arm": "linear",
-         "arms": {"linear": {"model": "linear", "weight": 0.5}, "transformer": {"model": "transformer", "weight": 0.5}}}
+         "arms": {"linear": {"model": "linear", "weight": 0.4}, "inrouter": {"model": "linear", "weight": 0.3},
+                  "transformer": {"model": "transformer", "weight": 0.3}}}
     )  # fmt: skip
     running = launch.start(home, load_queues(REPO / "configs" / "queues.yaml"), serving, experiment, port=free_port())
     results["proxy"] = running.proxy
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
-        for arm in ("linear", "transformer"):
+        for arm in ARMS:
             arm_bodies = [{**b, "force_arm": arm} for b in bodies]
             url = f"{running.url}/v1/route"
             results[f"stack_{arm}"] = [asyncio.run(load(url, arm_bodies, c, args.seconds, auth)) for c in (1, 8, 32)]
             print(f"stack {arm}:", results[f"stack_{arm}"], flush=True)
+        for arm in ("inrouter", "linear"):
+            arm_bodies = [{**b, "force_arm": arm} for b in bodies]
+            rate = asyncio.run(backlog(f"{running.url}/v1/route/batch", arm_bodies, args.backlog, 1000, auth))
+            results[f"backlog_{arm}_per_s"] = round(rate, 1)
+            print(f"backlog of {args.backlog} emails, {arm} arm: {rate:.0f} emails/s", flush=True)
     finally:
         launch.stop(running.started_ray)  # replicas flush their event-log buffers on shutdown
-    ok = sum(
-        cell["requests"] + cell["concurrency"] for arm in ("linear", "transformer") for cell in results[f"stack_{arm}"]
-    )
+    ok = sum(cell["requests"] + cell["concurrency"] for arm in ARMS for cell in results[f"stack_{arm}"])
+    ok += 2 * args.backlog
     logged = open_event_log(f"sqlite:///{home.event_log}").stats().predictions
     results["records_vs_successes"] = {"logged": logged, "successful_responses_incl_warmup": ok}
 
     lin8 = next(c for c in results["stack_linear"] if c["concurrency"] == 8)["rps"]
+    in8 = next(c for c in results["stack_inrouter"] if c["concurrency"] == 8)["rps"]
     bare8 = next(c for c in results["bare_linear"] if c["concurrency"] == 8)["rps"]
     tr32 = next(c for c in results["stack_transformer"] if c["concurrency"] == 32)["rps"]
+    raw = results["raw_batched_linear_per_s"]
     results["ratios"] = {
         "linear_c8_vs_bare_app": round(lin8 / bare8, 3),
+        "inrouter_c8_vs_bare_app": round(in8 / bare8, 3),
+        "backlog_inrouter_vs_raw_batched": round(results["backlog_inrouter_per_s"] / raw, 3),
+        "backlog_linear_vs_raw_batched": round(results["backlog_linear_per_s"] / raw, 3),
         "transformer_c32_vs_raw_batched": round(tr32 / results["raw_transformer_batch16_per_s"], 3),
         "records_equal_successes": logged == ok,
     }
